@@ -1,0 +1,31 @@
+# gdet — set-up, tests and the demo. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  := torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.gdet-installed
+
+.PHONY: install test demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) setup.py
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=2 $(VENV)/bin/gdet demo
+
+bench: $(STAMP)
+	$(PY) tools/bench.py all
+
+clean:
+	rm -rf build *.egg-info .pytest_cache demo_out

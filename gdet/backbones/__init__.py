@@ -1,0 +1,17 @@
+"""The backbone registry and the GoogLeNet family; importing this package registers every network."""
+from gdet.backbones.base import Backbone, BackboneOutput, count_macs, count_parameters
+from gdet.backbones.registry import build_backbone, get_backbone_builder, list_backbones, register_backbone
+
+# Importing a module registers its networks.
+from gdet.backbones import googlenet  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "Backbone",
+    "BackboneOutput",
+    "build_backbone",
+    "count_macs",
+    "count_parameters",
+    "get_backbone_builder",
+    "list_backbones",
+    "register_backbone",
+]

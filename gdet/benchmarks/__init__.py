@@ -1,0 +1,1 @@
+"""Benchmarks run by ``tools/bench.py``: each module has a click command ``main`` that prints a table."""

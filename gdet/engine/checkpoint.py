@@ -1,0 +1,125 @@
+"""Checkpoints: dicts written atomically, read with errors that name the file and the problem.
+
+gdet's format is a dict with ``"format": "gdet"`` and at least ``"model"`` (a state dict). Training adds
+``"ema"``, ``"optimizer"``, ``"scheduler"``, ``"scaler"``, ``"epoch"``, ``"rng"``, ``"config"``,
+``"class_names"``, ``"backbone"`` (registry name), ``"backbone_kwargs"`` and ``"preprocessing"``.
+A plain state dict (e.g. torchvision's ``googlenet-*.pth``) is accepted wherever weights are loaded.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gdet.errors import CheckpointError
+from gdet.io import atomic_path
+
+FORMAT = "gdet"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``ckpt`` to ``path`` atomically (a temp file renamed over the target)."""
+    ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, **ckpt}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file. Returns a gdet checkpoint dict; a plain state dict comes back as
+    ``{"model": state_dict}``. A missing, truncated or foreign file raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:120]})") from None
+    if isinstance(obj, nn.Module):
+        obj = {"model": obj.state_dict()}
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict or a state dict, got {type(obj).__name__}")
+    if obj.get("format") == FORMAT:
+        if "model" not in obj:
+            raise CheckpointError(f"{path}: gdet checkpoint without model weights")
+        return obj
+    # Common third-party wrappers.
+    for key in ("state_dict", "model_state_dict", "model"):
+        if key in obj and isinstance(obj[key], dict):
+            return {"model": obj[key]}
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"model": obj}
+    raise CheckpointError(f"{path}: no model weights found (keys: {', '.join(list(obj)[:8])})")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_model_weights(model: nn.Module, path_or_state: str | os.PathLike | dict, strict: bool = True,
+                       use_ema: bool = False) -> dict[str, Any]:
+    """Load weights into ``model`` from a checkpoint file (or an already-read state dict).
+
+    ``module.`` prefixes (DDP) are stripped. With ``use_ema`` the Polyak-averaged weights are used when the
+    checkpoint has them. A mismatch raises :class:`CheckpointError` naming missing and unexpected keys and
+    shape mismatches. Returns the checkpoint dict (for its metadata).
+    """
+    name = str(path_or_state) if not isinstance(path_or_state, dict) else "state dict"
+    ckpt = load_checkpoint(path_or_state) if not isinstance(path_or_state, dict) else {"model": path_or_state}
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    state = _strip_prefix(_strip_prefix(state, "module."), "_orig_mod.")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
+    if strict and (missing or unexpected or shapes):
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch ({len(shapes)}): {_short(shapes)}")
+        arch = ckpt.get("backbone")
+        hint = f" (checkpoint is for backbone {arch!r})" if arch else ""
+        raise CheckpointError(f"{name}: weights do not fit {type(model).__name__}{hint}: " + "; ".join(parts))
+    if not strict:
+        state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(state, strict=strict)
+    return ckpt
+
+
+def _short(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states of python, numpy and torch (CPU and CUDA), for exact resume."""
+    import random
+
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

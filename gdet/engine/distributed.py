@@ -1,0 +1,75 @@
+"""Distributed data parallel set-up from torchrun's environment (NCCL on GPU, gloo on CPU)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Initialise the default process group when launched by torchrun (``WORLD_SIZE`` > 1).
+
+    The backend is NCCL when running on CUDA, gloo otherwise; each process takes GPU ``LOCAL_RANK``.
+    Without torchrun this returns a single-process :class:`DistInfo` and initialises nothing.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, backend=backend)
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def reduce_mean(value: torch.Tensor | float, device: torch.device | str = "cpu") -> float:
+    """Average a scalar over all ranks (identity when not distributed)."""
+    t = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return float(t)
+
+
+def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all ranks (identity when not distributed)."""
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

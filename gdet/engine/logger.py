@@ -1,0 +1,76 @@
+"""Progress bars on the main rank, a JSONL metrics log, and training curves as PNG."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from tqdm.auto import tqdm
+
+from gdet.engine.distributed import is_main_process
+from gdet.io import atomic_path
+
+
+def progress(iterable: Iterable | None = None, **kwargs):
+    """A tqdm bar shown only on the main process (and never when ``GDET_NO_PROGRESS`` is set)."""
+    disable = kwargs.pop("disable", False) or not is_main_process() or bool(os.environ.get("GDET_NO_PROGRESS"))
+    return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
+
+
+class MetricLogger:
+    """Appends one JSON object per line (per epoch or per evaluation) to ``path``; only the main rank writes."""
+
+    def __init__(self, path: str | os.PathLike, resume: bool = False):
+        self.path = Path(path)
+        if is_main_process():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not resume and self.path.exists():
+                self.path.unlink()
+
+    def log(self, **metrics) -> None:
+        if not is_main_process():
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, x: str = "epoch",
+                title: str | None = None) -> None:
+    """Plot every numeric metric of a JSONL log against ``x``: losses on one panel, the rest on another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = MetricLogger.__new__(MetricLogger)
+    rows.path = Path(jsonl_path)
+    rows = rows.read()
+    if not rows:
+        return
+    keys = sorted({k for r in rows for k, v in r.items() if k != x and isinstance(v, (int, float))})
+    losses = [k for k in keys if "loss" in k]
+    others = [k for k in keys if k not in losses and k not in ("lr", "time", "step")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, group, label in ((axes[0], losses, "loss"), (axes[1], others, "metric")):
+        for k in group:
+            pts = [(r[x], r[k]) for r in rows if k in r and x in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=k)
+        ax.set_xlabel(x)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if group:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)

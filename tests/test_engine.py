@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from gdet.engine import MetricLogger, load_checkpoint, load_model_weights, plot_curves, save_checkpoint
+from gdet.errors import CheckpointError
+from gdet.io import atomic_write, load_json, save_json
+from gdet.errors import DataError
+
+
+def test_checkpoint_round_trip_and_plain_state_dict(tmp_path):
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    save_checkpoint({"model": m.state_dict(), "epoch": 3, "class_names": ["a", "b"]}, tmp_path / "c.pth")
+    ck = load_checkpoint(tmp_path / "c.pth")
+    assert ck["format"] == "gdet" and ck["epoch"] == 3 and ck["class_names"] == ["a", "b"]
+    m2 = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    load_model_weights(m2, tmp_path / "c.pth")
+    x = torch.randn(5, 3)
+    assert torch.equal(m(x), m2(x))
+    # A plain state dict with DDP's "module." prefix loads too.
+    torch.save({f"module.{k}": v for k, v in m.state_dict().items()}, tmp_path / "plain.pth")
+    m3 = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    load_model_weights(m3, tmp_path / "plain.pth")
+    assert torch.equal(m(x), m3(x))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pth")
+    (tmp_path / "junk.pth").write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk\.pth: not a readable"):
+        load_checkpoint(tmp_path / "junk.pth")
+    torch.save({"model": nn.Linear(3, 5).state_dict()}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*weight"):
+        load_model_weights(nn.Linear(3, 4), tmp_path / "other.pth")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "keys.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys \(2\): weight, bias; unexpected keys \(1\): w"):
+        load_model_weights(nn.Linear(3, 4), tmp_path / "keys.pth")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / "out.json"
+    save_json({"a": 1}, p)
+    with pytest.raises(RuntimeError):
+        with atomic_write(p) as f:
+            f.write("{partial")
+            raise RuntimeError("crash")
+    assert load_json(p) == {"a": 1}
+    assert [x.name for x in tmp_path.iterdir()] == ["out.json"]
+    p.write_text('{"a": 1,\n "b": }')
+    with pytest.raises(DataError, match=r"out\.json: line 2"):
+        load_json(p)
+
+
+def test_metric_logger_and_curves(tmp_path):
+    log = MetricLogger(tmp_path / "m.jsonl")
+    for e in range(3):
+        log.log(epoch=e, train_loss=1.0 / (e + 1), val_top1=0.3 * e)
+    rows = [json.loads(l) for l in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    plot_curves(tmp_path / "m.jsonl", tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
