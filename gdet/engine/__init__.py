@@ -1,22 +1,78 @@
-"""Training infrastructure shared by classification, MultiBox and detection: checkpoints, distributed
-set-up, metric logs and curves, progress bars, devices and mixed precision."""
-from gdet.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from gdet.engine.distributed import DistInfo, barrier, init_distributed, is_main_process, reduce_mean
-from gdet.engine.logger import MetricLogger, plot_curves, progress
+"""Training infrastructure shared by classification, MultiBox and detection.
+
+Checkpoints (``checkpoint``): ``save_checkpoint``, ``load_checkpoint``, ``load_model_weights``;
+``training_state(...)`` / ``save_training_state(path, ...)`` (rank 0 writes, atomically; call on every rank) and
+``resume_training_state(path, model=, optimizer=, scheduler=, scaler=, ema=)`` for exact resume.
+
+Optimisation (``optim``, ``ema``): ``build_optimizer(cfg, model)`` (SGD momentum 0.9 / AdamW, no decay on biases
+and norms), ``build_scheduler(cfg, optimizer, steps_per_epoch)`` (per-iteration LambdaLR: step — the paper's
+0.96 every 8 epochs —, multistep, cosine, constant; linear warm-up), ``build_ema(model, decay)`` (Polyak
+averaging on ``torch.optim.swa_utils.AveragedModel``).
+
+Loop (``loop``, ``loader``): ``train_one_epoch(model, loader, optimizer, scheduler, device, *, scaler, precision,
+ema, loss_fn, aux_weight, log_every, prepare, channels_last, ...)``; its pieces ``move_to_device``,
+``compute_loss`` (aux heads x 0.3), ``optimizer_step`` (AMP/GradScaler), ``build_grad_scaler``, ``topk_correct``;
+``build_loader(dataset, batch_size=, train=, info=, ...)`` (DistributedSampler / ShardSampler, pinned memory),
+``set_epoch``.
+
+Distributed, devices, logs: ``init_distributed`` -> ``DistInfo``, ``wrap_ddp``, ``unwrap_model``, ``reduce_mean``,
+``reduce_sum``, ``all_gather_objects``, ``barrier``, ``is_main_process``, ``seed_everything``; ``resolve_device``,
+``autocast``; ``MetricLogger`` (JSONL), ``plot_curves`` (PNG), ``progress`` (tqdm on rank 0).
+"""
+from gdet.engine.checkpoint import (load_checkpoint, load_model_weights, resume_training_state, rng_state,
+                                    save_checkpoint, save_training_state, set_rng_state, training_state)
 from gdet.engine.device import autocast, resolve_device
+from gdet.engine.distributed import (DistInfo, all_gather_objects, barrier, cleanup, init_distributed,
+                                     is_main_process, reduce_mean, reduce_sum, seed_everything, unwrap_model,
+                                     wrap_ddp)
+from gdet.engine.ema import EmaUpdate, build_ema, ema_state, load_ema_state
+from gdet.engine.loader import ShardSampler, build_loader, set_epoch
+from gdet.engine.logger import MetricLogger, plot_curves, progress
+from gdet.engine.loop import (build_grad_scaler, compute_loss, move_to_device, optimizer_step, topk_correct,
+                              train_one_epoch)
+from gdet.engine.optim import OPTIM_DEFAULTS, LrSchedule, build_optimizer, build_scheduler, param_groups
 
 __all__ = [
     "DistInfo",
+    "EmaUpdate",
+    "LrSchedule",
     "MetricLogger",
+    "OPTIM_DEFAULTS",
+    "ShardSampler",
+    "all_gather_objects",
     "autocast",
     "barrier",
+    "build_ema",
+    "build_grad_scaler",
+    "build_loader",
+    "build_optimizer",
+    "build_scheduler",
+    "cleanup",
+    "compute_loss",
+    "ema_state",
     "init_distributed",
     "is_main_process",
     "load_checkpoint",
+    "load_ema_state",
     "load_model_weights",
+    "move_to_device",
+    "optimizer_step",
+    "param_groups",
     "plot_curves",
     "progress",
     "reduce_mean",
+    "reduce_sum",
     "resolve_device",
+    "resume_training_state",
+    "rng_state",
     "save_checkpoint",
+    "save_training_state",
+    "seed_everything",
+    "set_epoch",
+    "set_rng_state",
+    "topk_correct",
+    "train_one_epoch",
+    "training_state",
+    "unwrap_model",
+    "wrap_ddp",
 ]

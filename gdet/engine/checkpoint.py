@@ -123,3 +123,75 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(*, model: nn.Module, optimizer=None, scheduler=None, scaler=None, ema=None, epoch: int = 0,
+                   config: dict | None = None, **extra) -> dict[str, Any]:
+    """Everything needed to continue a run exactly: weights (unwrapped from DDP/compile), Polyak-averaged
+    weights, optimizer, scheduler, GradScaler, the number of finished epochs, and RNG states of every rank.
+
+    Must be called on **every** rank when distributed (RNG states are gathered); ``extra`` adds task keys
+    (``task``, ``class_names``, ``backbone``, ``backbone_kwargs``, ``preprocessing``, metrics, ...).
+    """
+    from gdet.engine.distributed import all_gather_objects, unwrap_model
+    from gdet.engine.ema import ema_state
+
+    rngs = all_gather_objects(rng_state())
+    ckpt: dict[str, Any] = {
+        "model": unwrap_model(model).state_dict(),
+        "ema": ema_state(ema) if ema is not None else None,
+        "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "rng": rngs[0],
+        "rng_all_ranks": rngs,
+        "config": config,
+    }
+    ckpt.update(extra)
+    return ckpt
+
+
+def save_training_state(path: str | os.PathLike, **kwargs) -> dict[str, Any] | None:
+    """Build :func:`training_state` on every rank and write it atomically from rank 0 only (then a barrier).
+    Returns the dict on rank 0, ``None`` elsewhere."""
+    from gdet.engine.distributed import barrier, is_main_process
+
+    ckpt = training_state(**kwargs)
+    if is_main_process():
+        save_checkpoint(ckpt, path)
+    barrier()
+    return ckpt if is_main_process() else None
+
+
+def resume_training_state(path_or_ckpt: str | os.PathLike | dict, *, model: nn.Module, optimizer=None,
+                          scheduler=None, scaler=None, ema=None, restore_rng: bool = True) -> dict[str, Any]:
+    """Load a :func:`training_state` checkpoint into the given objects (model may be DDP-wrapped) and restore
+    this rank's RNG state. Returns the checkpoint; training continues at epoch ``ckpt["epoch"]``."""
+    import torch.distributed as dist
+
+    from gdet.engine.distributed import unwrap_model
+    from gdet.engine.ema import load_ema_state
+
+    ckpt = load_checkpoint(path_or_ckpt) if not isinstance(path_or_ckpt, dict) else path_or_ckpt
+    name = path_or_ckpt if not isinstance(path_or_ckpt, dict) else "checkpoint"
+    if ckpt.get("optimizer") is None or "epoch" not in ckpt:
+        raise CheckpointError(f"{name}: not a training checkpoint (no optimizer state/epoch); cannot resume from it")
+    load_model_weights(unwrap_model(model), ckpt["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None:
+        if ckpt.get("ema") is not None:
+            load_ema_state(ema, ckpt["ema"], ckpt.get("ema_n_averaged", 1))
+        else:  # the run had no averaging: start it from the current weights
+            ema.module.load_state_dict(unwrap_model(model).state_dict())
+    if restore_rng and ckpt.get("rng") is not None:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        states = ckpt.get("rng_all_ranks") or [ckpt["rng"]]
+        set_rng_state(states[rank] if rank < len(states) else states[0])
+    return ckpt

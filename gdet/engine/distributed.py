@@ -73,3 +73,49 @@ def reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, device: torch.device, *, sync_bn: bool = False,
+             find_unused_parameters: bool = False) -> torch.nn.Module:
+    """Wrap ``model`` (already on ``device``) in DistributedDataParallel when running distributed; return it
+    unchanged otherwise. ``sync_bn`` converts BatchNorm layers to SyncBatchNorm first (GPU only)."""
+    if not info.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index if device.index is not None else info.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare network inside DDP and/or ``torch.compile`` wrappers (what checkpoints and EMA hold)."""
+    while True:
+        if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj`` as a list in rank order (``[obj]`` when not distributed)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch; each rank gets its own stream (``seed + rank``) so augmentations differ."""
+    import random
+
+    import numpy as np
+
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
