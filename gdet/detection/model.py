@@ -1,0 +1,375 @@
+"""The R-CNN detector: a registry backbone as a (classes + background)-way region classifier, plus inference.
+
+Pipeline of :meth:`Detector.detect`: proposals -> context-padded warped crops (:mod:`gdet.detection.crops`) ->
+softmax over ``C + 1`` classes (background first) -> optional box regression -> per-class NMS -> top detections.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gdet.backbones import Backbone, build_backbone
+from gdet.detection.crops import DEFAULT_CONTEXT_PAD, iter_region_chunks
+from gdet.detection.labels import decode_boxes
+from gdet.engine.device import autocast
+from gdet.errors import CheckpointError, GdetError
+from gdet.nms import postprocess
+
+__all__ = ["DetectorOutput", "Detector", "EnsembleDetector", "build_detector", "load_detector", "load_detectors",
+           "detector_checkpoint_meta", "image_to_tensor"]
+
+
+class DetectorOutput(NamedTuple):
+    """Output of :meth:`Detector.forward` on a batch of crops.
+
+    logits (Tensor[N, C+1]); aux_logits (tuple of Tensor[N, C+1], training only); bbox_deltas (Tensor[N, C, 4] or
+    None when the detector has no regression head).
+    """
+
+    logits: Tensor
+    aux_logits: tuple[Tensor, ...]
+    bbox_deltas: Tensor | None
+
+
+class Detector(nn.Module):
+    """R-CNN with a registry backbone.
+
+    Args:
+        backbone: a :class:`~gdet.backbones.Backbone` whose classifier is ``len(class_names) + 1``-way
+            (index 0 = background; call ``backbone.reset_classifier(C + 1)`` on a classification backbone).
+        class_names: the ``C`` object classes.
+        context_pad: pixels of context around each proposal at the warped size (R-CNN: 16 at 227 px).
+        input_size: warped crop side (default: the backbone's ``input_size``).
+        bbox_reg: add a class-specific box regression head on the pooled features (R-CNN appendix C).
+        sampling_ratio: ``roi_align`` samples per output pixel and axis (1 = bilinear resize, as R-CNN).
+        chunk_size: regions per network call at inference (bounds memory).
+    """
+
+    def __init__(self, backbone: Backbone, class_names: Sequence[str], *, context_pad: int = DEFAULT_CONTEXT_PAD,
+                 input_size: int | None = None, bbox_reg: bool = False, sampling_ratio: int = 1,
+                 chunk_size: int = 256):
+        super().__init__()
+        self.backbone = backbone
+        self.class_names = list(class_names)
+        if backbone.num_classes != len(self.class_names) + 1:
+            raise ValueError(f"backbone has {backbone.num_classes} outputs; a detector for "
+                             f"{len(self.class_names)} classes needs {len(self.class_names) + 1} (with background)")
+        self.context_pad = int(context_pad)
+        self.input_size = int(input_size or backbone.input_size)
+        self.sampling_ratio = int(sampling_ratio)
+        self.chunk_size = int(chunk_size)
+        self.bbox_head = None
+        if bbox_reg:
+            self.bbox_head = nn.Linear(backbone.out_channels, 4 * len(self.class_names))
+            nn.init.normal_(self.bbox_head.weight, std=0.001)
+            nn.init.zeros_(self.bbox_head.bias)
+
+    @property
+    def num_classes(self) -> int:
+        """Object classes, without background."""
+        return len(self.class_names)
+
+    @property
+    def bbox_reg(self) -> bool:
+        return self.bbox_head is not None
+
+    def forward(self, crops: Tensor) -> DetectorOutput:
+        """Args: crops (Tensor[N, 3, S, S]) normalised warped regions. Returns :class:`DetectorOutput`; aux
+        logits only in training mode when the backbone has aux heads."""
+        bb = self.backbone
+        aux: tuple[Tensor, ...] = ()
+        if self.training and bb.aux_logits:
+            feats, aux = bb._aux_forward(crops)  # N x 1024 x s x s, aux logits
+        else:
+            feats = bb.forward_features(crops)
+        logits = bb.forward_head(feats)  # N x (C + 1)
+        deltas = None
+        if self.bbox_head is not None:
+            pooled = torch.flatten(F.adaptive_avg_pool2d(feats, 1), 1)  # N x 1024
+            deltas = self.bbox_head(pooled).view(-1, self.num_classes, 4)  # N x C x 4
+        return DetectorOutput(logits, tuple(aux), deltas)
+
+    def normalize(self, image01: Tensor) -> Tensor:
+        """Tensor[3, H, W] float 0-1 RGB -> the network's normalised input (the mean pixel becomes 0)."""
+        return self.backbone.normalize(image01[None].float())[0]
+
+    def crop(self, image_norm: Tensor, boxes: Tensor):
+        """Yield ``(slice, crops)`` chunks of warped regions of a normalised image (see :mod:`~gdet.detection.crops`)."""
+        return iter_region_chunks(image_norm, boxes, self.input_size, self.context_pad, self.chunk_size,
+                                  self.sampling_ratio)
+
+    @torch.no_grad()
+    def score_regions(self, image01: Tensor, boxes: Tensor, precision: str = "fp32",
+                      channels_last: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Class probabilities (and box deltas) of regions of one image.
+
+        Args:
+            image01 (Tensor[3, H, W]): float RGB in 0-1 on the model's device.
+            boxes (Tensor[N, 4]): proposals in pixels.
+            precision: fp32, bf16 or fp16 for the network (crops are always computed in fp32).
+        Returns:
+            probs (Tensor[N, C+1]) float32 softmax, background first; deltas (Tensor[N, C, 4]) or None.
+        """
+        was_training = self.training
+        self.eval()
+        device = image01.device
+        boxes = boxes.to(device=device, dtype=torch.float32)
+        probs = torch.zeros((boxes.shape[0], self.num_classes + 1), device=device)
+        deltas = torch.zeros((boxes.shape[0], self.num_classes, 4), device=device) if self.bbox_reg else None
+        image_norm = self.normalize(image01)
+        for sl, crops in self.crop(image_norm, boxes):
+            if channels_last:
+                crops = crops.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                out = self(crops)
+            probs[sl] = F.softmax(out.logits.float(), dim=1)
+            if deltas is not None:
+                deltas[sl] = out.bbox_deltas.float()
+        self.train(was_training)
+        return probs, deltas
+
+    def detect(self, image, proposals, **kwargs) -> dict[str, Tensor]:
+        """Detect objects in one image; see :func:`detect_image` for the arguments."""
+        return detect_image(self, image, proposals, **kwargs)
+
+
+class EnsembleDetector:
+    """Several detectors over the same classes: class probabilities (and box deltas) are averaged over the
+    models on the same proposals, before NMS (the paper's 6-network ILSVRC 2014 detection ensemble).
+
+    Each member crops with its own input size, context and normalisation.
+    """
+
+    def __init__(self, members: Sequence[Detector]):
+        if not members:
+            raise GdetError("an ensemble needs at least one detector")
+        names = members[0].class_names
+        for m in members[1:]:
+            if m.class_names != names:
+                raise GdetError(f"ensemble members disagree on the classes: {names} vs {m.class_names}")
+        self.members = list(members)
+        self.class_names = list(names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @torch.no_grad()
+    def score_regions(self, image01: Tensor, boxes: Tensor, precision: str = "fp32",
+                      channels_last: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Averaged probabilities (Tensor[N, C+1]) and, when every member regresses boxes, averaged deltas."""
+        from gdet.ensemble import average_probs
+
+        outs = [m.score_regions(image01, boxes, precision, channels_last) for m in self.members]
+        probs = average_probs([p for p, _ in outs])
+        deltas = None
+        if all(d is not None for _, d in outs):
+            deltas = torch.stack([d for _, d in outs]).mean(0)
+        return probs, deltas
+
+    def detect(self, image, proposals, **kwargs) -> dict[str, Tensor]:
+        return detect_image(self, image, proposals, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+def image_to_tensor(image, device: torch.device | str = "cpu") -> tuple[Tensor, np.ndarray | None]:
+    """Accept a path, an RGB ``uint8 [H, W, 3]`` array, or a ``Tensor[3, H, W]`` (uint8 or 0-1 float).
+
+    Returns:
+        (Tensor[3, H, W] float 0-1 on ``device``, the uint8 RGB array or None when given a tensor).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        from gdet.data import read_image
+
+        image = read_image(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        arr = np.ascontiguousarray(image[:, :, :3])
+        t = torch.from_numpy(arr).to(device).permute(2, 0, 1).float().div_(255.0)
+        return t, arr
+    if isinstance(image, Tensor):
+        t = image.to(device)
+        t = t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+        return t, None
+    raise TypeError(f"expected an image path, array or tensor, got {type(image).__name__}")
+
+
+def detect_image(model: Detector | EnsembleDetector, image, proposals, *, score_thr: float = 0.05,
+                 nms_thr: float = 0.3, max_dets: int = 100, soft_nms: str | None = None, max_proposals: int | None = None,
+                 precision: str = "fp32", channels_last: bool = False, device: torch.device | str | None = None,
+                 ) -> dict[str, Tensor]:
+    """Run the detection pipeline on one image.
+
+    Args:
+        model: a :class:`Detector` or :class:`EnsembleDetector`.
+        image: a path, an RGB ``uint8 [H, W, 3]`` array or a ``Tensor[3, H, W]``.
+        proposals: ``Tensor[N, 4]`` boxes in pixels, or a proposer with ``propose(rgb_uint8) -> (boxes, scores)``.
+        score_thr, nms_thr, max_dets, soft_nms: see :func:`gdet.nms.postprocess`.
+        max_proposals: keep only the first (best-ranked) proposals.
+        precision, channels_last: network numerics.
+        device: where crops and the network run (default: the model's device).
+    Returns:
+        ``{"boxes": Tensor[K, 4], "scores": Tensor[K], "labels": Tensor[K]}`` on the CPU, labels in ``0..C-1``.
+    """
+    if device is None:
+        first = model.members[0] if isinstance(model, EnsembleDetector) else model
+        device = next(first.parameters()).device
+    image01, arr = image_to_tensor(image, device)
+    h, w = image01.shape[1:]
+    if hasattr(proposals, "propose"):
+        if arr is None:
+            arr = (image01.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        proposals, _ = proposals.propose(arr)
+    boxes = torch.as_tensor(proposals, dtype=torch.float32).reshape(-1, 4)
+    if max_proposals:
+        boxes = boxes[:max_proposals]
+    boxes = boxes.to(device)
+    probs, deltas = model.score_regions(image01, boxes, precision, channels_last)
+    det_boxes = boxes
+    if deltas is not None:
+        det_boxes = decode_boxes(boxes, deltas)  # N x C x 4
+    if det_boxes.numel():
+        det_boxes = torch.stack([det_boxes[..., 0].clamp(0, w), det_boxes[..., 1].clamp(0, h),
+                                 det_boxes[..., 2].clamp(0, w), det_boxes[..., 3].clamp(0, h)], -1)
+    out = postprocess(det_boxes, probs, score_thr=score_thr, nms_thr=nms_thr, max_dets=max_dets, soft=soft_nms)
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def build_detector(backbone: str, class_names: Sequence[str], *, weights: str | os.PathLike | None = None,
+                   backbone_kwargs: dict | None = None, context_pad: int = DEFAULT_CONTEXT_PAD,
+                   input_size: int | None = None, bbox_reg: bool = False, sampling_ratio: int = 1,
+                   chunk_size: int = 256) -> Detector:
+    """Build a detector from a registry backbone, optionally starting from a classification checkpoint.
+
+    The classifier (and the aux classifiers) are replaced by fresh ``C + 1``-way layers; everything else comes
+    from ``weights`` (a gdet classification checkpoint or a plain state dict), whose own classifier size does not
+    matter.
+
+    Args:
+        backbone: registry name (``gdet models``).
+        class_names: the ``C`` object classes.
+        weights: classification checkpoint to start from (None: random initialisation).
+        backbone_kwargs: extra builder arguments (e.g. ``{"aux_logits": True, "dropout": 0.4}``).
+    """
+    kw = dict(backbone_kwargs or {})
+    num_cls = len(class_names) + 1
+    if weights is not None:
+        from gdet.engine.checkpoint import load_checkpoint, load_model_weights
+
+        ckpt = load_checkpoint(weights)
+        n_src = _classifier_size(ckpt["model"])
+        net = build_backbone(backbone, num_classes=n_src or num_cls, **kw)
+        # The checkpoint may have been trained with or without aux heads; load what fits, then report the rest.
+        state = ckpt["model"]
+        own = net.state_dict()
+        missing = [k for k in own if k not in state and not _is_aux(k)]
+        if missing:
+            raise CheckpointError(f"{weights}: weights do not fit backbone {backbone!r}: missing keys "
+                                  f"({len(missing)}): {', '.join(missing[:5])}")
+        load_model_weights(net, {k: v for k, v in state.items() if k in own}, strict=False)
+        net.reset_classifier(num_cls)
+    else:
+        net = build_backbone(backbone, num_classes=num_cls, **kw)
+    return Detector(net, class_names, context_pad=context_pad, input_size=input_size, bbox_reg=bbox_reg,
+                    sampling_ratio=sampling_ratio, chunk_size=chunk_size)
+
+
+def _is_aux(key: str) -> bool:
+    return key.startswith(("aux1.", "aux2.", "AuxLogits.", "aux"))
+
+
+def _classifier_size(state: dict[str, Tensor]) -> int | None:
+    for key in ("fc.weight", "backbone.fc.weight"):
+        if key in state:
+            return int(state[key].shape[0])
+    return None
+
+
+def detector_checkpoint_meta(model: Detector, backbone_kwargs: dict | None = None) -> dict[str, Any]:
+    """The checkpoint keys (besides weights and training state) that :func:`load_detector` needs."""
+    return {
+        "task": "detect",
+        "backbone": model.backbone.backbone_name,
+        "backbone_kwargs": dict(backbone_kwargs or {}),
+        "class_names": list(model.class_names),
+        "preprocessing": model.backbone.preprocessing(),
+        "detector": {"context_pad": model.context_pad, "input_size": model.input_size,
+                     "bbox_reg": model.bbox_reg, "sampling_ratio": model.sampling_ratio},
+    }
+
+
+def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", use_ema: bool = False,
+                  chunk_size: int = 256) -> Detector:
+    """Load a detector written by ``tools/train_det.py`` (or its fp16 export), in eval mode on ``device``.
+
+    Aux heads are dropped (inference never uses them). A classification checkpoint or a foreign file raises a
+    one-line :class:`~gdet.errors.CheckpointError`.
+    """
+    from gdet.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("task") != "detect" or "detector" not in ckpt:
+        what = ckpt.get("task") or "not a gdet detector"
+        raise CheckpointError(f"{path}: not a detection checkpoint ({what}); train one with tools/train_det.py")
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    kw = dict(ckpt.get("backbone_kwargs") or {})
+    kw["aux_logits"] = False
+    meta = ckpt["detector"]
+    names = list(ckpt["class_names"])
+    net = build_backbone(ckpt["backbone"], num_classes=len(names) + 1, **kw)
+    model = Detector(net, names, context_pad=meta["context_pad"], input_size=meta["input_size"],
+                     bbox_reg=meta.get("bbox_reg", False), sampling_ratio=meta.get("sampling_ratio", 1),
+                     chunk_size=chunk_size)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not _is_aux(k.removeprefix("backbone."))}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"{path}: weights do not fit the detector (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}, shape mismatch {bad[:3]})")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    pre = ckpt.get("preprocessing")
+    if pre:
+        net.mean, net.std = tuple(pre["mean"]), tuple(pre["std"])
+        net.input_scale = pre.get("input_scale", net.input_scale)
+    return model.to(device).eval()
+
+
+def load_detectors(paths: Sequence[str | os.PathLike], device: torch.device | str = "cpu",
+                   **kwargs) -> Detector | EnsembleDetector:
+    """One detector, or an :class:`EnsembleDetector` when several paths are given."""
+    models = [load_detector(p, device, **kwargs) for p in paths]
+    return models[0] if len(models) == 1 else EnsembleDetector(models)
+
+
+def export_detector(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True, use_ema: bool = False) -> int:
+    """Write an inference-only copy of a training checkpoint: no optimizer/RNG state, no aux heads, fp16 weights.
+
+    Returns the size of the written file in bytes.
+    """
+    from gdet.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    if ckpt.get("task") != "detect":
+        raise CheckpointError(f"{src}: not a detection checkpoint")
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state.items()
+             if not _is_aux(k.removeprefix("backbone."))}
+    kw = dict(ckpt.get("backbone_kwargs") or {})
+    kw["aux_logits"] = False
+    out = {k: ckpt[k] for k in ("task", "backbone", "class_names", "preprocessing", "detector", "config", "epoch")
+           if k in ckpt}
+    out.update(model=state, backbone_kwargs=kw)
+    save_checkpoint(out, dst)
+    return os.path.getsize(dst)
