@@ -4,6 +4,10 @@ from gdet.backbones.registry import build_backbone, get_backbone_builder, list_b
 
 # Importing a module registers its networks.
 from gdet.backbones import googlenet  # noqa: E402,F401  isort: skip
+from gdet.backbones import googlenet_tv  # noqa: E402,F401  isort: skip
+from gdet.backbones import bn_inception  # noqa: E402,F401  isort: skip
+from gdet.backbones import inception_v3  # noqa: E402,F401  isort: skip
+from gdet.backbones import inception_v4  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Backbone",
