@@ -1,0 +1,176 @@
+"""Proposal files: one ``.npz`` per dataset split holding image ids, boxes and scores.
+
+Format (``numpy.savez_compressed``, no pickled objects, readable with ``np.load`` alone):
+
+=============  ===================  ====================================================================
+key            dtype / shape        meaning
+=============  ===================  ====================================================================
+``format``     str (0-d)            ``"gdet-proposals"``
+``version``    int64 (0-d)          1
+``image_ids``  str ``[I]``          image ids, as strings (``ImageRecord.image_id``)
+``id_type``    str (0-d)            ``"int"`` if every id was an int (COCO), else ``"str"``; ids come back so
+``offsets``    int64 ``[I + 1]``    image ``i`` owns rows ``offsets[i]:offsets[i + 1]`` of boxes and scores
+``boxes``      float32 ``[M, 4]``   (x1, y1, x2, y2) pixels of the original image, best first per image
+``scores``     float32 ``[M]``      the method's scores, non-increasing within each image
+``sizes``      int64 ``[I, 2]``     (width, height) of each image, -1 when unknown
+``meta``       str (0-d)            JSON: ``{"method": ..., <the method's settings>, "data": ..., ...}``
+=============  ===================  ====================================================================
+
+While ``gdet proposals compute`` runs, finished images are kept as ``<out>.parts/<hash>.npz`` (each written
+atomically) beside ``<out>.parts/config.json``; a rerun skips them, and the directory is merged into ``<out>``
+(atomically) and removed at the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gdet.errors import DataError
+from gdet.io import atomic_path
+
+FORMAT = "gdet-proposals"
+VERSION = 1
+
+
+class ProposalSet:
+    """Proposals of a set of images, looked up by image id.
+
+    ``props[image_id] -> (boxes Tensor[N, 4], scores Tensor[N])``; ``len(props)``, ``image_ids``, ``in``,
+    ``size(image_id) -> (width, height)``, ``meta`` (the method's settings).
+    """
+
+    def __init__(self, image_ids: Sequence, offsets: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                 sizes: np.ndarray | None = None, meta: dict | None = None):
+        self.image_ids = list(image_ids)
+        self._index = {i: k for k, i in enumerate(self.image_ids)}
+        if len(self._index) != len(self.image_ids):
+            raise ValueError("duplicate image ids in a proposal set")
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        n = len(self.image_ids)
+        self.sizes = (np.full((n, 2), -1, dtype=np.int64) if sizes is None
+                      else np.asarray(sizes, dtype=np.int64).reshape(n, 2))
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def from_lists(cls, image_ids: Sequence, boxes: Sequence, scores: Sequence,
+                   sizes: Sequence | None = None, meta: dict | None = None) -> "ProposalSet":
+        """Build from per-image ``boxes[i] (Tensor|ndarray [N_i, 4])`` and ``scores[i] ([N_i])``."""
+        if not (len(image_ids) == len(boxes) == len(scores)):
+            raise ValueError(f"{len(image_ids)} ids, {len(boxes)} box arrays, {len(scores)} score arrays")
+        b = [_np(x).reshape(-1, 4) for x in boxes]
+        s = [_np(x).reshape(-1) for x in scores]
+        for i, (bb, ss) in enumerate(zip(b, s)):
+            if bb.shape[0] != ss.shape[0]:
+                raise ValueError(f"image {image_ids[i]}: {bb.shape[0]} boxes but {ss.shape[0]} scores")
+        offsets = np.zeros(len(b) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([x.shape[0] for x in b])
+        cat_b = np.concatenate(b) if b else np.zeros((0, 4), np.float32)
+        cat_s = np.concatenate(s) if s else np.zeros((0,), np.float32)
+        return cls(image_ids, offsets, cat_b, cat_s, sizes, meta)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __contains__(self, image_id) -> bool:
+        return image_id in self._index
+
+    def __iter__(self) -> Iterator:
+        return iter(self.image_ids)
+
+    def __getitem__(self, image_id) -> tuple[Tensor, Tensor]:
+        k = self._lookup(image_id)
+        a, b = self.offsets[k], self.offsets[k + 1]
+        return torch.from_numpy(self.boxes[a:b].copy()), torch.from_numpy(self.scores[a:b].copy())
+
+    def size(self, image_id) -> tuple[int, int]:
+        w, h = self.sizes[self._lookup(image_id)]
+        return int(w), int(h)
+
+    def num_boxes(self) -> np.ndarray:
+        """Boxes per image, ``int64 [I]``."""
+        return np.diff(self.offsets)
+
+    def _lookup(self, image_id) -> int:
+        if image_id in self._index:
+            return self._index[image_id]
+        # Tolerate "12" vs 12 so that files work across VOC/COCO readers.
+        alt = str(image_id) if not isinstance(image_id, str) else (int(image_id) if image_id.isdigit() else None)
+        if alt is not None and alt in self._index:
+            return self._index[alt]
+        raise KeyError(f"image {image_id!r} has no proposals in this set ({len(self)} images)")
+
+    def __repr__(self) -> str:
+        return (f"ProposalSet({len(self)} images, {self.boxes.shape[0]} boxes, "
+                f"method={self.meta.get('method', '?')!r})")
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def save_proposals(path: str | os.PathLike, proposals: ProposalSet) -> None:
+    """Write a :class:`ProposalSet` to ``path`` (``.npz``) atomically, in the format of this module."""
+    ids = proposals.image_ids
+    id_type = "int" if ids and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids) \
+        else "str"
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise DataError(f"{path}: proposal files end in .npz")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append .npz to the temp name
+            np.savez_compressed(
+                f, format=np.array(FORMAT), version=np.array(VERSION, dtype=np.int64),
+                image_ids=np.array([str(i) for i in ids], dtype=str).reshape(-1), id_type=np.array(id_type),
+                offsets=proposals.offsets, boxes=proposals.boxes, scores=proposals.scores,
+                sizes=proposals.sizes, meta=np.array(json.dumps(proposals.meta, sort_keys=True)))
+
+
+def load_proposals(path: str | os.PathLike) -> ProposalSet:
+    """Read a proposal file; a missing, corrupt or foreign file raises :class:`DataError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: proposal file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable proposal file ({str(e).splitlines()[0][:100]})") from None
+    if str(data.get("format", "")) != FORMAT:
+        raise DataError(f"{path}: not a gdet proposal file (no format={FORMAT!r} key)")
+    if int(data["version"]) > VERSION:
+        raise DataError(f"{path}: proposal file version {int(data['version'])} is newer than this gdet ({VERSION})")
+    missing = [k for k in ("image_ids", "offsets", "boxes", "scores") if k not in data]
+    if missing:
+        raise DataError(f"{path}: proposal file lacks {', '.join(missing)}")
+    ids: list[Any] = [str(i) for i in data["image_ids"].tolist()]
+    if str(data.get("id_type", "str")) == "int":
+        ids = [int(i) for i in ids]
+    offsets = data["offsets"]
+    if offsets.shape[0] != len(ids) + 1 or offsets[-1] != data["boxes"].shape[0] or np.any(np.diff(offsets) < 0):
+        raise DataError(f"{path}: inconsistent offsets ({offsets.shape[0]} for {len(ids)} images, "
+                        f"{data['boxes'].shape[0]} boxes)")
+    meta = json.loads(str(data["meta"])) if "meta" in data else {}
+    return ProposalSet(ids, offsets, data["boxes"], data["scores"], data.get("sizes"), meta)
+
+
+def merge_sets(sets: Iterable[ProposalSet], order: Sequence | None = None, meta: dict | None = None) -> ProposalSet:
+    """Concatenate proposal sets (later sets win on repeated ids), optionally in the order ``order``."""
+    table: dict[Any, tuple] = {}
+    for s in sets:
+        for k, i in enumerate(s.image_ids):
+            b, sc = s[i]
+            table[i] = (b, sc, tuple(s.sizes[k]))
+    ids = list(order) if order is not None else list(table)
+    return ProposalSet.from_lists(ids, [table[i][0] for i in ids], [table[i][1] for i in ids],
+                                  [table[i][2] for i in ids], meta)
