@@ -1,0 +1,71 @@
+"""`gdet eval` (and tools/eval_map.py): score a detection result file against a VOC or COCO dataset."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from gdet.evaluation import METRICS, build_evaluator, format_table, plot_pr_curves, read_results, save_result_json
+
+
+def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str = "voc", split: str = "val",
+                   plots: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                   use_plus_one: bool = False, compat: str = "devkit") -> dict:
+    """Evaluate a result file (see :mod:`gdet.evaluation.results`) against a dataset.
+
+    Args:
+        gt: a VOC root, a COCO instances ``.json``, or a folder with ``<split>.json``.
+        dets: the result ``.json``.
+        metric: ``voc07``, ``voc``, ``coco`` or ``ilsvrc``.
+        split: the split to read (VOC ``ImageSets/Main/<split>.txt`` or ``<split>.json``).
+        plots: folder for ``pr_<metric>.png``.
+        out: path of the JSON with every figure.
+        use_plus_one, compat: VOC/ILSVRC options (see :class:`~gdet.evaluation.VOCEvaluator`).
+
+    Returns:
+        the evaluator's result dict, plus ``gt``, ``dets``, ``seconds``.
+    """
+    from gdet.data import load_detection_set
+
+    t0 = time.perf_counter()
+    dset = load_detection_set(gt, split=split, check_images=False)
+    detections = read_results(dets, dset.records, dset.class_names, dset.category_ids)
+    kwargs = {}
+    if metric in ("voc07", "voc"):
+        kwargs = {"use_plus_one": use_plus_one, "compat": compat}
+    elif metric == "ilsvrc":
+        kwargs = {"use_plus_one": use_plus_one}
+    ev = build_evaluator(metric, dset.class_names, **kwargs)
+    ev.process(dset.records, detections)
+    result = ev.evaluate()
+    result.update(gt=str(gt), dets=str(dets), seconds=round(time.perf_counter() - t0, 3))
+    if plots:
+        aps = {r["class"]: r["ap"] if metric != "coco" else r["ap50"] for r in result["per_class"]}
+        what = "precision at IoU 0.50" if metric == "coco" else "precision-recall"
+        plot_pr_curves(ev.curves, Path(plots) / f"pr_{metric}.png", aps=aps, title=f"{Path(dets).name}: {what}")
+    if out:
+        save_result_json(result, out)
+    return result
+
+
+@click.command("eval")
+@click.option("--gt", required=True, type=click.Path(), help="VOC root, COCO .json, or folder with <split>.json.")
+@click.option("--dets", required=True, type=click.Path(), help="COCO-style result .json (gdet detect/test_det.py).")
+@click.option("--metric", type=click.Choice(METRICS), default="voc", show_default=True,
+              help="voc07: 11-point; voc: VOC2010+ all-point; coco: pycocotools; ilsvrc: size-aware IoU.")
+@click.option("--split", default="val", show_default=True, help="Split of a VOC root / synthetic folder.")
+@click.option("--plots", type=click.Path(), default=None, help="Folder for the precision-recall PNG.")
+@click.option("--out", type=click.Path(), default=None, help="Write every figure to this JSON.")
+@click.option("--plus-one", is_flag=True, help="Legacy +1 pixel widths (boxes as inclusive pixel indices).")
+@click.option("--compat", type=click.Choice(["devkit", "py-faster-rcnn"]), default="devkit", show_default=True,
+              help="VOC: the official devkit's rules or its py-faster-rcnn port (IoU > 0.5, arange thresholds).")
+def eval_cmd(gt, dets, metric, split, plots, out, plus_one, compat):
+    """Score a detection result file (mAP per class, PR curves, JSON)."""
+    result = evaluate_files(gt, dets, metric, split, plots, out, plus_one, compat)
+    click.echo(format_table(result))
+    if plots:
+        click.echo(f"wrote {Path(plots) / f'pr_{metric}.png'}")
+    if out:
+        click.echo(f"wrote {out}")

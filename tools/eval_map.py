@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Score a detection result file: `python tools/eval_map.py --gt DATA --dets RESULTS.json --metric voc07|voc|coco|ilsvrc`.
+
+The same command as `gdet eval`; see docs/evaluation.md.
+"""
+import sys
+
+from gdet.cli import run_guarded
+from gdet.evaluation.cli import eval_cmd
+
+if __name__ == "__main__":
+    run_guarded(eval_cmd.main, standalone_mode=True)
+    sys.exit(0)
