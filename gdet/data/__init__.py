@@ -1,0 +1,50 @@
+"""Datasets: VOC / COCO / image-folder readers and writers, image decoding, torch Datasets, synthetic data.
+
+Public API::
+
+    DetectionSet(records, class_names, category_ids, format, root, split, stats)
+    load_detection_set(path, split="val", class_names=None, check_images=True) -> DetectionSet
+    read_voc(root, split="val", class_names=None, check_images=True) -> DetectionSet
+    write_voc(dset, out_root, split, copy_images=True) -> Path
+    read_coco(json_path, image_root=None, check_images=True) -> DetectionSet
+    write_coco(dset, json_path, image_dir=None) -> Path ;  to_coco(dset) -> dict
+    read_image_folder(root, class_names=None) -> (paths, labels, class_names)
+    read_image(path) -> np.ndarray [H, W, 3] uint8 RGB
+    ClassificationDataset(paths, labels, transform=None), DetectionImageDataset(records, transform=None)
+    collate_classification, collate_detection, to_tensor
+"""
+from gdet.data.coco import read_coco, to_coco, write_coco
+from gdet.data.dataset import DataWarning, DetectionSet, image_size, load_detection_set, object_extra
+from gdet.data.folder import read_image_folder
+from gdet.data.image import IMAGE_EXTENSIONS, read_image
+from gdet.data.loading import (
+    ClassificationDataset,
+    DetectionImageDataset,
+    collate_classification,
+    collate_detection,
+    to_tensor,
+)
+from gdet.data.voc import VOC_CLASSES, read_voc, voc_splits, write_voc
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "VOC_CLASSES",
+    "ClassificationDataset",
+    "DataWarning",
+    "DetectionImageDataset",
+    "DetectionSet",
+    "collate_classification",
+    "collate_detection",
+    "image_size",
+    "load_detection_set",
+    "object_extra",
+    "read_coco",
+    "read_image",
+    "read_image_folder",
+    "read_voc",
+    "to_coco",
+    "to_tensor",
+    "voc_splits",
+    "write_coco",
+    "write_voc",
+]
