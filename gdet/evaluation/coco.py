@@ -14,12 +14,29 @@ from gdet.evaluation.base import DetectionEvaluator, FlatData, RECALL_POINTS
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def _annotations(flat: FlatData, gt: bool) -> list[dict]:
-    """COCO annotation dicts built column-wise (image ids are ``index + 1``, category ids ``label + 1``)."""
+def coco_image_ids(image_ids: Sequence) -> np.ndarray:
+    """Internal COCO image id (1..N) of each image, in the order pycocotools would sort the original ids.
+
+    COCOeval walks images in ``sorted(imgIds)`` order, which breaks ties between equal scores in different
+    images; numbering images by the rank of their original id (numeric if all are integers, else as strings)
+    keeps that order, so the result equals pycocotools run on the original files.
+    """
+    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in image_ids):
+        keys = np.asarray(image_ids, dtype=np.int64)
+    else:
+        keys = np.asarray([str(i) for i in image_ids])
+    order = np.argsort(keys, kind="stable")
+    ids = np.empty(len(image_ids), dtype=np.int64)
+    ids[order] = np.arange(1, len(image_ids) + 1)
+    return ids
+
+
+def _annotations(flat: FlatData, gt: bool, image_ids: np.ndarray) -> list[dict]:
+    """COCO annotation dicts built column-wise (image ids from ``image_ids``, category ids ``label + 1``)."""
     boxes = flat.gt_boxes if gt else flat.dt_boxes
     x, y = boxes[:, 0], boxes[:, 1]
     w, h = boxes[:, 2] - x, boxes[:, 3] - y
-    img = (flat.gt_img if gt else flat.dt_img) + 1
+    img = image_ids[flat.gt_img if gt else flat.dt_img]
     cat = (flat.gt_labels if gt else flat.dt_labels) + 1
     ids = range(1, img.size + 1)
     cols = [c.tolist() for c in (img, cat, x, y, w, h)]
@@ -32,23 +49,25 @@ def _annotations(flat: FlatData, gt: bool) -> list[dict]:
              "iscrowd": 0} for i, im, c, bx, by, bw, bh, a, s in zip(ids, *cols)]
 
 
-def coco_objects(flat: FlatData, class_names: Sequence[str]):
+def coco_objects(flat: FlatData, class_names: Sequence[str], image_ids: Sequence | None = None):
     """The ground-truth and result :class:`pycocotools.coco.COCO` objects of ``flat``, built directly.
 
     Equivalent to ``COCO(gt_json)`` and ``coco_gt.loadRes(results)`` (same ``area``, ``id`` and ``iscrowd`` for
-    results as ``loadRes`` sets), without its per-detection Python loop and printing.
+    results as ``loadRes`` sets), without its per-detection Python loop and printing. ``image_ids`` are the
+    original ids (their sort order is kept, see :func:`coco_image_ids`); default: processing order.
     """
     from pycocotools.coco import COCO
 
-    images = [{"id": i + 1} for i in range(flat.num_images)]
+    ids = coco_image_ids(list(image_ids)) if image_ids is not None else np.arange(1, flat.num_images + 1)
+    images = [{"id": i} for i in ids.tolist()]
     categories = [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = {"images": images, "categories": categories, "annotations": _annotations(flat, True)}
+        coco_gt.dataset = {"images": images, "categories": categories, "annotations": _annotations(flat, True, ids)}
         coco_gt.createIndex()
         coco_dt = COCO()
         coco_dt.dataset = {"images": list(images), "categories": categories,
-                           "annotations": _annotations(flat, False)}
+                           "annotations": _annotations(flat, False, ids)}
         coco_dt.createIndex()
     return coco_gt, coco_dt
 
@@ -90,7 +109,7 @@ class COCOEvaluator(DetectionEvaluator):
             -1 from COCOeval (nothing to measure) becomes NaN.
         """
         flat = self.flat()
-        coco_gt, coco_dt = coco_objects(flat, self.class_names)
+        coco_gt, coco_dt = coco_objects(flat, self.class_names, self._image_ids)
         E = run_cocoeval(coco_gt, coco_dt)
         self.cocoeval = E
         summary = {n: (float(v) if v > -1 else math.nan) for n, v in zip(COCO_STAT_NAMES, E.stats)}
