@@ -146,7 +146,7 @@ def to_coco(dset: DetectionSet, file_names: list[str] | None = None) -> dict:
             anns.append(a)
     cats = [{"id": int(cid), "name": n, "supercategory": "none"}
             for cid, n in zip(dset.category_ids, dset.class_names)]
-    return {"info": {"description": f"written by gdet from {dset.root}"}, "images": images,
+    return {"info": {"description": f"written by gdet ({dset.format or 'unknown'} source, split {dset.split})"}, "images": images,
             "annotations": anns, "categories": cats}
 
 

@@ -431,6 +431,10 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, ...] 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     val = val_indices(cfg)
+    if cfg.task == "classify":  # every class folder exists, so read_image_folder always sees all classes
+        for split in ("train", "val"):
+            for name in CLASS_NAMES:
+                (out / split / name).mkdir(parents=True, exist_ok=True)
     jobs = [(cfg, out, i, "val" if i in val else "train") for i in range(cfg.images)]
     workers = (os.cpu_count() or 1) if workers is None else workers
     workers = min(workers, cfg.images)
