@@ -533,3 +533,32 @@ def test_table_plot_and_json(tmp_path):
         back = json.loads(out.read_text())
         assert back["mAP"] == pytest.approx(res["mAP"]) and len(back["pr_curves"][CLASSES[0]]) == 101
         assert [r["num_gt"] for r in back["per_class"]] == [r["num_gt"] for r in res["per_class"]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_fast_coco_equals_pycocotools_backend(seed):
+    # crowd regions, all area ranges, equal scores, and > 100 detections per image and class (maxDets cut)
+    records, detections = random_set(seed, num_images=20, integer=seed % 2 == 0, p_ignore=0.2, max_gt=10)
+    rng = np.random.default_rng(seed)
+    for r in records:
+        r.image_id = int(rng.integers(0, 10**6))
+        wh = (r.boxes[:, 2:] - r.boxes[:, :2]).double()
+        r.extra["area"] = (wh[:, 0] * wh[:, 1] * torch.from_numpy(rng.uniform(0.2, 3.0, len(r)))).tolist()
+    big = records[0]
+    n = 230
+    xy = torch.from_numpy(rng.uniform(0, 60, (n, 2))).float()
+    detections[0] = {"boxes": torch.cat([xy, xy + torch.from_numpy(rng.uniform(2, 60, (n, 2))).float()], 1),
+                     "scores": torch.from_numpy(np.round(rng.random(n), 1)).float(),
+                     "labels": torch.from_numpy(rng.integers(0, 2, n))}
+    if len(big):
+        detections[0]["boxes"][:len(big)] = big.boxes
+    fev = COCOEvaluator(CLASSES, backend="fast")
+    fast = run(fev, records, detections)
+    ev = COCOEvaluator(CLASSES, backend="pycocotools")
+    ref = run(ev, records, detections)
+    for key in ("precision", "recall", "scores"):
+        np.testing.assert_allclose(fev.cocoeval.eval[key], ev.cocoeval.eval[key], rtol=0, atol=1e-12)
+    assert [same(fast["summary"][k], ref["summary"][k]) for k in COCO_STAT_NAMES] == [True] * 12
+    for a, b in zip(fast["per_class"], ref["per_class"]):
+        assert same(a["ap"], b["ap"]) and same(a["ap50"], b["ap50"])
+    assert fast["pr_curves"] == ref["pr_curves"]

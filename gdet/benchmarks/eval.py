@@ -1,0 +1,115 @@
+"""Evaluation speed: gdet's VOC / ILSVRC / COCO evaluators against pycocotools' own COCOeval on the same data."""
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+
+import click
+import numpy as np
+import torch
+
+from gdet.structures import ImageRecord
+
+
+def synthetic(num_images: int, num_classes: int, dets_per_image: int, seed: int = 0):
+    """Records with 1-10 objects (10% ignored) and ``dets_per_image`` detections per image: noisy copies of the
+    objects (some mislabelled) and random boxes, uniform scores."""
+    rng = np.random.default_rng(seed)
+    records, detections = [], []
+    for i in range(num_images):
+        n = int(rng.integers(1, 11))
+        xy = rng.uniform(0, 400, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(8, 200, (n, 2))], 1)
+        labels = rng.integers(0, num_classes, n)
+        records.append(ImageRecord(i + 1, "", 640, 480, boxes=torch.tensor(boxes, dtype=torch.float32),
+                                   labels=torch.tensor(labels), ignore=torch.tensor(rng.random(n) < 0.1)))
+        k = min(dets_per_image, 3 * n)
+        src = rng.integers(0, n, k)
+        near = boxes[src] + rng.normal(0, 8, (k, 4))
+        xy = rng.uniform(0, 500, (dets_per_image - k, 2))
+        far = np.concatenate([xy, xy + rng.uniform(8, 150, (dets_per_image - k, 2))], 1)
+        db = np.concatenate([near, far])
+        db[:, 2:] = np.maximum(db[:, 2:], db[:, :2] + 1)
+        dl = np.concatenate([np.where(rng.random(k) < 0.8, labels[src], rng.integers(0, num_classes, k)),
+                             rng.integers(0, num_classes, dets_per_image - k)])
+        detections.append({"boxes": torch.tensor(db, dtype=torch.float32),
+                           "scores": torch.tensor(rng.random(dets_per_image), dtype=torch.float32),
+                           "labels": torch.tensor(dl, dtype=torch.int64)})
+    return records, detections
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def _gdet(metric, class_names, records, detections):
+    from gdet.evaluation import build_evaluator
+
+    def go():
+        ev = build_evaluator(metric, class_names)
+        ev.process(records, detections)
+        return ev.evaluate()
+    return _timed(go)
+
+
+def _pycocotools(records, detections, class_names):
+    """pycocotools the usual way: COCO from the ground-truth dict, loadRes of the result list, COCOeval."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from gdet.evaluation.results import write_results  # noqa: F401  (same entry format as the result files)
+
+    anns, res = [], []
+    for r, d in zip(records, detections):
+        for b, l, ig in zip(r.boxes.double().tolist(), r.labels.tolist(), r.ignore.tolist()):
+            anns.append({"id": len(anns) + 1, "image_id": r.image_id, "category_id": l + 1,
+                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1]),
+                         "iscrowd": int(ig)})
+        for b, s, l in zip(d["boxes"].double().tolist(), d["scores"].double().tolist(), d["labels"].tolist()):
+            res.append({"image_id": r.image_id, "category_id": l + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                        "score": s})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": [{"id": r.image_id} for r in records], "annotations": anns,
+                      "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}
+        gt.createIndex()
+
+        def go():
+            dt = gt.loadRes(res)
+            E = COCOeval(gt, dt, "bbox")
+            E.evaluate()
+            E.accumulate()
+            E.summarize()
+            return E
+        return _timed(go)
+
+
+@click.command()
+@click.option("--images", default=5000, show_default=True)
+@click.option("--classes", default=20, show_default=True)
+@click.option("--dets", default=100, show_default=True, help="detections per image")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--skip-pycocotools", is_flag=True, help="do not time pycocotools' own COCOeval (the slow part)")
+def main(images, classes, dets, seed, skip_pycocotools):
+    """Time mAP evaluation of IMAGES x DETS detections over CLASSES classes (CPU, in-memory records)."""
+    names = [f"class{k}" for k in range(classes)]
+    records, detections = synthetic(images, classes, dets, seed)
+    click.echo(f"{images} images x {classes} classes x {dets} detections/image "
+               f"({sum(len(r) for r in records)} objects, {images * dets} detections), "
+               f"torch threads {torch.get_num_threads()}")
+    rows = []
+    for metric in ("voc07", "voc", "ilsvrc", "coco"):
+        t, res = _gdet(metric, names, records, detections)
+        rows.append((f"gdet {metric}", t, res["mAP"]))
+    if not skip_pycocotools:
+        t, E = _pycocotools(records, detections, names)
+        rows.append(("pycocotools COCOeval (loadRes+evaluate+accumulate)", t, float(E.stats[0])))
+    peer = rows[-1][1] if not skip_pycocotools else None
+    w = max(len(r[0]) for r in rows)
+    click.echo(f"{'evaluator':<{w}}  {'seconds':>8}  {'mAP':>7}  {'vs pycocotools':>14}")
+    for name, t, m in rows:
+        ratio = f"{peer / t:13.1f}x" if peer else "             -"
+        click.echo(f"{name:<{w}}  {t:8.2f}  {100 * m:7.2f}  {ratio}")
