@@ -119,8 +119,10 @@ def _shape(name: str, rng: np.random.Generator) -> tuple[list[np.ndarray], list[
     if name == "blob":  # clutter: a smooth random star-convex blob
         t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
         r = np.ones_like(t)
-        for k in range(2, 6):
-            r += rng.uniform(-0.25, 0.25) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+        for k in range(2, 6):  # lumpy on purpose: a blob must not pass for a disc, hexagon or heart
+            amp = rng.uniform(0.22, 0.35) if k == int(rng.integers(2, 4)) else rng.uniform(0.0, 0.2)
+            r += amp * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+        r = np.maximum(r, 0.25)
         p = np.stack([r * np.cos(t), r * np.sin(t)], 1)
         return [p / np.abs(p).max()], []
     raise ValueError(name)
@@ -341,15 +343,18 @@ def generate_image(cfg: SynthConfig, index: int) -> tuple[np.ndarray, list[dict]
 
 
 def object_crop(img: np.ndarray, box: list[float], size: int, rng: np.random.Generator) -> np.ndarray:
-    """A square crop centred on ``box`` with 15-40% context (jittered), resized to ``size``; reflects at borders."""
+    """A square crop centred on ``box`` with 15-40% context (jittered), resized to ``size``; outside the image
+    it is filled with the image's mean colour (a mirrored border would duplicate truncated objects)."""
     x1, y1, x2, y2 = box
     side = max(x2 - x1, y2 - y1) * rng.uniform(1.15, 1.4)
     cx = (x1 + x2) / 2 + rng.uniform(-0.05, 0.05) * side
     cy = (y1 + y2) / 2 + rng.uniform(-0.05, 0.05) * side
-    k = size / side
-    m = np.array([[k, 0, size / 2 - k * cx], [0, k, size / 2 - k * cy]], np.float32)
-    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT101)
+    fill = tuple(float(v) for v in img.reshape(-1, 3).mean(0))  # mean-colour padding, as R-CNN's crops
+    n = max(size, int(np.ceil(side)))  # cut at >= output resolution, then shrink with area averaging
+    k = n / side
+    m = np.array([[k, 0, n / 2 - k * cx], [0, k, n / 2 - k * cy]], np.float32)
+    crop = cv2.warpAffine(img, m, (n, n), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    return crop if n == size else cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def encode_jpeg(img_rgb: np.ndarray) -> bytes:
