@@ -36,9 +36,10 @@ def _parse_counts(text: str) -> list[int | None]:
 @click.option("--proposals", "files", multiple=True, required=True,
               help="Proposal file(s) (.npz); NAME=FILE sets the name shown in the table and plot.")
 @click.option("--counts", default="100,500,1000,2000,all", show_default=True, help="Proposals kept per image.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N images of the split.")
 @click.option("--out", default=None, help="Write the results as JSON here.")
 @click.option("--plot", default=None, help="Write the recall-vs-count PNG here.")
-def main(data, split, files, counts, out, plot):
+def main(data, split, files, counts, limit, out, plot):
     """Evaluate proposal files by recall."""
     from gdet.data.dataset import load_detection_set
     from gdet.io import save_json
@@ -47,6 +48,7 @@ def main(data, split, files, counts, out, plot):
 
     count_list = _parse_counts(counts)
     dset = load_detection_set(data, split=split)
+    records = dset.records[:limit] if limit else dset.records
     results = {}
     for item in files:
         name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
@@ -54,11 +56,11 @@ def main(data, split, files, counts, out, plot):
         name = name or props.meta.get("method") or Path(path).stem
         if name in results:
             name = f"{name} ({Path(path).stem})"
-        res = evaluate_proposals(dset.records, props, count_list)
+        res = evaluate_proposals(records, props, count_list)
         res["file"] = str(path)
         res["settings"] = props.meta
         if res["images_without_proposals"]:
-            click.echo(f"warning: {path}: {res['images_without_proposals']} of {len(dset)} images have no "
+            click.echo(f"warning: {path}: {res['images_without_proposals']} of {len(records)} images have no "
                        f"proposals in the file", err=True)
         results[name] = res
     click.echo(f"{dset.summary()}")
