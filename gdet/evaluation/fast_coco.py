@@ -122,6 +122,11 @@ def fast_cocoeval(flat: FlatData, image_ids: np.ndarray, num_classes: int):
     dt_cnt = np.bincount(d_lab, minlength=K)
     eps = np.spacing(1)
 
+    # detections that have ground truth to match, grouped by their rank within (image, category)
+    with_gt = np.flatnonzero(d_grp < gkeys.size)
+    by_rank = with_gt[np.argsort(drank[with_gt], kind="stable")]
+    rank_bounds = np.searchsorted(drank[by_rank], np.arange((int(drank.max()) + 2) if D else 1))
+
     for a, (lo, hi) in enumerate(p.areaRng):
         g_ig = g_crowd | (flat.gt_area < lo) | (flat.gt_area > hi)
         ig_p = g_ig[gsafe] & gvalid
@@ -129,8 +134,8 @@ def fast_cocoeval(flat: FlatData, image_ids: np.ndarray, num_classes: int):
         to_ignored = np.zeros((D, T), dtype=bool)
         gtm = np.zeros((gkeys.size + 1, T, max(G, 1)), dtype=bool)
         if G and D:
-            for r in range(int(drank.max()) + 1):
-                sel = np.flatnonzero((drank == r) & (d_grp < gkeys.size))
+            for r in range(rank_bounds.size - 1):
+                sel = by_rank[rank_bounds[r]:rank_bounds[r + 1]]
                 if sel.size == 0:
                     continue
                 grp = d_grp[sel]
@@ -150,6 +155,8 @@ def fast_cocoeval(flat: FlatData, image_ids: np.ndarray, num_classes: int):
         d_out = (d_area < lo) | (d_area > hi)
         dt_ig = to_ignored | (~matched & d_out[:, None])
         npig_all = np.bincount(flat.gt_labels[~g_ig], minlength=K)
+        tp_flag = matched & ~dt_ig  # [D, T]
+        fp_flag = ~matched & ~dt_ig
         for k in range(K):
             if gt_cnt[k] == 0 and dt_cnt[k] == 0:
                 continue
@@ -157,33 +164,37 @@ def fast_cocoeval(flat: FlatData, image_ids: np.ndarray, num_classes: int):
             if npig == 0:
                 continue
             idx = acc[acc_bounds[k]:acc_bounds[k + 1]]
+            tp_k = np.ascontiguousarray(tp_flag[idx].T)  # [T, n] in accumulation order
+            fp_k = np.ascontiguousarray(fp_flag[idx].T)
+            rank_k, score_k = drank[idx], d_score[idx]
             for m, md in enumerate(p.maxDets):
-                sub = idx[drank[idx] < md]
-                nd = sub.size
-                mt = matched[sub].T
-                ign = dt_ig[sub].T
-                tp = np.cumsum(mt & ~ign, axis=1, dtype=np.float64)
-                fp = np.cumsum(~mt & ~ign, axis=1, dtype=np.float64)
-                rc = tp / npig
-                pr = tp / (fp + tp + eps)
-                recall[:, k, a, m] = rc[:, -1] if nd else 0
+                cut = None if md >= max_det else rank_k < md
+                tp_m = tp_k if cut is None else tp_k[:, cut]
+                fp_m = fp_k if cut is None else fp_k[:, cut]
+                nd = tp_m.shape[1]
                 if nd == 0:
+                    recall[:, k, a, m] = 0
                     precision[:, :, k, a, m] = 0.0
                     scores[:, :, k, a, m] = 0.0
                     continue
+                tp = np.cumsum(tp_m, axis=1).astype(np.float64)
+                fp = np.cumsum(fp_m, axis=1).astype(np.float64)
+                rc = tp / npig
+                pr = tp / (fp + tp + eps)
+                recall[:, k, a, m] = rc[:, -1]
                 pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-                ss = d_score[sub]
+                ss = score_k if cut is None else score_k[cut]
                 for t in range(T):
                     inds = np.searchsorted(rc[t], p.recThrs, side="left")
                     ok = inds < nd
                     # pycocotools fills q until the first index past the end, then stops
                     stop = int(np.argmin(ok)) if not ok.all() else R
                     q = np.zeros(R)
-                    s = np.zeros(R)
+                    sc = np.zeros(R)
                     q[:stop] = pr[t, inds[:stop]]
-                    s[:stop] = ss[inds[:stop]]
+                    sc[:stop] = ss[inds[:stop]]
                     precision[t, :, k, a, m] = q
-                    scores[t, :, k, a, m] = s
+                    scores[t, :, k, a, m] = sc
     E.eval = {"params": p, "counts": [T, R, K, A, M], "precision": precision, "recall": recall, "scores": scores}
     E._paramsEval = p
     with contextlib.redirect_stdout(io.StringIO()):
