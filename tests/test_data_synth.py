@@ -1,5 +1,4 @@
 """The synthetic benchmark (determinism, annotations, classify crops) and the `gdet data` CLI."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -126,13 +125,22 @@ def test_cli_bad_input_is_one_line_error(tmp_path, args, message):
 def test_cli_reports_clipped_boxes(tmp_path):
     generate(SynthConfig(seed=0, images=2, width=64, height=48, val_fraction=0.5), tmp_path, workers=0,
              show_progress=False)
-    ann = json.loads((tmp_path / "val.json").read_text()) if (tmp_path / "val.json").exists() else None
-    assert ann is None  # voc only by default
-    xml = next((tmp_path / "Annotations").glob("*.xml"))
-    text = xml.read_text().replace("<xmax>", "<xmax>1000", 1)
-    xml.write_text(text)
-    split = "val" if xml.stem in (tmp_path / "ImageSets/Main/val.txt").read_text() else "train"
-    r = CliRunner().invoke(gdet_main, ["data", "browse", str(tmp_path), "--out", str(tmp_path / "o"),
-                                       "--split", split])
+    assert not (tmp_path / "val.json").exists()  # VOC only by default
+    split = (tmp_path / "ImageSets" / "Main" / "val.txt").read_text().split()[0]
+    xml = tmp_path / "Annotations" / f"{split}.xml"
+    assert "<xmax>" in xml.read_text()
+    xml.write_text(xml.read_text().replace("<xmax>", "<xmax>1000", 1))  # now far outside the image
+    r = CliRunner().invoke(gdet_main, ["data", "browse", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
-    assert "clipped 1 boxes" in r.output
+    assert "clipped 1 boxes partly outside their image" in r.output
+
+
+def test_cli_convert_synth_coco_folder(tmp_path):
+    generate(SynthConfig(seed=4, images=3, width=64, height=48, val_fraction=0.0), tmp_path / "s", formats=("coco",),
+             workers=0, show_progress=False)
+    assert load_detection_set(tmp_path / "s", split=None).split == "train"  # the only split .json
+    r = CliRunner().invoke(gdet_main, ["data", "convert", "--from", "coco", "--to", "voc", "--src",
+                                       str(tmp_path / "s"), "--out", str(tmp_path / "v")])
+    assert r.exit_code == 0, r.output  # synth.json is not mistaken for a split
+    a, b = read_coco(tmp_path / "s" / "train.json"), read_voc(tmp_path / "v", "train")
+    assert b.class_names == CLASS_NAMES and sum(len(x) for x in a) == sum(len(x) for x in b)

@@ -90,7 +90,8 @@ def convert(src_fmt, dst_fmt, src, out, splits, copy_images):
         if src.is_file():
             jobs = [(splits[0] if splits else src.stem, src)]
         else:
-            names = list(splits) or sorted(p.stem for p in src.glob("*.json"))
+            # synth.json is the generator's summary, not a split
+            names = list(splits) or sorted(p.stem for p in src.glob("*.json") if p.name != "synth.json")
             if not names:
                 raise DataError(f"{src}: no .json files")
             jobs = [(name, src / f"{name}.json") for name in names]

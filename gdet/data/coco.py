@@ -146,8 +146,8 @@ def to_coco(dset: DetectionSet, file_names: list[str] | None = None) -> dict:
             anns.append(a)
     cats = [{"id": int(cid), "name": n, "supercategory": "none"}
             for cid, n in zip(dset.category_ids, dset.class_names)]
-    return {"info": {"description": f"written by gdet ({dset.format or 'unknown'} source, split {dset.split})"}, "images": images,
-            "annotations": anns, "categories": cats}
+    info = {"description": f"written by gdet ({dset.format or 'unknown'} source, split {dset.split})"}
+    return {"info": info, "images": images, "annotations": anns, "categories": cats}
 
 
 def write_coco(dset: DetectionSet, json_path: str | os.PathLike, image_dir: str | os.PathLike | None = None,

@@ -185,7 +185,7 @@ def load_detection_set(path: str | os.PathLike, split: str | None = "val", class
         path: a VOC root (a folder with ``Annotations/``), a COCO instances ``.json`` file, or a folder holding
             ``<split>.json`` (the layout written by ``gdet data synth`` / ``gdet data convert --to coco``).
         split: the split to read (VOC ``ImageSets/Main/<split>.txt``, or ``<split>.json``); ignored for a
-            ``.json`` path.
+            ``.json`` path. ``None``: ``"val"`` for VOC, the only ``.json`` of a COCO folder.
         class_names: VOC only: the class list (default: ``classes.txt`` in the root, else the 20 VOC classes).
         check_images: raise :class:`DataError` if an image file is missing.
 
@@ -203,9 +203,11 @@ def load_detection_set(path: str | os.PathLike, split: str | None = "val", class
     if p.is_dir():
         if (p / "Annotations").is_dir():
             return read_voc(p, split=split or "val", class_names=class_names, check_images=check_images)
+        jsons = sorted(x.name for x in p.glob("*.json") if x.name != "synth.json")
+        if split is None and len(jsons) == 1:
+            split = Path(jsons[0]).stem
         if (p / f"{split}.json").is_file():
             return read_coco(p / f"{split}.json", check_images=check_images)
-        jsons = sorted(x.name for x in p.glob("*.json"))
         hint = f" (found {', '.join(jsons)})" if jsons else ""
         raise DataError(f"{p}: not a dataset: no Annotations/ folder (VOC) and no {split}.json (COCO){hint}")
     raise DataError(f"{p}: unknown dataset format (expected a VOC folder or a COCO .json file)")

@@ -16,9 +16,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to an RGB ``uint8`` array of shape ``[H, W, 3]``.
 
     EXIF orientation is applied (the array is upright as a viewer shows it). Grayscale is replicated to three
-    channels; alpha is dropped (RGBA composited on black is *not* done: the colour channels are kept as is);
-    16-bit and 32-bit integer images are scaled to 8 bits (``v * 255 / 65535``), float images are clipped to
-    0..1 and scaled. Safe to call from DataLoader workers (no global state).
+    channels; an alpha channel is dropped (colour channels kept as they are, not composited); 16-bit grayscale
+    is scaled to 8 bits (``round(v * 255 / 65535)``; 16-bit RGB is reduced by Pillow, ``v >> 8``); float
+    images are clipped to 0..1 and scaled. Safe to call from DataLoader workers (no global state).
 
     Raises:
         DataError: the file is missing, truncated or not an image.
