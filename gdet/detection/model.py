@@ -163,13 +163,13 @@ class EnsembleDetector:
     def score_regions(self, image01: Tensor, boxes: Tensor, precision: str = "fp32",
                       channels_last: bool = False) -> tuple[Tensor, Tensor | None]:
         """Averaged probabilities (Tensor[N, C+1]) and, when every member regresses boxes, averaged deltas."""
-        from gdet.ensemble import average_probs
+        from gdet.ensemble import average_probabilities
 
         outs = [m.score_regions(image01, boxes, precision, channels_last) for m in self.members]
-        probs = average_probs([p for p, _ in outs])
+        probs = average_probabilities([p for p, _ in outs])
         deltas = None
         if all(d is not None for _, d in outs):
-            deltas = torch.stack([d for _, d in outs]).mean(0)
+            deltas = average_probabilities([d for _, d in outs])  # a plain mean of the deltas
         return probs, deltas
 
     def detect(self, image, proposals, **kwargs) -> dict[str, Tensor]:
@@ -193,6 +193,8 @@ def image_to_tensor(image, device: torch.device | str = "cpu") -> tuple[Tensor, 
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         arr = np.ascontiguousarray(image[:, :, :3])
+        if not arr.flags.writeable:
+            arr = arr.copy()
         t = torch.from_numpy(arr).to(device).permute(2, 0, 1).float().div_(255.0)
         return t, arr
     if isinstance(image, Tensor):

@@ -1,0 +1,127 @@
+"""Detector inference: end-to-end detect on a random-init tiny model, ensembles, checkpoints, the CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gdet.detection import EnsembleDetector, build_detector, load_detector
+from gdet.detection.model import export_detector
+from gdet.errors import CheckpointError, GdetError
+from detection_helpers import CLASSES, save_detector, tiny_detector
+
+IMAGE = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+PROPS = torch.tensor([[0, 0, 20, 20], [2, 2, 22, 22], [30, 10, 60, 40], [10, 30, 40, 47.0]])
+
+
+def test_detect_end_to_end_matches_manual_pipeline():
+    model = tiny_detector()
+    dets = model.detect(IMAGE, PROPS, score_thr=0.0, nms_thr=0.3, max_dets=100)
+    assert set(dets) == {"boxes", "scores", "labels"}
+    assert dets["boxes"].shape[1] == 4 and dets["labels"].dtype == torch.int64
+    assert torch.all(dets["scores"][:-1] >= dets["scores"][1:])
+    # the scores are the softmax of the network on the warped crops
+    probs, deltas = model.score_regions(torch.from_numpy(IMAGE).permute(2, 0, 1).float() / 255, PROPS)
+    assert deltas is None and probs.shape == (4, 3)
+    assert torch.allclose(probs.sum(1), torch.ones(4))
+    from gdet.detection.crops import crop_regions
+
+    crops = crop_regions(model.normalize(torch.from_numpy(IMAGE).permute(2, 0, 1).float() / 255), PROPS, 32, 2)
+    with torch.no_grad():
+        manual = torch.softmax(model.backbone(crops), 1)
+    assert torch.allclose(probs, manual, atol=1e-5)
+    top = dets["scores"].max().item()
+    assert top == pytest.approx(probs[:, 1:].max().item(), abs=1e-6)
+
+
+def test_detect_empty_proposals_and_chunks_agree():
+    model = tiny_detector()
+    empty = model.detect(IMAGE, torch.zeros((0, 4)))
+    assert empty["boxes"].shape == (0, 4) and empty["scores"].numel() == 0
+    img = torch.rand(3, 40, 40)
+    full = model.score_regions(img, PROPS)[0]
+    model.chunk_size = 3  # 4 proposals in chunks of 3 and 1
+    assert torch.allclose(model.score_regions(img, PROPS)[0], full, atol=1e-6)
+
+
+def test_ensemble_averages_probabilities_before_nms():
+    a, b = tiny_detector(seed=0), tiny_detector(seed=1)
+    img = torch.from_numpy(IMAGE).permute(2, 0, 1).float() / 255
+    pa, pb = a.score_regions(img, PROPS)[0], b.score_regions(img, PROPS)[0]
+    ens = EnsembleDetector([a, b])
+    pe, _ = ens.score_regions(img, PROPS)
+    assert torch.allclose(pe, (pa + pb) / 2, atol=1e-6)
+    dets = ens.detect(IMAGE, PROPS, score_thr=0.0, nms_thr=1.0, max_dets=100)
+    # with NMS off every (box, class) pair survives with the averaged probability
+    assert len(dets["scores"]) == 4 * 2
+    assert sorted(dets["scores"].tolist()) == pytest.approx(sorted(pe[:, 1:].flatten().tolist()), abs=1e-6)
+    other = tiny_detector(num_classes=3)
+    with pytest.raises(GdetError):
+        EnsembleDetector([a, other])
+
+
+def test_checkpoint_round_trip_and_fp16_export(tmp_path):
+    model = tiny_detector()
+    path = save_detector(model, tmp_path / "det.pth")
+    loaded = load_detector(path)
+    img = torch.rand(3, 40, 50)
+    assert torch.allclose(loaded.score_regions(img, PROPS)[0], model.score_regions(img, PROPS)[0], atol=1e-6)
+    size = export_detector(path, tmp_path / "det16.pth")
+    assert size < path.stat().st_size
+    half = load_detector(tmp_path / "det16.pth")
+    assert torch.allclose(half.score_regions(img, PROPS)[0], model.score_regions(img, PROPS)[0], atol=2e-2)
+    with pytest.raises(CheckpointError):
+        load_detector(tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_detector(tmp_path / "junk.pth")
+
+
+def test_build_from_classification_checkpoint(tmp_path):
+    from gdet.backbones import build_backbone
+    from gdet.engine import save_checkpoint
+
+    cls = build_backbone("googlenet", num_classes=5, aux_logits=True)
+    save_checkpoint({"model": cls.state_dict(), "task": "classify"}, tmp_path / "cls.pth")
+    det = build_detector("googlenet", CLASSES, weights=tmp_path / "cls.pth", backbone_kwargs={"aux_logits": True},
+                         input_size=32, bbox_reg=True)
+    assert det.backbone.fc.out_features == 3 and det.backbone.aux1.fc2.out_features == 3
+    assert torch.equal(det.backbone.conv1.conv.weight, cls.conv1.conv.weight)
+    det.train()
+    out = det(torch.randn(2, 3, 32, 32))
+    assert out.logits.shape == (2, 3) and len(out.aux_logits) == 2 and out.bbox_deltas.shape == (2, 2, 4)
+    # a detection checkpoint is not a classification checkpoint, and vice versa
+    with pytest.raises(CheckpointError):
+        load_detector(tmp_path / "cls.pth")
+
+
+def test_cli_detect_table_png_json_and_bad_checkpoint(tmp_path):
+    import cv2
+
+    from gdet.cli import main
+
+    img_path = tmp_path / "scene.png"
+    cv2.imwrite(str(img_path), IMAGE)
+    ckpt = save_detector(tiny_detector(), tmp_path / "det.pth")
+    from gdet.proposals import ProposalSet, save_proposals
+
+    save_proposals(tmp_path / "p.npz", ProposalSet.from_lists(["scene"], [PROPS], [torch.ones(4)]))
+    runner = CliRunner()
+    res = runner.invoke(main, ["detect", "--image", str(img_path), "--weights", str(ckpt), "--weights", str(ckpt),
+                               "--proposals", str(tmp_path / "p.npz"), "--score-thr", "0", "--out",
+                               str(tmp_path / "out"), "--json", str(tmp_path / "d.json")])
+    assert res.exit_code == 0, res.output
+    assert "scene.png" in res.output and "detection(s)" in res.output
+    assert (tmp_path / "out" / "scene.png").stat().st_size > 0
+    data = json.loads((tmp_path / "d.json").read_text())
+    assert data["class_names"] == CLASSES and data["images"][0]["detections"]
+    assert set(data["images"][0]["detections"][0]) == {"box", "score", "label", "class"}
+    # bad checkpoint: one line, non-zero exit
+    (tmp_path / "bad.pth").write_text("garbage")
+    res = runner.invoke(main, ["detect", "--image", str(img_path), "--weights", str(tmp_path / "bad.pth")])
+    assert res.exit_code == 1
+    assert res.output.strip().startswith("error:") and len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(main, ["detect", "--image", str(tmp_path / "none.jpg"), "--weights", str(ckpt),
+                               "--proposals", str(tmp_path / "p.npz")])
+    assert res.exit_code == 1 and "none.jpg" in res.output
