@@ -1,4 +1,4 @@
-"""Tiny detection data for the detection tests: a hand-drawn VOC set and a proposal file (no generator needed)."""
+"""Shared helpers (no tests) for the detection tests: a hand-drawn VOC set, a proposal file, tiny detectors."""
 from __future__ import annotations
 
 from pathlib import Path
