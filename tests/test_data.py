@@ -299,6 +299,8 @@ def test_image_folder_and_classification_dataset(tmp_path):
     assert img.shape == (3, 12, 16) and img.dtype == torch.uint8 and y == 1
     x, ys = collate_classification([ds[i] for i in range(3)])
     assert x.shape == (3, 3, 12, 16) and ys.tolist() == [0, 1, 1]
+    (tmp_path / "f" / "classes.txt").write_text("b_cls\na_cls\nc_cls\n")  # an explicit order wins
+    assert read_image_folder(tmp_path / "f")[1:] == ([0, 0, 1], ["b_cls", "a_cls", "c_cls"])
     with pytest.raises(DataError, match=r"unknown class folder\(s\) \['b_cls'\]"):
         read_image_folder(tmp_path / "f", class_names=["a_cls"])
     with pytest.raises(DataError, match="image folder not found"):

@@ -15,7 +15,9 @@ def read_image_folder(root: str | os.PathLike, class_names: list[str] | None = N
     Args:
         root: the folder.
         class_names: label order (e.g. the training set's, when reading a validation folder); default:
-            the sorted sub-folder names. A sub-folder not in an explicit list is an error.
+            ``root/classes.txt`` if present (one name a line; ``gdet data synth --task classify`` writes it so
+            that crop labels match the detection labels), else the sorted sub-folder names. A sub-folder not
+            in an explicit list is an error.
 
     Returns:
         (paths, labels, class_names): sorted image paths, their int labels, and the class names.
@@ -26,6 +28,10 @@ def read_image_folder(root: str | os.PathLike, class_names: list[str] | None = N
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
         raise DataError(f"{root}: no class sub-folders (expected root/<class>/<image>.jpg)")
+    if class_names is None and (root / "classes.txt").is_file():
+        from gdet.data.voc import read_class_file
+
+        class_names = read_class_file(root / "classes.txt")
     if class_names is None:
         class_names = found
     else:

@@ -408,7 +408,8 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, ...] 
     Layout (``task="detect"``): ``JPEGImages/<000001>.jpg``; VOC: ``Annotations/``, ``ImageSets/Main/{train,val}.txt``;
     COCO: ``train.json``, ``val.json`` (``file_name`` relative to ``out``); always ``classes.txt`` and
     ``synth.json`` (the config and counts). ``task="classify"``: ``train/<class>/*.jpg``, ``val/<class>/*.jpg``
-    (object-centred crops of the non-difficult objects).
+    (object-centred crops of the non-difficult objects) and ``{train,val}/classes.txt`` (the detection label
+    order, which :func:`~gdet.data.read_image_folder` follows).
 
     Args:
         cfg: what to generate.
@@ -466,8 +467,9 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, ...] 
             "per_class": [sum(o["label"] == k for o in objs) for k in range(len(CLASSES))]}
         if cfg.task == "detect" and rs:
             _write_annotations(out, split, rs, cfg, formats)
-    with atomic_write(out / "classes.txt", encoding="utf-8") as f:
-        f.write("".join(f"{n}\n" for n in CLASS_NAMES))
+    for folder in [out] + ([out / "train", out / "val"] if cfg.task == "classify" else []):
+        with atomic_write(folder / "classes.txt", encoding="utf-8") as f:
+            f.write("".join(f"{n}\n" for n in CLASS_NAMES))
     save_json(summary, out / "synth.json")
     return summary
 
