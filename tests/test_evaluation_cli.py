@@ -34,7 +34,8 @@ def data(tmp_path):
     recs = records(tmp_path)
     voc = tmp_path / "voc"
     write_voc(DetectionSet(recs, CLASSES, format="voc"), voc, "val", copy_images=False)
-    coco_recs = [ImageRecord(10 + i, r.path, r.width, r.height, r.boxes, r.labels, r.ignore) for i, r in enumerate(recs)]
+    coco_recs = [ImageRecord(10 + i, r.path, r.width, r.height, r.boxes, r.labels, r.ignore)
+                 for i, r in enumerate(recs)]
     coco = write_coco(DetectionSet(coco_recs, CLASSES, category_ids=[5, 9], format="coco"), tmp_path / "val.json")
     # perfect detections plus one false positive, written with the library's own writer
     dets = [{"boxes": torch.cat([r.boxes, torch.tensor([[0.0, 60.0, 20.0, 90.0]])]),
@@ -80,7 +81,8 @@ def test_gdet_eval_bad_input(data):
     bad.write_text(json.dumps([{"image_id": "999999", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}]))
     r = CliRunner().invoke(gdet_main, ["eval", "--gt", str(data["voc"]), "--dets", str(bad)])
     assert r.exit_code == 1
-    assert r.output.strip().splitlines() == [f"error: {bad}: entry 1: unknown image_id '999999' (not in the ground truth)"]
+    expected = f"error: {bad}: entry 1: unknown image_id '999999' (not in the ground truth)"
+    assert r.output.strip().splitlines() == [expected]
 
 
 def test_tools_eval_map_subprocess(data):
@@ -94,3 +96,14 @@ def test_tools_eval_map_subprocess(data):
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert p.returncode == 1
     assert p.stderr.strip() == f"error: {data['tmp'] / 'missing.json'}: file not found"
+
+
+def test_benchmark_smoke():
+    from gdet.benchmarks.eval import main as bench_main
+
+    r = CliRunner().invoke(bench_main, ["--images", "12", "--classes", "3", "--dets", "10"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert any(line.startswith("gdet coco") for line in lines) and "pycocotools COCOeval" in r.output
+    coco = [line.split() for line in lines if line.startswith(("gdet coco", "pycocotools"))]
+    assert coco[0][-2] == coco[1][-2]  # same AP from gdet and from pycocotools

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Score a detection result file: `python tools/eval_map.py --gt DATA --dets RESULTS.json --metric voc07|voc|coco|ilsvrc`.
+"""Score a detection result file: `python tools/eval_map.py --gt DATA --dets RESULTS.json --metric voc|coco|...`.
 
 The same command as `gdet eval`; see docs/evaluation.md.
 """

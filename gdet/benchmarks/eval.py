@@ -60,8 +60,6 @@ def _pycocotools(records, detections, class_names):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from gdet.evaluation.results import write_results  # noqa: F401  (same entry format as the result files)
-
     anns, res = [], []
     for r, d in zip(records, detections):
         for b, l, ig in zip(r.boxes.double().tolist(), r.labels.tolist(), r.ignore.tolist()):
