@@ -260,3 +260,31 @@ def test_cli_bad_inputs(tmp_path):
     (tmp_path / "bad.npz").write_text("junk")
     r = runner.invoke(main, ["proposals", "info", str(tmp_path / "bad.npz")])
     assert r.exit_code == 1 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
+
+
+def test_combine_rule_and_cli(tmp_path):
+    from gdet.cli import main
+    from gdet.proposals.combined import combine, combine_sets
+
+    mb = torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30], [50.0, 50, 60, 60]])
+    mbs = torch.tensor([0.9, 0.5, 0.1])
+    ss = torch.tensor([[0.0, 0, 10, 10.5], [0.0, 0, 40, 40], [20.0, 20, 30, 30], [70.0, 70, 90, 90]])
+    sss = torch.tensor([1.0, 0.75, 0.5, 0.25])
+    b, s = combine(mb, mbs, ss, sss, top_k=2, dup_iou=0.9)
+    # MultiBox's top 2 first; the SS near-copy of box 0 (IoU 0.95) and the exact copy of box 1 go.
+    assert b.tolist() == [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 40, 40], [70, 70, 90, 90]]
+    assert s.tolist() == pytest.approx([1.9, 1.5, 0.75, 0.25])
+    a = ProposalSet.from_lists(["x"], [ss], [sss], [(100, 100)], {"method": "ss"})
+    m = ProposalSet.from_lists(["x"], [mb], [mbs], [(100, 100)], {"method": "multibox"})
+    c = combine_sets(a, m, top_k=2)
+    assert torch.equal(c["x"][0], b) and c.meta["method"] == "combined"
+    save_proposals(tmp_path / "a.npz", a)
+    save_proposals(tmp_path / "m.npz", m)
+    r = CliRunner().invoke(main, ["proposals", "combine", "--ss", str(tmp_path / "a.npz"), "--multibox",
+                                  str(tmp_path / "m.npz"), "--out", str(tmp_path / "c.npz"), "--top-k", "2"])
+    assert r.exit_code == 0, r.output
+    assert torch.equal(load_proposals(tmp_path / "c.npz")["x"][0], b)
+    save_proposals(tmp_path / "e.npz", ProposalSet.from_lists([], [], []))
+    r = CliRunner().invoke(main, ["proposals", "combine", "--ss", str(tmp_path / "a.npz"), "--multibox",
+                                  str(tmp_path / "e.npz"), "--out", str(tmp_path / "c2.npz")])
+    assert r.exit_code == 1 and "no MultiBox proposals" in r.output

@@ -57,6 +57,23 @@ def compute_cmd(data, split, method, weights, out, workers, opts, limit, keep_pa
                f"{res['boxes_per_image']:.1f} boxes per image")
 
 
+@proposals.command("combine")
+@click.option("--ss", "ss_path", required=True, help="Selective-search proposal file (.npz).")
+@click.option("--multibox", "mb_path", required=True, help="MultiBox proposal file (.npz).")
+@click.option("--out", "out", required=True, help="Output proposal file (.npz).")
+@click.option("--top-k", default=200, show_default=True, type=click.IntRange(0), help="MultiBox boxes kept.")
+@click.option("--dup-iou", default=0.9, show_default=True, type=float,
+              help="IoU at which a selective-search box duplicates a MultiBox box.")
+def combine_cmd(ss_path, mb_path, out, top_k, dup_iou):
+    """Combine precomputed selective-search and MultiBox files as the `combined` method does."""
+    from gdet.proposals.combined import combine_sets
+    from gdet.proposals.files import load_proposals, save_proposals
+
+    res = combine_sets(load_proposals(ss_path), load_proposals(mb_path), top_k=top_k, dup_iou=dup_iou)
+    save_proposals(out, res)
+    click.echo(f"{out}: {len(res)} images, {res.num_boxes().mean() if len(res) else 0:.1f} boxes per image")
+
+
 @proposals.command("info")
 @click.argument("path")
 def info_cmd(path):

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from gdet.errors import DataError
 from gdet.proposals.base import Proposer, dedupe_boxes
+from gdet.proposals.files import ProposalSet
 
 
 class CombinedProposer(Proposer):
@@ -37,14 +39,36 @@ class CombinedProposer(Proposer):
 
     def _propose(self, image: np.ndarray) -> tuple[Tensor, Tensor]:
         mb_boxes, mb_scores = self.multibox.propose(image)
-        mb_boxes, mb_scores = mb_boxes[: self.top_k].cpu(), mb_scores[: self.top_k].cpu()
         ss_boxes, ss_scores = self.ss.propose(image)
-        if mb_boxes.shape[0] and ss_boxes.shape[0]:
-            keep = box_iou(ss_boxes, mb_boxes).amax(1) < self.dup_iou
-            ss_boxes, ss_scores = ss_boxes[keep], ss_scores[keep]
-        boxes = torch.cat([mb_boxes, ss_boxes])
-        scores = torch.cat([1.0 + mb_scores.float(), ss_scores])
-        return dedupe_boxes(boxes, scores)
+        return combine(mb_boxes.cpu(), mb_scores.cpu(), ss_boxes, ss_scores, self.top_k, self.dup_iou)
+
+
+def combine(mb_boxes: Tensor, mb_scores: Tensor, ss_boxes: Tensor, ss_scores: Tensor, top_k: int = 200,
+            dup_iou: float = 0.9) -> tuple[Tensor, Tensor]:
+    """MultiBox's first ``top_k`` boxes (scores + 1), then the selective-search boxes not duplicating any of
+    them (IoU < ``dup_iou``), exact duplicates removed. Inputs are ranked best first."""
+    mb_boxes, mb_scores = mb_boxes[:top_k].float(), mb_scores[:top_k].float()
+    if mb_boxes.shape[0] and ss_boxes.shape[0]:
+        keep = box_iou(ss_boxes.float(), mb_boxes).amax(1) < dup_iou
+        ss_boxes, ss_scores = ss_boxes[keep], ss_scores[keep]
+    boxes = torch.cat([mb_boxes, ss_boxes.float()])
+    scores = torch.cat([1.0 + mb_scores, ss_scores.float()])
+    return dedupe_boxes(boxes, scores)
+
+
+def combine_sets(ss: ProposalSet, multibox: ProposalSet, top_k: int = 200, dup_iou: float = 0.9) -> ProposalSet:
+    """:func:`combine` image by image for two proposal files (the images of ``ss``, in its order)."""
+    missing = [i for i in ss.image_ids if i not in multibox]
+    if missing:
+        raise DataError(f"{len(missing)} images of the selective-search set have no MultiBox proposals "
+                        f"(first: {missing[0]!r})")
+    boxes, scores = [], []
+    for i in ss.image_ids:
+        b, s = combine(*multibox[i], *ss[i], top_k=top_k, dup_iou=dup_iou)
+        boxes.append(b)
+        scores.append(s)
+    meta = {"method": "combined", "top_k": top_k, "dup_iou": dup_iou, "ss": ss.meta, "multibox": multibox.meta}
+    return ProposalSet.from_lists(ss.image_ids, boxes, scores, [ss.size(i) for i in ss.image_ids], meta)
 
 
 def build_combined(*, weights: str, top_k: int = 200, dup_iou: float = 0.9, superpixel_scale: float = 2.0,
