@@ -210,12 +210,13 @@ def test_predict_and_ensemble_api(trained):
 
 def test_resume_matches_uninterrupted_run(tmp_path):
     data = make_shapes(tmp_path / "d", per_class=4, size=48)
+    (data / "classes.txt").write_text("\n".join(reversed(CLASSES)) + "\n")  # fixes the label order
     kw = dict(batch_size=4, max_steps_per_epoch=2, ema_decay=0.5, input_size=48)
     train(_cfg(data, tmp_path / "straight", epochs=2, **kw))
     train(_cfg(data, tmp_path / "part", epochs=1, **kw))
     train(_cfg(data, tmp_path / "part", epochs=2, resume=str(tmp_path / "part" / "last.pth"), **kw))
     a, b = load_checkpoint(tmp_path / "straight" / "last.pth"), load_checkpoint(tmp_path / "part" / "last.pth")
-    assert a["epoch"] == b["epoch"] == 2
+    assert a["epoch"] == b["epoch"] == 2 and a["class_names"] == CLASSES[::-1]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
         assert torch.equal(a["ema"][k], b["ema"][k]), k

@@ -16,6 +16,7 @@ from gdet.classification.model import TASK, Normalizer
 from gdet.classification.transforms import EvalTransform, TrainTransform
 from gdet.data.folder import read_image_folder
 from gdet.data.loading import ClassificationDataset
+from gdet.data.voc import read_class_file
 from gdet.engine import (MetricLogger, autocast, build_ema, build_grad_scaler, build_loader, build_optimizer,
                          build_scheduler, cleanup, init_distributed, is_main_process, load_model_weights,
                          move_to_device, plot_curves, progress, reduce_sum, resolve_device, resume_training_state,
@@ -151,7 +152,10 @@ def _train(cfg: dict, info) -> dict[str, Any]:
     work = Path(cfg["work_dir"])
     root = Path(cfg["data"])
     size = int(cfg["input_size"])
-    paths, labels, class_names = read_image_folder(root / cfg["train_split"])
+    # A dataset-level classes.txt (``gdet data synth --task classify`` writes one) fixes the label order, so
+    # that a classifier's labels match the detection labels of the same data.
+    names = read_class_file(root / "classes.txt") if (root / "classes.txt").is_file() else None
+    paths, labels, class_names = read_image_folder(root / cfg["train_split"], names)
     train_set = ClassificationDataset(paths, labels, TrainTransform(
         size, scale=cfg["aug_scale"], ratio=cfg["aug_ratio"], brightness=float(cfg["aug_brightness"]),
         contrast=float(cfg["aug_contrast"]), saturation=float(cfg["aug_saturation"]),
