@@ -166,7 +166,7 @@ class RegionBatches(Dataset):
             return self.cache[i]
         from gdet.data import read_image
 
-        img = torch.from_numpy(np.ascontiguousarray(read_image(self.records[i].path))).permute(2, 0, 1).contiguous()
+        img = torch.from_numpy(np.array(read_image(self.records[i].path))).permute(2, 0, 1).contiguous()
         if self.cache is not None:
             self.cache[i] = img
         return img

@@ -1,0 +1,88 @@
+"""tools/train_det.py: a few-step smoke run on a tiny VOC set, exact resume, bad config; tools/test_det.py and
+tools/fuse_dets.py on its output."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gdet.data import load_detection_set
+from gdet.detection.train import DET_DEFAULTS, train
+from gdet.engine import load_checkpoint
+from test_detection_helpers import make_proposals, make_voc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("det")
+    voc = make_voc(root)
+    recs = load_detection_set(voc, "train").records + load_detection_set(voc, "val").records
+    props = make_proposals(recs, root / "props.npz")
+    return root, voc, props
+
+
+def _cfg(root, voc, props, out, **kw):
+    cfg = dict(DET_DEFAULTS)
+    cfg.update(data=str(voc), proposals=str(props), val_proposals=str(props), input_size=32, context_pad=2,
+               batch_size=16, iters_per_epoch=2, epochs=2, device="cpu", out=str(out), lr=0.001,
+               aux_logits=True, bbox_reg=True, export_fp16=False, log_every=1)
+    cfg.update(kw)
+    return cfg
+
+
+def test_train_resume_is_exact(tiny, capsys):
+    root, voc, props = tiny
+    full = train(_cfg(root, voc, props, root / "full"))
+    assert {"loss", "acc", "fg_acc", "voc_mAP", "voc07_mAP", "coco_AP", "loss_bbox"} <= set(full)
+    rows = [json.loads(x) for x in (root / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert (root / "full" / "curves.png").stat().st_size > 0
+    # one epoch, then resume for the second: identical weights
+    train(_cfg(root, voc, props, root / "half", epochs=1))
+    train(_cfg(root, voc, props, root / "half", resume=str(root / "half" / "last.pth")))
+    a = load_checkpoint(root / "full" / "last.pth")
+    b = load_checkpoint(root / "half" / "last.pth")
+    assert a["epoch"] == b["epoch"] == 2 and a["task"] == "detect"
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+
+def test_tools_train_test_fuse_smoke(tiny, tmp_path):
+    root, voc, props = tiny
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GDET_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "run"
+    cfg = tmp_path / "det.yaml"
+    cfg.write_text(f"data: {voc}\nproposals: {props}\ninput_size: 32\ncontext_pad: 2\nbatch_size: 8\n"
+                   f"iters_per_epoch: 1\nepochs: 1\ndevice: cpu\neval_every: 0\nout: {out}\naux_logits: false\n")
+    r = subprocess.run([sys.executable, "tools/train_det.py", "--config", str(cfg)], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ckpt = out / "detector_fp16.pth"
+    assert ckpt.is_file()
+    dets = tmp_path / "dets.json"
+    r = subprocess.run([sys.executable, "tools/test_det.py", "--data", str(voc), "--split", "val", "--weights",
+                        str(ckpt), "--proposals", str(props), "--out", str(dets)], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "mAP" in r.stdout
+    results = json.loads(dets.read_text())
+    assert isinstance(results, list) and results and set(results[0]) >= {"image_id", "category_id", "bbox", "score"}
+    fused = tmp_path / "fused.json"
+    r = subprocess.run([sys.executable, "tools/fuse_dets.py", str(dets), str(dets), "--data", str(voc), "--split",
+                        "val", "--method", "nms", "--out", str(fused)], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(fused.read_text())) <= len(results)
+    # bad input: one line, non-zero exit
+    r = subprocess.run([sys.executable, "tools/train_det.py", "--config", str(cfg), "no_such_key=1"], cwd=ROOT,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, "tools/test_det.py", "--data", str(voc), "--weights", str(tmp_path / "x.pth"),
+                        "--proposals", str(props), "--out", str(dets)], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "x.pth" in r.stderr
