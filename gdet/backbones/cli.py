@@ -74,7 +74,8 @@ def models(names: tuple[str, ...], as_json: bool) -> None:
     """List registered backbones (or only NAMES) with parameters and multiply-adds at the default input size.
 
     Multiply-adds are counted by torch's FlopCounterMode over one eval-mode forward pass (shapes only, on the
-    meta device, so the whole table takes seconds), not typed in; "params w/o aux" leaves out the auxiliary classifiers used only in training.
+    meta device, so the whole table takes seconds), not typed in; "params w/o aux" leaves out the auxiliary
+    classifiers used only in training.
     """
     rows = [describe_backbone(name) for name in (names or list_backbones())]
     if as_json:

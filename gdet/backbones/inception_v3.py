@@ -138,7 +138,7 @@ class InceptionAuxV3(nn.Module):
 
 
 class InceptionV3(Backbone):
-    """Inception-v3 in torchvision's layout: every state-dict key and shape equals ``torchvision.models.inception_v3``.
+    """Inception-v3 in torchvision's layout: state-dict keys and shapes equal ``torchvision.models.inception_v3``.
 
     Input: ``Tensor[N, 3, H, W]`` ImageNet-normalised 0-1 RGB, 299 x 299 by default (>= 75 px). With
     ``transform_input=True`` (torchvision's pretrained setting) the network re-maps it to ``(x01 - 0.5) / 0.5``.

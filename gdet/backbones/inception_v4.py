@@ -25,17 +25,17 @@ def _cat(*xs: Tensor) -> Tensor:
 
 
 class _Branches(nn.Module):
-    """Parallel branches whose outputs are concatenated; a branch is a module or ``"maxpool"`` (3x3/2)."""
+    """Parallel branches concatenated in the given order; ``"maxpool"`` stands for a 3x3/2 max-pool branch."""
 
     def __init__(self, *branches: nn.Module | str):
         super().__init__()
         self.paths = nn.ModuleList(b for b in branches if not isinstance(b, str))
-        self.maxpool = any(b == "maxpool" for b in branches)
+        self.pool_at = [i for i, b in enumerate(branches) if b == "maxpool"]
 
     def forward(self, x: Tensor) -> Tensor:
         outs = [p(x) for p in self.paths]
-        if self.maxpool:
-            outs.append(F.max_pool2d(x, 3, stride=2))
+        for i in self.pool_at:
+            outs.insert(i, F.max_pool2d(x, 3, stride=2))
         return torch.cat(outs, 1)
 
 
