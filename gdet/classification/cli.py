@@ -63,9 +63,7 @@ def run_train(config_path: str, overrides) -> dict:
 
     cfg = load_config(config_path, list(overrides), DEFAULTS)
     result = train(cfg)
-    from gdet.engine import is_main_process
-
-    if is_main_process():
+    if result["rank"] == 0:
         click.echo(f"best top-1 {result['best_acc1']:.4f}; checkpoints in {result['work_dir']}")
     return result
 

@@ -133,7 +133,7 @@ def train(cfg: dict) -> dict[str, Any]:
     ``curves.png`` and ``config.yaml``.
 
     Returns:
-        ``{"best_acc1", "last": <last epoch's metrics>, "work_dir"}`` (on every rank).
+        ``{"best_acc1", "last": <last epoch's metrics>, "work_dir", "rank"}`` (on every rank).
     """
     cfg = {**copy.deepcopy(DEFAULTS), **cfg}
     _check(cfg)
@@ -239,4 +239,4 @@ def _train(cfg: dict, info) -> dict[str, Any]:
             msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
             print(msg, flush=True)
         last = row
-    return {"best_acc1": best, "last": last, "work_dir": str(work)}
+    return {"best_acc1": best, "last": last, "work_dir": str(work), "rank": info.rank}
