@@ -215,3 +215,20 @@ def test_ddp_two_gloo_ranks_match_single_process(tmp_path):
         assert torch.allclose(v, r0["state"][k], atol=1e-5), k
     ck = load_checkpoint(tmp_path / "ddp.pth")  # written once, by rank 0, without "module." prefixes
     assert len(ck["rng_all_ranks"]) == 2 and all(not k.startswith("module.") for k in ck["model"])
+
+
+def test_shard_sampler_covers_every_index_once():
+    from gdet.engine import ShardSampler
+
+    shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
+    assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert len(ShardSampler(10, 1, 3)) == 3
+
+
+def test_train_one_epoch_bf16_autocast_and_max_steps():
+    model = TinyNet()
+    loader = build_loader(_data(32), batch_size=4, train=True)
+    opt = build_optimizer({"lr": 0.05}, model)
+    m = train_one_epoch(model, loader, opt, None, torch.device("cpu"), precision="bf16", max_steps=3,
+                        grad_clip=1.0)
+    assert m["steps"] == 3 and math.isfinite(m["loss"])

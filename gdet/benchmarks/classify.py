@@ -53,9 +53,10 @@ def _train_step(model, opt, x, y, device, precision):
     opt.zero_grad(set_to_none=True)
 
 
-def _infer(model, x, device, precision):
+def _infer(model, x, device, precision, cache: bool = True):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    # Graph capture needs autocast's weight-cast cache off (the cast must be part of the recorded work).
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache):
         return model(x)
 
 
@@ -77,11 +78,11 @@ def _graph_latency(model, size, device, precision, iters):
     s.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(s):
         for _ in range(3):
-            _infer(model, static, device, precision)
+            _infer(model, static, device, precision, cache=False)
     torch.cuda.current_stream(device).wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        _infer(model, static, device, precision)
+        _infer(model, static, device, precision, cache=False)
     for _ in range(3):
         g.replay()
     return 1000 * _time(g.replay, iters, device)
