@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-import os
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -196,7 +196,7 @@ def _train(cfg: dict, info) -> dict[str, Any]:
         import yaml
 
         with atomic_write(work / "config.yaml") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
+            yaml.safe_dump(json.loads(json.dumps(cfg)), f, sort_keys=False)  # tuples -> lists
     logger = MetricLogger(work / "metrics.jsonl", resume=start > 0)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg["label_smoothing"]))
     extra = {"task": TASK, "class_names": class_names, "backbone": cfg["backbone"],
