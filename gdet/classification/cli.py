@@ -85,7 +85,7 @@ def _parse_crops(value: str) -> list[int]:
 @click.option("--crops", default="1,10,144", show_default=True, help="Comma-separated crop counts.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
-@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N images.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="An evenly spaced subset of N images.")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the Polyak-averaged ones.")
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(data, weights, crops, device, workers, limit, raw, as_json):

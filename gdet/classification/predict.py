@@ -99,7 +99,7 @@ def evaluate_multicrop(root: str | os.PathLike, models: Sequence[Classifier], cr
                        workers: int = 2, limit: int | None = None) -> list[dict]:
     """Top-1/top-5 error of every (first k models, crops) combination on an image folder ``root/<class>/*``,
     like Table 3 of the paper. Each model's per-crop-scheme probabilities are computed once per image and
-    the ensembles of the first k models are averages of them.
+    the ensembles of the first k models are averages of them. ``limit`` evaluates an evenly spaced subset.
 
     Returns:
         rows ``{"models": k, "crops": n, "top1_error", "top5_error", "images"}``.
@@ -109,8 +109,9 @@ def evaluate_multicrop(root: str | os.PathLike, models: Sequence[Classifier], cr
 
     names = check_compatible(models)
     paths, labels, _ = read_image_folder(root, names)
-    if limit:
-        paths, labels = paths[:limit], labels[:limit]
+    if limit and limit < len(paths):  # evenly spaced, so every class stays represented
+        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     loader = torch.utils.data.DataLoader(_Decode(paths, labels), batch_size=None, num_workers=workers)
     M, S = len(models), list(crop_schemes)
     probs = torch.zeros(len(paths), M, len(S), len(names))
