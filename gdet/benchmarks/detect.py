@@ -156,8 +156,8 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
     t_overlap = (time.perf_counter() - t0) / len(imgs)
 
     name = torch.cuda.get_device_name(dev) if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    click.echo(f"detect benchmark on {name}: {w}x{h} images, {n_props} proposals ({n_ss} from selective search, "
-               f"topped up), GoogLeNet at {size} px, {precision}{' channels-last' if channels_last else ''}, "
+    click.echo(f"detect benchmark on {name}: {w}x{h} images, {n_props} proposals (selective search found {n_ss}; "
+               f"{'first kept' if n_ss >= n_props else 'topped up with jittered copies'}), GoogLeNet at {size} px, {precision}{' channels-last' if channels_last else ''}, "
                f"chunks of {chunk}")
     click.echo(f"{'stage':<34} {'ms/image':>10}")
     rows = [("proposals (selective search, CPU)", t_props), ("crops (roi_align)", t_crops),

@@ -1,0 +1,63 @@
+"""Inference-only fp16 copies of training checkpoints, small enough to ship in git.
+
+``python -m gdet.detection.export SRC DST [--raw]`` keeps the weights (the Polyak-averaged ones when the checkpoint
+has them, unless ``--raw``) in fp16 without aux heads, plus the metadata the loaders need (task, backbone, class
+names, preprocessing, detector settings, config); optimizer, scheduler and RNG states are dropped. Works for
+detection checkpoints (``tools/train_det.py``) and classification ones (``tools/train_cls.py``); both load as
+before (``gdet detect`` / ``gdet classify``), in fp32.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from gdet.errors import CheckpointError
+
+__all__ = ["export_checkpoint"]
+
+_AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+_META = ("task", "backbone", "class_names", "preprocessing", "detector", "config", "epoch", "best_acc1", "metrics")
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = True, half: bool = True) -> int:
+    """Write the inference-only copy of ``src`` to ``dst``. Returns its size in bytes."""
+    from gdet.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    if ckpt.get("task") not in ("detect", "classify"):
+        raise CheckpointError(f"{src}: not a gdet detection or classification checkpoint")
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    out_state = {}
+    for k, v in state.items():
+        k = k.removeprefix("module.")
+        if k.removeprefix("backbone.").startswith(_AUX_PREFIXES):
+            continue
+        out_state[k] = v.half() if half and v.is_floating_point() else v
+    kw = dict(ckpt.get("backbone_kwargs") or {})
+    kw["aux_logits"] = False
+    out = {k: ckpt[k] for k in _META if k in ckpt}
+    out.update(model=out_state, backbone_kwargs=kw, exported_from=str(src), weights="ema" if use_ema and
+               ckpt.get("ema") is not None else "raw")
+    save_checkpoint(out, dst)
+    return os.path.getsize(dst)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    @click.command()
+    @click.argument("src")
+    @click.argument("dst")
+    @click.option("--raw", is_flag=True, help="Export the raw weights instead of the Polyak-averaged ones.")
+    def cli(src, dst, raw):
+        """Export SRC (a training checkpoint) to DST as an fp16 inference-only checkpoint."""
+        size = export_checkpoint(src, dst, use_ema=not raw)
+        click.echo(f"wrote {dst} ({size / 1e6:.1f} MB)")
+
+    from gdet.cli import run_guarded
+
+    run_guarded(cli.main, args=argv, standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
