@@ -355,23 +355,11 @@ def load_detectors(paths: Sequence[str | os.PathLike], device: torch.device | st
 
 
 def export_detector(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True, use_ema: bool = False) -> int:
-    """Write an inference-only copy of a training checkpoint: no optimizer/RNG state, no aux heads, fp16 weights.
+    """Write an inference-only copy of a detection training checkpoint (fp16, no aux heads, no optimizer state);
+    see :func:`gdet.detection.export.export_checkpoint`. Returns the file size in bytes."""
+    from gdet.detection.export import export_checkpoint
+    from gdet.engine.checkpoint import load_checkpoint
 
-    Returns the size of the written file in bytes.
-    """
-    from gdet.engine.checkpoint import load_checkpoint, save_checkpoint
-
-    ckpt = load_checkpoint(src)
-    if ckpt.get("task") != "detect":
+    if load_checkpoint(src).get("task") != "detect":
         raise CheckpointError(f"{src}: not a detection checkpoint")
-    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state.items()
-             if not _is_aux(k.removeprefix("backbone."))}
-    kw = dict(ckpt.get("backbone_kwargs") or {})
-    kw["aux_logits"] = False
-    out = {k: ckpt[k] for k in ("task", "backbone", "class_names", "preprocessing", "detector", "config", "epoch")
-           if k in ckpt}
-    out.update(model=state, backbone_kwargs=kw)
-    save_checkpoint(out, dst)
-    return os.path.getsize(dst)
+    return export_checkpoint(src, dst, use_ema=use_ema, half=half)
