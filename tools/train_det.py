@@ -17,12 +17,16 @@ def main(config_path, overrides):
     """Train an R-CNN detector; OVERRIDES are key=value pairs applied over the config."""
     from gdet.config import apply_overrides, load_config
     from gdet.detection.train import DET_DEFAULTS, train
+    from gdet.engine import cleanup
 
     if config_path:
         cfg = load_config(config_path, overrides, defaults=DET_DEFAULTS)
     else:
         cfg = apply_overrides(DET_DEFAULTS, overrides)
-    train(cfg)
+    try:
+        train(cfg)
+    finally:
+        cleanup()  # the torchrun process group, if any
 
 
 if __name__ == "__main__":
