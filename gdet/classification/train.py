@@ -139,11 +139,15 @@ def train(cfg: dict) -> dict[str, Any]:
     _check(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    import torch.distributed as dist
+
+    owner = not dist.is_initialized()  # tear down only a process group this call created
     info = init_distributed(cfg["device"])
     try:
         return _train(cfg, info)
     finally:
-        cleanup()
+        if owner:
+            cleanup()
 
 
 def _train(cfg: dict, info) -> dict[str, Any]:
