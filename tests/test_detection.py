@@ -125,3 +125,24 @@ def test_cli_detect_table_png_json_and_bad_checkpoint(tmp_path):
     res = runner.invoke(main, ["detect", "--image", str(tmp_path / "none.jpg"), "--weights", str(ckpt),
                                "--proposals", str(tmp_path / "p.npz")])
     assert res.exit_code == 1 and "none.jpg" in res.output
+
+
+def test_export_classifier_loads_in_gdet_classify(tmp_path):
+    from gdet.backbones import build_backbone
+    from gdet.classification.model import load_classifier
+    from gdet.detection.export import export_checkpoint
+    from gdet.engine import save_checkpoint
+
+    net = build_backbone("googlenet", num_classes=4, aux_logits=True)
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    save_checkpoint({"model": net.state_dict(), "ema": ema, "optimizer": {}, "task": "classify",
+                     "class_names": list("abcd"), "backbone": "googlenet", "backbone_kwargs": {"aux_logits": True},
+                     "preprocessing": {**net.preprocessing(), "input_size": 48}}, tmp_path / "cls.pth")
+    size = export_checkpoint(tmp_path / "cls.pth", tmp_path / "cls16.pth")
+    assert size < (tmp_path / "cls.pth").stat().st_size / 2
+    clf = load_classifier(tmp_path / "cls16.pth")
+    assert clf.input_size == 48 and clf.class_names == list("abcd")
+    w = clf.model.conv1.conv.weight
+    assert torch.allclose(w, ema["conv1.conv.weight"].half().float())  # the averaged weights, in fp16
+    with pytest.raises(CheckpointError):
+        export_checkpoint(tmp_path / "nope.pth", tmp_path / "x.pth")
