@@ -56,9 +56,11 @@ def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, x: s
         return
     keys = sorted({k for r in rows for k, v in r.items() if k != x and isinstance(v, (int, float))})
     losses = [k for k in keys if "loss" in k]
-    others = [k for k in keys if k not in losses and k not in ("lr", "time", "step")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, group, label in ((axes[0], losses, "loss"), (axes[1], others, "metric")):
+    speeds = [k for k in keys if "per_s" in k]  # throughput on its own panel: its scale would flatten the rest
+    others = [k for k in keys if k not in losses and k not in speeds and k not in ("lr", "time", "step")]
+    panels = [(losses, "loss"), (others, "metric")] + ([(speeds, "per second")] if speeds else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for ax, (group, label) in zip(axes, panels):
         for k in group:
             pts = [(r[x], r[k]) for r in rows if k in r and x in r]
             if pts:
