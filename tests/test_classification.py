@@ -17,7 +17,7 @@ from gdet.classification.transforms import PCA_EIGVAL, PCA_EIGVEC
 from gdet.cli import main as gdet_main
 from gdet.engine import load_checkpoint, save_checkpoint
 from gdet.ensemble import average_probabilities, crop_probabilities
-from gdet.errors import CheckpointError
+from gdet.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square", "triangle", "cross"]
@@ -222,6 +222,10 @@ def test_resume_matches_uninterrupted_run(tmp_path):
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     rows = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+    # A changed label order cannot silently permute the labels of a resumed run.
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    with pytest.raises(ConfigError, match="class order differs"):
+        train(_cfg(data, tmp_path / "part", epochs=3, resume=str(tmp_path / "part" / "last.pth"), **kw))
 
 
 def test_cli_predict_eval_and_bad_inputs(trained, tmp_path):

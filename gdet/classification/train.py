@@ -18,10 +18,10 @@ from gdet.data.folder import read_image_folder
 from gdet.data.loading import ClassificationDataset
 from gdet.data.voc import read_class_file
 from gdet.engine import (MetricLogger, autocast, build_ema, build_grad_scaler, build_loader, build_optimizer,
-                         build_scheduler, cleanup, init_distributed, is_main_process, load_model_weights,
-                         move_to_device, plot_curves, progress, reduce_sum, resolve_device, resume_training_state,
-                         save_checkpoint, save_training_state, seed_everything, set_epoch, topk_correct,
-                         train_one_epoch, wrap_ddp)
+                         build_scheduler, cleanup, init_distributed, is_main_process, load_checkpoint,
+                         load_model_weights, move_to_device, plot_curves, progress, reduce_sum, resolve_device,
+                         resume_training_state, save_checkpoint, save_training_state, seed_everything, set_epoch,
+                         topk_correct, train_one_epoch, wrap_ddp)
 from gdet.engine.optim import OPTIM_DEFAULTS
 from gdet.errors import ConfigError
 
@@ -159,6 +159,13 @@ def _train(cfg: dict, info) -> dict[str, Any]:
     # A dataset-level classes.txt (``gdet data synth --task classify`` writes one) fixes the label order, so
     # that a classifier's labels match the detection labels of the same data.
     names = read_class_file(root / "classes.txt") if (root / "classes.txt").is_file() else None
+    resume_ckpt = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
+    if resume_ckpt is not None and resume_ckpt.get("class_names"):
+        # A resumed run keeps the label order it was trained with, whatever the folder says now.
+        if names is not None and list(names) != list(resume_ckpt["class_names"]):
+            raise ConfigError(f"{cfg['resume']}: its class order differs from {root / 'classes.txt'}; "
+                              "resuming would permute the labels")
+        names = list(resume_ckpt["class_names"])
     paths, labels, class_names = read_image_folder(root / cfg["train_split"], names)
     train_set = ClassificationDataset(paths, labels, TrainTransform(
         size, scale=cfg["aug_scale"], ratio=cfg["aug_ratio"], brightness=float(cfg["aug_brightness"]),
@@ -190,7 +197,7 @@ def _train(cfg: dict, info) -> dict[str, Any]:
     scaler = build_grad_scaler(device, cfg["precision"])
 
     start, best = 0, -1.0
-    if cfg.get("resume"):
+    if resume_ckpt is not None:
         ck = resume_training_state(cfg["resume"], model=model, optimizer=optimizer, scheduler=scheduler,
                                    scaler=scaler, ema=ema)
         start, best = int(ck["epoch"]), float(ck.get("best_acc1", -1.0))
