@@ -453,7 +453,9 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, ...] 
         finally:
             cv2.setNumThreads(threads)
     else:
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        # spawn, not fork: a process forked after OpenCV or torch has started its thread pool can deadlock
+        # (seen here: children hung in cv2.setNumThreads when the parent had already drawn images).
+        ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(workers, initializer=_init_worker) as pool:
             results = list(progress(pool.imap(_work, jobs, chunksize=4), **bar))
 
