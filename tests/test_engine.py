@@ -62,3 +62,26 @@ def test_metric_logger_and_curves(tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     plot_curves(tmp_path / "m.jsonl", tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_load_model_weights_accepts_checkpoint_dicts_and_skips_aux_for_aux_free_models(tmp_path):
+    from gdet.backbones import build_backbone
+
+    src = build_backbone("googlenet", num_classes=7, aux_logits=True)
+    save_checkpoint({"model": src.state_dict(), "backbone": "googlenet"}, tmp_path / "g.pth")
+    # A torchvision-style file with aux weights loads into a model built without aux heads.
+    dst = build_backbone("googlenet", num_classes=7, aux_logits=False, weights=tmp_path / "g.pth")
+    x = torch.randn(1, 3, 64, 64)
+    src.eval(), dst.eval()
+    assert torch.equal(src(x), dst(x))
+    # An already-read gdet checkpoint dict is used as such, not mistaken for a state dict.
+    ck = load_checkpoint(tmp_path / "g.pth")
+    dst2 = build_backbone("googlenet", num_classes=7, aux_logits=True)
+    out = load_model_weights(dst2, ck)
+    assert out["backbone"] == "googlenet"
+    dst2.eval()
+    assert torch.equal(src(x), dst2(x))
+    # The reverse (a model with aux heads, a file without) still fails, naming the missing aux keys.
+    save_checkpoint({"model": dst.state_dict()}, tmp_path / "noaux.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): aux1"):
+        load_model_weights(build_backbone("googlenet", num_classes=7, aux_logits=True), tmp_path / "noaux.pth")

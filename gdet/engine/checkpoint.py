@@ -65,17 +65,24 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
 
 def load_model_weights(model: nn.Module, path_or_state: str | os.PathLike | dict, strict: bool = True,
                        use_ema: bool = False) -> dict[str, Any]:
-    """Load weights into ``model`` from a checkpoint file (or an already-read state dict).
+    """Load weights into ``model`` from a checkpoint file, an already-read gdet checkpoint dict, or a state dict.
 
     ``module.`` prefixes (DDP) are stripped. With ``use_ema`` the Polyak-averaged weights are used when the
-    checkpoint has them. A mismatch raises :class:`CheckpointError` naming missing and unexpected keys and
+    checkpoint has them. Aux-head weights (torchvision's files carry them) are skipped when the model was
+    built without aux heads. A mismatch raises :class:`CheckpointError` naming missing and unexpected keys and
     shape mismatches. Returns the checkpoint dict (for its metadata).
     """
-    name = str(path_or_state) if not isinstance(path_or_state, dict) else "state dict"
-    ckpt = load_checkpoint(path_or_state) if not isinstance(path_or_state, dict) else {"model": path_or_state}
+    if isinstance(path_or_state, dict):
+        name = "checkpoint" if path_or_state.get("format") == FORMAT else "state dict"
+        ckpt = path_or_state if path_or_state.get("format") == FORMAT else {"model": path_or_state}
+    else:
+        name = str(path_or_state)
+        ckpt = load_checkpoint(path_or_state)
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     state = _strip_prefix(_strip_prefix(state, "module."), "_orig_mod.")
     own = model.state_dict()
+    if not any(k.startswith("aux") for k in own):
+        state = {k: v for k, v in state.items() if not k.startswith("aux")}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
