@@ -2,7 +2,6 @@
 measure that detector's mAP on a freshly generated synthetic val split."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ def _val_split(out: Path, images: int, seed: int, workers: int) -> Path:
     root = out / f"synth_val_{images}_seed{seed}"
     if not (root / "ImageSets" / "Main" / "val.txt").is_file():
         generate(SynthConfig(images=2 * images, seed=seed, width=320, height=240, val_fraction=0.5), root,
-                 formats=("voc",), workers=workers, show_progress=False)
+                 formats=("voc",), workers=workers, show_progress=False)  # workers=1: in this process
     return root
 
 
@@ -79,14 +78,14 @@ def demo(out_dir, weights, image, val_images, seed, max_proposals, score_thr, de
     if not val_images:
         return
     t0 = time.perf_counter()
-    workers = max(1, min(4, os.cpu_count() or 1))
-    root = _val_split(out, val_images, seed, workers)
+    # In-process (no worker pools): a demo must not depend on multiprocessing start methods; ~1 s per image.
+    root = _val_split(out, val_images, seed, workers=1)
     dset = load_detection_set(root, split="val")
     if dset.class_names != model.class_names:
         raise GdetError(f"{root}: classes {dset.class_names} differ from the detector's {model.class_names}")
     click.echo(f"val split: {len(dset)} generated images (seed {seed}) in {root}; computing proposals ...")
     props = load_proposal_set("ss", dset.records, out, f"demo_val{val_images}_seed{seed}",
-                                        PROPOSAL_OPTIONS, workers=workers if workers > 1 else 0)
+                                        PROPOSAL_OPTIONS, workers=0)
     res, _ = evaluate_detector(model, dset.records, dset.class_names, props, device=dev,
                                score_thr=0.001, nms_thr=0.3, max_dets=100, max_proposals=max_proposals)
     click.echo(f"{'class':<10} {'AP (VOC 2010+)':>15}")
