@@ -46,7 +46,7 @@ def demo(out_dir, weights, image, val_images, seed, max_proposals, score_thr, de
     from gdet.detection.visualize import draw_detections, save_png
     from gdet.engine import resolve_device
     from gdet.errors import GdetError
-    from gdet.evaluation.report import jsonable
+    from gdet.evaluation import jsonable
     from gdet.io import save_json
     from gdet.proposals import build_proposer
 

@@ -11,7 +11,7 @@ from gdet.errors import GdetError
 from gdet.evaluation.base import DetectionEvaluator, voc_ap
 from gdet.evaluation.coco import COCO_STAT_NAMES, COCOEvaluator
 from gdet.evaluation.ilsvrc import ILSVRCEvaluator, ilsvrc_thresholds
-from gdet.evaluation.report import format_table, plot_pr_curves, save_result_json
+from gdet.evaluation.report import format_table, jsonable, plot_pr_curves, save_result_json
 from gdet.evaluation.results import read_results, write_results
 from gdet.evaluation.voc import VOCEvaluator
 
@@ -31,6 +31,6 @@ def build_evaluator(metric: str, class_names: Sequence[str], **kwargs) -> Detect
 
 __all__ = [
     "COCOEvaluator", "COCO_STAT_NAMES", "DetectionEvaluator", "ILSVRCEvaluator", "METRICS", "VOCEvaluator",
-    "build_evaluator", "format_table", "ilsvrc_thresholds", "plot_pr_curves", "read_results", "save_result_json",
+    "build_evaluator", "format_table", "ilsvrc_thresholds", "jsonable", "plot_pr_curves", "read_results", "save_result_json",
     "voc_ap", "write_results",
 ]
