@@ -18,8 +18,12 @@ from gdet.errors import ConfigError
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the Polyak-averaged ones.")
+@click.option("--backbone", default=None,
+              help="Network of plain state-dict weights, e.g. googlenet_tv for torchvision's googlenet-*.pth.")
+@click.option("--class-names", "class_names_file", default=None, type=click.Path(dir_okay=False),
+              help="With --backbone: a text file with one class name per line.")
 @click.pass_context
-def classify(ctx, images, weights, topk, crops, as_json, device, raw):
+def classify(ctx, images, weights, topk, crops, as_json, device, raw, backbone, class_names_file):
     """Top-k classes of images; several --weights form an ensemble (softmax averaged over models and crops).
 
     Example: gdet classify --image cat.jpg --weights runs/cls_synth/best.pth --crops 10 --topk 3
@@ -34,7 +38,8 @@ def classify(ctx, images, weights, topk, crops, as_json, device, raw):
 
     dev = resolve_device(device)
     paths = expand_image_args(images)
-    models = [load_classifier(w, dev, use_ema=not raw) for w in weights]
+    names = _read_class_names(class_names_file) if class_names_file else None
+    models = [load_classifier(w, dev, use_ema=not raw, backbone=backbone, class_names=names) for w in weights]
     results = predict(paths, models, crops=int(crops), topk=topk)
     if as_json:
         click.echo(json.dumps([{"image": p, "top": [{"class": c, "prob": round(v, 6)} for c, v in r]}
@@ -105,3 +110,17 @@ def eval_cmd(data, weights, crops, device, workers, limit, raw, as_json):
     for r in rows:
         click.echo(f"{r['models']:>6} {r['crops']:>6} {100 * r['top1_error']:>11.2f}% {100 * r['top5_error']:>11.2f}%")
     sys.stdout.flush()
+
+
+def _read_class_names(path: str) -> list[str]:
+    from pathlib import Path
+
+    from gdet.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: class-name file not found")
+    names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"{p}: no class names (expected one per line)")
+    return names
