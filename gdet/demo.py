@@ -46,7 +46,7 @@ def demo(out_dir, weights, image, val_images, seed, max_proposals, score_thr, de
     from gdet.detection.visualize import draw_detections, save_png
     from gdet.engine import resolve_device
     from gdet.errors import GdetError
-    from gdet.evaluation import jsonable
+    from gdet.evaluation import VOCEvaluator, jsonable, plot_pr_curves
     from gdet.io import save_json
     from gdet.proposals import build_proposer
 
@@ -86,8 +86,8 @@ def demo(out_dir, weights, image, val_images, seed, max_proposals, score_thr, de
     click.echo(f"val split: {len(dset)} generated images (seed {seed}) in {root}; computing proposals ...")
     props = load_proposal_set("ss", dset.records, out, f"demo_val{val_images}_seed{seed}",
                                         PROPOSAL_OPTIONS, workers=0)
-    res, _ = evaluate_detector(model, dset.records, dset.class_names, props, device=dev,
-                               score_thr=0.001, nms_thr=0.3, max_dets=100, max_proposals=max_proposals)
+    res, val_dets = evaluate_detector(model, dset.records, dset.class_names, props, device=dev,
+                                      score_thr=0.001, nms_thr=0.3, max_dets=100, max_proposals=max_proposals)
     click.echo(f"{'class':<10} {'AP (VOC 2010+)':>15}")
     for name, ap in res["per_class"].items():
         click.echo(f"{name:<10} {100 * ap:>14.1f}" if ap == ap else f"{name:<10} {'-':>15}")
@@ -96,3 +96,10 @@ def demo(out_dir, weights, image, val_images, seed, max_proposals, score_thr, de
                f"COCO AP50 {100 * res['coco_AP50']:.1f}  ({time.perf_counter() - t0:.0f} s)")
     save_json(jsonable({"weights": str(weights), "val_images": len(dset), "seed": seed,
                         "max_proposals": max_proposals, **res}), out / "map.json")
+    # The curves behind the VOC number, one panel per class.
+    voc = VOCEvaluator(dset.class_names, metric="voc")
+    voc.process(list(dset.records), val_dets)
+    voc.evaluate()
+    plot_pr_curves(voc.curves, out / "pr_curves.png", aps=res["per_class"],
+                   title=f"shipped detector, {len(dset)} generated val images: VOC 2010+ mAP {100 * res['voc_mAP']:.1f}")
+    click.echo(f"wrote {out / 'map.json'} and {out / 'pr_curves.png'}")

@@ -27,6 +27,7 @@ def test_demo_runs_and_reports_map(tmp_path):
     assert rows and {"box", "score", "class"} <= set(rows[0])
     summary = json.loads((out / "map.json").read_text())
     assert summary["val_images"] == 2 and 0.0 <= summary["voc_mAP"] <= 1.0
+    assert (out / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_missing_weights_is_one_line(tmp_path):
