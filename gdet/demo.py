@@ -52,7 +52,7 @@ def demo(out_dir, weights, image, val_images, seed, max_proposals, score_thr, de
 
     if not Path(weights).is_file():
         raise GdetError(f"{weights}: detector checkpoint not found (the repository ships "
-                        f"gdet/assets/{DETECTOR.name}; see docs/detection.md to train one)")
+                        f"gdet/assets/{DETECTOR.name}; see README.md (detection section) to train one)")
     out = Path(out_dir)
     dev = resolve_device(device)
     model = load_detector(weights, dev)

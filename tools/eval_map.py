@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Score a detection result file: `python tools/eval_map.py --gt DATA --dets RESULTS.json --metric voc|coco|...`.
 
-The same command as `gdet eval`; see docs/evaluation.md.
+The same command as `gdet eval`; see README.md (evaluation section).
 """
 import sys
 

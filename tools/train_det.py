@@ -2,7 +2,7 @@
 """Fine-tune an R-CNN detector: `tools/train_det.py --config configs/det_*.yaml [key=value ...]`.
 
 Multi-GPU: `torchrun --nproc_per_node=N tools/train_det.py --config ...`. Every key is listed in
-gdet.detection.train.DET_DEFAULTS and docs/detection.md.
+gdet.detection.train.DET_DEFAULTS and README.md (detection section).
 """
 import click
 

@@ -25,7 +25,7 @@ from gdet.engine import (MetricLogger, autocast, build_ema, build_grad_scaler, b
 from gdet.engine.optim import OPTIM_DEFAULTS
 from gdet.errors import ConfigError
 
-# Every key a classification config may set (configs/cls_*.yaml); docs/classification.md explains each.
+# Every key a classification config may set (configs/cls_*.yaml); README.md (classification section) explains each.
 DEFAULTS: dict[str, Any] = {
     # data: an image folder root/<train_split>/<class>/*.jpg and root/<val_split>/<class>/*.jpg
     "data": None,

@@ -1,7 +1,7 @@
 """R-CNN detector fine-tuning and evaluation as plain functions over gdet's engine (AMP, DDP, checkpoints, logs).
 
 ``tools/train_det.py`` is a thin wrapper over :func:`train`. Every config key is listed in :data:`DET_DEFAULTS`
-and documented in ``docs/detection.md``.
+and documented in ``README.md (detection section)``.
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, x: s
     keys = sorted({k for r in rows for k, v in r.items() if k != x and isinstance(v, (int, float))})
     losses = [k for k in keys if "loss" in k]
     speeds = [k for k in keys if "per_s" in k]  # throughput on its own panel: its scale would flatten the rest
-    others = [k for k in keys if k not in losses and k not in speeds and k not in ("lr", "time", "step")]
+    others = [k for k in keys if k not in losses and k not in speeds and k not in ("lr", "time", "step", "steps", "iters", "images", "epoch_time")]
     panels = [(losses, "loss"), (others, "metric")] + ([(speeds, "per second")] if speeds else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
     for ax, (group, label) in zip(axes, panels):

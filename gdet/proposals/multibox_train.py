@@ -19,7 +19,7 @@ from gdet.errors import ConfigError
 from gdet.proposals.multibox import (TASK, MultiBox, build_multibox, encode_targets, image_to_input, kmeans_priors,
                                      multibox_loss, postprocess)
 
-# Every key a MultiBox config may set (configs/multibox_*.yaml); docs/proposals.md explains them.
+# Every key a MultiBox config may set (configs/multibox_*.yaml); README.md (proposals section) explains them.
 DEFAULTS: dict[str, Any] = {
     # data: anything gdet.data.load_detection_set reads (VOC root, COCO json, `gdet data synth` folder)
     "data": None,
