@@ -1,7 +1,6 @@
 """Every registered backbone: forward, backward, aux heads, metadata; the registry; weight files; `gdet models`."""
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -24,16 +23,6 @@ def smallest(name: str) -> int:
     """The cheapest input for training-mode tests: 75 px (the minimum) for the 299-px networks, else 64."""
     return 75 if name.startswith("inception") else 64
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _honour_omp_num_threads():
-    """conftest.py sets 2 torch threads; with ``OMP_NUM_THREADS=1`` (DEVELOPING.md's command, a shared 2-core
-    machine) two spinning OpenMP threads per process make these big networks many times slower."""
-    before = torch.get_num_threads()
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
-    yield
-    torch.set_num_threads(before)
 
 
 # Counted at 1000 classes: (params with aux heads, params without, multiply-adds at the default input size).

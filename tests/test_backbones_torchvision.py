@@ -1,5 +1,4 @@
 """googlenet_tv and inception_v3 load torchvision weight files and then compute exactly what torchvision does."""
-import os
 
 import pytest
 import torch
@@ -7,16 +6,6 @@ import torchvision
 
 from gdet.backbones import BackboneOutput, build_backbone, count_parameters
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _honour_omp_num_threads():
-    """conftest.py sets 2 torch threads; with ``OMP_NUM_THREADS=1`` (DEVELOPING.md's command, a shared 2-core
-    machine) two spinning OpenMP threads per process make these big networks many times slower."""
-    before = torch.get_num_threads()
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
-    yield
-    torch.set_num_threads(before)
 
 
 def _tv_file(tmp_path, model, name):

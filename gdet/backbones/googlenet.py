@@ -21,6 +21,14 @@ INCEPTION_CFG: dict[str, tuple[int, int, int, int, int, int]] = {
     "5b": (384, 192, 384, 48, 128, 128),
 }
 
+# Named stages of both GoogLeNet variants (same topology): channels and stride of each.
+FEATURE_INFO = (
+    {"name": "conv3", "channels": 192, "stride": 4},
+    {"name": "inception3b", "channels": 480, "stride": 8},
+    {"name": "inception4e", "channels": 832, "stride": 16},
+    {"name": "inception5b", "channels": 1024, "stride": 32},
+)
+
 
 class Inception(nn.Module):
     """Figure 2(b): 1x1, 1x1->3x3, 1x1->5x5 and 3x3 max-pool->1x1 branches, concatenated."""
@@ -96,12 +104,7 @@ class GoogLeNet(Backbone):
         self.out_channels = 1024
         self.stride = 32
         self.input_size = 224
-        self.feature_info = [
-            {"name": "conv3", "channels": 192, "stride": 4},
-            {"name": "inception3b", "channels": 480, "stride": 8},
-            {"name": "inception4e", "channels": 832, "stride": 16},
-            {"name": "inception5b", "channels": 1024, "stride": 32},
-        ]
+        self.feature_info = [dict(f) for f in FEATURE_INFO]
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdet.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, ConvBNReLU
-from gdet.backbones.googlenet import INCEPTION_CFG
+from gdet.backbones.googlenet import FEATURE_INFO, INCEPTION_CFG
 from gdet.backbones.registry import register_backbone
 
 
@@ -96,12 +96,7 @@ class GoogLeNetTV(Backbone):
         self.stride = 32
         self.input_size = 224
         self.mean, self.std, self.input_scale = IMAGENET_MEAN, IMAGENET_STD, 1.0
-        self.feature_info = [
-            {"name": "conv3", "channels": 192, "stride": 4},
-            {"name": "inception3b", "channels": 480, "stride": 8},
-            {"name": "inception4e", "channels": 832, "stride": 16},
-            {"name": "inception5b", "channels": 1024, "stride": 32},
-        ]
+        self.feature_info = [dict(f) for f in FEATURE_INFO]
         self._init_weights()
 
     def _init_weights(self) -> None:
