@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from gdet.backbones import build_backbone
 from gdet.data.synth import CLASS_NAMES
 from gdet.detection.model import Detector
-from test_detection_helpers import save_detector
+from helpers_detection import save_detector
 
 
 def test_demo_runs_and_reports_map(tmp_path):

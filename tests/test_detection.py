@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from gdet.detection import EnsembleDetector, build_detector, load_detector
 from gdet.detection.model import export_detector
 from gdet.errors import CheckpointError, GdetError
-from test_detection_helpers import CLASSES, save_detector, tiny_detector
+from helpers_detection import CLASSES, save_detector, tiny_detector
 
 IMAGE = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 PROPS = torch.tensor([[0, 0, 20, 20], [2, 2, 22, 22], [30, 10, 60, 40], [10, 30, 40, 47.0]])

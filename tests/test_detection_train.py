@@ -12,7 +12,7 @@ import torch
 from gdet.data import load_detection_set
 from gdet.detection.train import DET_DEFAULTS, train
 from gdet.engine import load_checkpoint
-from test_detection_helpers import make_proposals, make_voc
+from helpers_detection import make_proposals, make_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 

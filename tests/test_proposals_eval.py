@@ -11,7 +11,7 @@ import torch
 from gdet.proposals.evaluation import AR_THRESHOLDS, ProposalEvaluator, best_overlaps, evaluate_proposals
 from gdet.proposals.files import ProposalSet, save_proposals
 from gdet.structures import ImageRecord
-from tests.test_proposals_helpers import write_voc
+from helpers_proposals import write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from gdet.errors import CheckpointError, GdetError
 from gdet.proposals import build_proposer, load_proposals
 from gdet.proposals.multibox import (MultiBox, MultiBoxProposer, encode_targets, kmeans_priors, match_priors,
                                      multibox_loss, postprocess)
-from tests.test_proposals_helpers import blob_image, write_voc
+from helpers_proposals import blob_image, write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from gdet.proposals import ProposalSet, build_proposer, list_proposers, load_pro
 from gdet.proposals import base as pbase
 from gdet.proposals import selective_search as ssmod
 from gdet.proposals.selective_search import SelectiveSearch, correct_package_boxes
-from tests.test_proposals_helpers import blob_image, write_voc
+from helpers_proposals import blob_image, write_voc
 
 
 def test_package_box_correction():
