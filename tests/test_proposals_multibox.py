@@ -13,8 +13,8 @@ from torch import nn
 from gdet.backbones.base import Backbone
 from gdet.errors import CheckpointError, GdetError
 from gdet.proposals import build_proposer, load_proposals
-from gdet.proposals.multibox import (MultiBox, MultiBoxProposer, encode_targets, kmeans_priors, match_priors,
-                                     multibox_loss, postprocess)
+from gdet.proposals.multibox import (ConvMultiBoxHead, MultiBox, MultiBoxProposer, encode_targets, grid_priors,
+                                     kmeans_priors, match_priors, multibox_loss, postprocess)
 from helpers_proposals import blob_image, write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +86,60 @@ def test_matching_prefers_global_optimum_over_greedy():
     assert dict(zip(g_idx.tolist(), p_idx.tolist())) == {0: 1, 1: 0}
     target, matched = encode_targets(priors, torch.zeros((0, 4)))
     assert not matched.any() and torch.equal(target, priors)
+
+
+def test_grid_priors_layout_matches_the_conv_head():
+    rng = np.random.default_rng(0)
+    # Two box shapes (0.1 x 0.2 and 0.5 x 0.4) with small noise, anywhere in the image.
+    wh = np.concatenate([[0.1, 0.2] + rng.normal(0, 1e-3, (40, 2)), [0.5, 0.4] + rng.normal(0, 1e-3, (40, 2))])
+    xy = rng.uniform(0, 0.5, wh.shape)
+    pri = grid_priors(torch.tensor(np.concatenate([xy, xy + wh], 1)), (3, 4), anchors=2)
+    assert pri.shape == (3 * 4 * 2, 4)
+    head = ConvMultiBoxHead(8, anchors=2, hidden=4)
+    nn.init.normal_(head.out.weight)
+    nn.init.normal_(head.out.bias)
+    feats = torch.randn(2, 8, 3, 4)
+    delta, logits = head(feats)
+    raw = head.out(torch.relu(head.conv(feats)))  # N x (A*5) x rows x cols
+    for r, c, a in itertools.product(range(3), range(4), range(2)):
+        i = (r * 4 + c) * 2 + a
+        # Output i is anchor a at cell (r, c) ...
+        assert torch.equal(delta[:, i], raw[:, a * 5: a * 5 + 4, r, c]) and torch.equal(logits[:, i], raw[:, a * 5 + 4, r, c])
+        # ... and prior i is centred on that cell with shape a (small first).
+        cx, cy = (pri[i, 0] + pri[i, 2]) / 2, (pri[i, 1] + pri[i, 3]) / 2
+        assert float(cx) == pytest.approx((c + 0.5) / 4, abs=1e-6) and float(cy) == pytest.approx((r + 0.5) / 3, abs=1e-6)
+        want = [0.1, 0.2] if a == 0 else [0.5, 0.4]
+        assert (pri[i, 2:] - pri[i, :2]).tolist() == pytest.approx(want, abs=2e-3)
+    model = MultiBox(TinyBackbone(), grid_priors(torch.tensor(np.concatenate([xy, xy + wh], 1)), (8, 8), 2),
+                     hidden=4, kind="conv", anchors=2)
+    boxes, logits = model(torch.rand(1, 3, 32, 32))  # TinyBackbone: stride 4, 8 x 8 cells
+    assert boxes.shape == (1, 128, 4) and logits.shape == (1, 128)
+    with pytest.raises(GdetError, match="input size it was trained at"):
+        model(torch.rand(1, 3, 48, 48))
+    with pytest.raises(GdetError, match="anchors per cell"):
+        MultiBox(TinyBackbone(), torch.rand(5, 4), kind="conv", anchors=2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_iou_matching_adds_overlapping_priors(seed):
+    from torchvision.ops import box_iou
+
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 0.6, (30, 2))
+    priors = torch.tensor(np.concatenate([xy, xy + rng.uniform(0.1, 0.4, (30, 2))], 1), dtype=torch.float32)
+    gxy = rng.uniform(0, 0.6, (4, 2))
+    gt = torch.tensor(np.concatenate([gxy, gxy + rng.uniform(0.1, 0.4, (4, 2))], 1), dtype=torch.float32)
+    base_t, base_m = encode_targets(priors, gt)
+    t, m = encode_targets(priors, gt, match_iou=0.4)
+    iou = box_iou(priors, gt).numpy()
+    for i in range(priors.shape[0]):  # reference, one prior at a time
+        if base_m[i]:  # bipartite matches win
+            assert m[i] and torch.equal(t[i], base_t[i])
+        elif iou[i].max() >= 0.4:
+            assert m[i] and torch.equal(t[i], gt[int(iou[i].argmax())])
+        else:
+            assert not m[i] and torch.equal(t[i], priors[i])
+    assert int(m.sum()) >= int(base_m.sum()) == 4
 
 
 def test_loss_against_hand_computed_value():
@@ -208,6 +262,43 @@ def test_proposer_from_checkpoint_and_cli(trained):
                                   "multibox", "--weights", str(weights), "--out", str(out), "--workers", "0"])
     assert r.exit_code == 0, r.output
     assert len(load_proposals(out)) == 2
+
+
+def test_conv_head_trains_exports_and_proposes(tmp_path):
+    """The convolutional head end to end: train() with IoU matching, fp16 export, proposer."""
+    from gdet.detection.export import export_checkpoint
+    from gdet.proposals.multibox_train import train
+
+    root = write_voc(tmp_path / "voc", n=4, split="train")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("img000\n")
+    res = train({"data": str(root), "backbone": "googlenet", "input_size": 64, "head": "conv", "anchors": 3,
+                 "match_iou": 0.5, "hidden": 16, "batch_size": 2, "epochs": 1, "workers": 0, "device": "cpu",
+                 "optimizer": "adamw", "lr": 1e-3, "work_dir": str(tmp_path / "run")})
+    ck = torch.load(tmp_path / "run" / "last.pth", weights_only=False)
+    assert ck["head"]["kind"] == "conv" and ck["priors"].shape == (2 * 2 * 3, 4)  # 64 px / 32 = 2 x 2 cells
+    assert 0.0 <= res["best_recall"] <= 1.0
+    size = export_checkpoint(tmp_path / "run" / "last.pth", tmp_path / "mb16.pth")
+    assert size < (tmp_path / "run" / "last.pth").stat().st_size
+    exp = torch.load(tmp_path / "mb16.pth", weights_only=False)
+    assert exp["model"]["head.out.weight"].dtype == torch.float16 and exp["model"]["priors"].dtype == torch.float32
+    img, _ = blob_image(0)
+    full = build_proposer("multibox", weights=str(tmp_path / "run" / "last.pth"), top_k=5).propose(img)
+    half = build_proposer("multibox", weights=str(tmp_path / "mb16.pth"), top_k=5).propose(img)
+    assert full[0].shape == half[0].shape and torch.allclose(full[0], half[0], atol=0.5)
+    from gdet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="head 'dense'"):
+        train({"data": str(root), "head": "dense"})
+    with pytest.raises(ConfigError, match="match_iou"):
+        train({"data": str(root), "match_iou": 1.5})
+
+
+def test_backbone_weights_that_fit_nothing_are_refused(tmp_path):
+    from gdet.proposals.multibox import build_multibox
+
+    torch.save({"model": {"foo.weight": torch.zeros(3)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="no weight fits"):
+        build_multibox(backbone="googlenet", priors=torch.rand(4, 4), backbone_weights=str(tmp_path / "other.pth"))
 
 
 def test_bad_checkpoint_and_bad_config(tmp_path):

@@ -55,20 +55,47 @@ def _top_up(boxes: torch.Tensor, n: int, w: int, h: int, seed: int = 0) -> torch
     return torch.cat([boxes, extra])
 
 
+def _random_boxes(n: int, w: int, h: int, seed: int = 0) -> torch.Tensor:
+    """``n`` random boxes inside a ``w x h`` image, sides 5-100% of the image (timing stand-ins)."""
+    g = torch.Generator().manual_seed(seed)
+    wh = torch.rand(n, 2, generator=g) * 0.95 + 0.05
+    wh = wh * torch.tensor([float(w), float(h)])
+    xy = torch.rand(n, 2, generator=g) * (torch.tensor([float(w), float(h)]) - wh)
+    return torch.cat([xy, xy + wh], 1)
+
+
+class _RandomProposer:
+    """Stands in for selective search (``--source random``) where OpenCV's ximgproc is missing, e.g. on a GPU
+    machine without opencv-contrib: the crop, network and NMS stages do not depend on where boxes come from."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def propose(self, image: np.ndarray):
+        boxes = _random_boxes(self.n, image.shape[1], image.shape[0])
+        return boxes, torch.zeros(self.n)
+
+
+def _proposer(source: str, n_props: int, options: dict):
+    if source == "random":
+        return _RandomProposer(n_props)
+    from gdet.proposals import build_proposer
+
+    return build_proposer("ss", **options)
+
+
 class _ProposalImages(torch.utils.data.Dataset):
     """Images and their proposals, computed inside DataLoader workers (the overlapped pipeline)."""
 
-    def __init__(self, images, n_props, options):
-        self.images, self.n_props, self.options = images, n_props, options
+    def __init__(self, images, n_props, options, source="ss"):
+        self.images, self.n_props, self.options, self.source = images, n_props, options, source
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        from gdet.proposals import build_proposer
-
         img = self.images[i]
-        boxes, _ = build_proposer("ss", **self.options).propose(img)
+        boxes, _ = _proposer(self.source, self.n_props, self.options).propose(img)
         return torch.from_numpy(img), _top_up(boxes, self.n_props, img.shape[1], img.shape[0])
 
 
@@ -81,7 +108,9 @@ class _ProposalImages(torch.utils.data.Dataset):
 @click.option("--images", "n_images", default=4, show_default=True, help="Images for the pipeline throughput.")
 @click.option("--workers", default=None, type=int, help="Proposal workers for the overlapped run (default: CPUs).")
 @click.option("--repeats", default=3, show_default=True)
-def main(device, n_props, input_size, precision, chunk, n_images, workers, repeats):
+@click.option("--source", type=click.Choice(["ss", "random"]), default="ss", show_default=True,
+              help="Proposals: selective search, or random boxes (no OpenCV ximgproc needed; proposal time ~0).")
+def main(device, n_props, input_size, precision, chunk, n_images, workers, repeats, source):
     """Per-image detection time by stage, and images/s serial vs overlapped."""
     import torchvision
 
@@ -89,7 +118,6 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
     from gdet.detection.model import Detector, detect_image
     from gdet.engine import autocast, resolve_device
     from gdet.nms import postprocess
-    from gdet.proposals import build_proposer
 
     dev = resolve_device(device)
     gpu = dev.type == "cuda"
@@ -97,7 +125,7 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
     precision = precision or ("fp16" if gpu else "fp32")
     channels_last = gpu
     chunk = chunk or (500 if gpu else 250)
-    workers = os.cpu_count() or 1 if workers is None else workers
+    workers = (os.cpu_count() or 1) if workers is None else workers
     opts = {"max_side": 500}
     torch.manual_seed(0)
     classes = [f"c{i}" for i in range(20)]
@@ -108,7 +136,7 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
     imgs = _images(max(n_images, 1))
     img = imgs[0]
     h, w = img.shape[:2]
-    proposer = build_proposer("ss", **opts)
+    proposer = _proposer(source, n_props, opts)
 
     t_props, (boxes, _) = _timed(lambda: proposer.propose(img), torch.device("cpu"), max(1, repeats - 1))
     n_ss = int(boxes.shape[0])
@@ -148,7 +176,7 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
     t0 = time.perf_counter()
     serial()
     t_serial = (time.perf_counter() - t0) / len(imgs)
-    loader = torch.utils.data.DataLoader(_ProposalImages(imgs, n_props, opts), batch_size=None,
+    loader = torch.utils.data.DataLoader(_ProposalImages(imgs, n_props, opts, source), batch_size=None,
                                          num_workers=max(workers, 1), prefetch_factor=2)
     t0 = time.perf_counter()
     for im, b in loader:
@@ -156,11 +184,12 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
     t_overlap = (time.perf_counter() - t0) / len(imgs)
 
     name = torch.cuda.get_device_name(dev) if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    click.echo(f"detect benchmark on {name}: {w}x{h} images, {n_props} proposals (selective search found {n_ss}; "
-               f"{'first kept' if n_ss >= n_props else 'topped up with jittered copies'}), GoogLeNet at {size} px, {precision}{' channels-last' if channels_last else ''}, "
+    origin = (f"selective search found {n_ss}; {'first kept' if n_ss >= n_props else 'topped up with jittered copies'}"
+              if source == "ss" else "random boxes")
+    click.echo(f"detect benchmark on {name}: {w}x{h} images, {n_props} proposals ({origin}), GoogLeNet at {size} px, {precision}{' channels-last' if channels_last else ''}, "
                f"chunks of {chunk}")
     click.echo(f"{'stage':<34} {'ms/image':>10}")
-    rows = [("proposals (selective search, CPU)", t_props), ("crops (roi_align)", t_crops),
+    rows = [("proposals (selective search, CPU)" if source == "ss" else "proposals (random stand-in)", t_props), ("crops (roi_align)", t_crops),
             ("network (gdet GoogLeNet)", t_net), ("  peer: torchvision googlenet", t_tv),
             ("NMS (postprocess)", t_nms), ("sum of stages", t_props + t_crops + t_net + t_nms)]
     for k, v in rows:

@@ -3,8 +3,8 @@
 ``python -m gdet.detection.export SRC DST [--raw]`` keeps the weights (the Polyak-averaged ones when the checkpoint
 has them, unless ``--raw``) in fp16 without aux heads, plus the metadata the loaders need (task, backbone, class
 names, preprocessing, detector settings, config); optimizer, scheduler and RNG states are dropped. Works for
-detection checkpoints (``tools/train_det.py``) and classification ones (``tools/train_cls.py``); both load as
-before (``gdet detect`` / ``gdet classify``), in fp32.
+detection checkpoints (``tools/train_det.py``), classification ones (``tools/train_cls.py``) and MultiBox ones
+(``tools/train_multibox.py``); all load as before (``gdet detect`` / ``gdet classify`` / ``--weights``), in fp32.
 """
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from gdet.errors import CheckpointError
 __all__ = ["export_checkpoint"]
 
 _AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
-_META = ("task", "backbone", "class_names", "preprocessing", "detector", "config", "epoch", "best_acc1", "metrics")
+_META = ("task", "backbone", "class_names", "preprocessing", "detector", "config", "epoch", "best_acc1", "metrics",
+         "priors", "head", "input_size", "best_recall")  # the last four: MultiBox
+_TASKS = ("detect", "classify", "multibox")
+_KEEP_FP32 = ("priors",)  # buffers whose precision matters more than their size
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = True, half: bool = True) -> int:
@@ -24,15 +27,16 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, use_ema: b
     from gdet.engine.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(src)
-    if ckpt.get("task") not in ("detect", "classify"):
-        raise CheckpointError(f"{src}: not a gdet detection or classification checkpoint")
+    if ckpt.get("task") not in _TASKS:
+        raise CheckpointError(f"{src}: not a gdet detection, classification or MultiBox checkpoint "
+                              f"(task={ckpt.get('task')!r})")
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     out_state = {}
     for k, v in state.items():
         k = k.removeprefix("module.")
         if k.removeprefix("backbone.").startswith(_AUX_PREFIXES):
             continue
-        out_state[k] = v.half() if half and v.is_floating_point() else v
+        out_state[k] = v.half() if half and v.is_floating_point() and k not in _KEEP_FP32 else v
     kw = dict(ckpt.get("backbone_kwargs") or {})
     kw["aux_logits"] = False
     out = {k: ckpt[k] for k in _META if k in ckpt}

@@ -100,6 +100,10 @@ def load_model_weights(model: nn.Module, path_or_state: str | os.PathLike | dict
         raise CheckpointError(f"{name}: weights do not fit {type(model).__name__}{hint}: " + "; ".join(parts))
     if not strict:
         state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+        if not state:
+            arch = ckpt.get("backbone")
+            raise CheckpointError(f"{name}: no weight fits {type(model).__name__}"
+                                  f"{f' (checkpoint is for backbone {arch!r})' if arch else ''}")
     model.load_state_dict(state, strict=strict)
     return ckpt
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -41,6 +42,9 @@ class MetricLogger:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
+_QUALITY = ("acc", "recall", "map", "ap", "ar", "top", "mabo", "prec")
+
+
 def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, x: str = "epoch",
                 title: str | None = None) -> None:
     """Plot every numeric metric of a JSONL log against ``x``: losses on one panel, the rest on another."""
@@ -55,9 +59,11 @@ def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, x: s
     if not rows:
         return
     keys = sorted({k for r in rows for k, v in r.items() if k != x and isinstance(v, (int, float))})
-    losses = [k for k in keys if "loss" in k]
+    keys = [k for k in keys if k not in ("lr", "time", "step", "steps", "iters", "images", "epoch_time")]
     speeds = [k for k in keys if "per_s" in k]  # throughput on its own panel: its scale would flatten the rest
-    others = [k for k in keys if k not in losses and k not in speeds and k not in ("lr", "time", "step", "steps", "iters", "images", "epoch_time")]
+    # Quality metrics (accuracy, recall, AP, ...) on one panel; losses and their parts (loc, conf, ...) on another.
+    others = [k for k in keys if k not in speeds and any(t.startswith(_QUALITY) for t in re.split(r"[_@/]", k.lower()))]
+    losses = [k for k in keys if k not in speeds and k not in others]
     panels = [(losses, "loss"), (others, "metric")] + ([(speeds, "per second")] if speeds else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
     for ax, (group, label) in zip(axes, panels):

@@ -11,6 +11,11 @@ image,
 
 where ``x_i`` is 1 for matched outputs and 0 otherwise (logistic loss on all ``K`` confidences); the batch
 loss is the mean over images. Inference: boxes scaled to the image, tiny ones removed, NMS, the top ``K``.
+
+Two heads: ``fc`` (Erhan et al.: pooled features -> one linear layer -> ``K`` boxes; priors are k-means centres)
+and ``conv`` (convolutional priors as in Szegedy et al. 2014: k-means box shapes on every feature-map cell, one
+shared convolutional predictor; optionally every prior with IoU >= ``match_iou`` to a ground truth is matched
+too). ``conv`` generalises from far less data; README.md (proposals section) has the comparison.
 """
 from __future__ import annotations
 
@@ -31,6 +36,39 @@ TASK = "multibox"
 
 
 # ---------------------------------------------------------------------------------------------------- priors
+def _kmeans(x: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
+    """k-means++ initialisation then Lloyd iterations (L2) on the rows of ``x``; returns ``k`` centres."""
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(x, axis=0)
+    if uniq.shape[0] <= k:
+        extra = uniq[rng.integers(0, uniq.shape[0], k - uniq.shape[0])]
+        return np.concatenate([uniq, extra + rng.normal(0, 0.01, extra.shape)])
+    centres = np.empty((k, x.shape[1]))
+    centres[0] = x[rng.integers(x.shape[0])]
+    d2 = ((x - centres[0]) ** 2).sum(1)
+    for i in range(1, k):
+        centres[i] = x[rng.choice(x.shape[0], p=d2 / d2.sum())] if d2.sum() > 0 else x[rng.integers(x.shape[0])]
+        d2 = np.minimum(d2, ((x - centres[i]) ** 2).sum(1))
+    for _ in range(iters):
+        assign = ((x[:, None, :] - centres[None]) ** 2).sum(2).argmin(1)
+        new = centres.copy()
+        for c in range(k):
+            members = x[assign == c]
+            if len(members):
+                new[c] = members.mean(0)
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return centres
+
+
+def _as_array(boxes: Tensor | np.ndarray) -> np.ndarray:
+    x = np.asarray(boxes.numpy() if isinstance(boxes, Tensor) else boxes, dtype=np.float64).reshape(-1, 4)
+    if x.shape[0] == 0:
+        raise GdetError("k-means priors: no ground-truth boxes to cluster")
+    return x
+
+
 def kmeans_priors(boxes: Tensor | np.ndarray, k: int, iters: int = 100, seed: int = 0) -> Tensor:
     """Cluster normalised boxes into ``k`` priors (k-means++ initialisation, Lloyd iterations, L2 in xyxy).
 
@@ -41,35 +79,30 @@ def kmeans_priors(boxes: Tensor | np.ndarray, k: int, iters: int = 100, seed: in
     Returns:
         Tensor[k, 4] float32 priors, sorted by area (small first) for a stable order.
     """
-    x = np.asarray(boxes.numpy() if isinstance(boxes, Tensor) else boxes, dtype=np.float64).reshape(-1, 4)
-    if x.shape[0] == 0:
-        raise GdetError("k-means priors: no ground-truth boxes to cluster")
-    rng = np.random.default_rng(seed)
-    uniq = np.unique(x, axis=0)
-    if uniq.shape[0] <= k:
-        extra = uniq[rng.integers(0, uniq.shape[0], k - uniq.shape[0])]
-        centres = np.concatenate([uniq, extra + rng.normal(0, 0.01, extra.shape)])
-    else:
-        centres = np.empty((k, 4))
-        centres[0] = x[rng.integers(x.shape[0])]
-        d2 = ((x - centres[0]) ** 2).sum(1)
-        for i in range(1, k):
-            centres[i] = x[rng.choice(x.shape[0], p=d2 / d2.sum())] if d2.sum() > 0 else x[rng.integers(x.shape[0])]
-            d2 = np.minimum(d2, ((x - centres[i]) ** 2).sum(1))
-        for _ in range(iters):
-            assign = ((x[:, None, :] - centres[None]) ** 2).sum(2).argmin(1)
-            new = centres.copy()
-            for c in range(k):
-                members = x[assign == c]
-                if len(members):
-                    new[c] = members.mean(0)
-            if np.allclose(new, centres):
-                break
-            centres = new
-    centres = np.clip(centres, 0.0, 1.0)
+    centres = np.clip(_kmeans(_as_array(boxes), k, iters, seed), 0.0, 1.0)
     area = (centres[:, 2] - centres[:, 0]) * (centres[:, 3] - centres[:, 1])
     order = np.lexsort((centres[:, 1], centres[:, 0], area))
     return torch.from_numpy(centres[order].astype(np.float32))
+
+
+def grid_priors(boxes: Tensor | np.ndarray, grid: tuple[int, int], anchors: int, iters: int = 100,
+                seed: int = 0) -> Tensor:
+    """Convolutional priors (Szegedy et al. 2014, "Scalable, High-Quality Object Detection"): ``anchors`` box
+    shapes, k-means of the ground truths' (width, height), centred on every cell of a ``grid = (rows, cols)``
+    feature map.
+
+    Returns:
+        Tensor[rows * cols * anchors, 4] float32 normalised xyxy, ordered (row, col, shape) as the convolutional
+        head's outputs; shapes sorted by area.
+    """
+    x = _as_array(boxes)
+    wh = _kmeans(np.stack([x[:, 2] - x[:, 0], x[:, 3] - x[:, 1]], 1), anchors, iters, seed).clip(1e-3, 1.0)
+    wh = wh[np.argsort(wh[:, 0] * wh[:, 1], kind="stable")]
+    rows, cols = grid
+    cy, cx = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
+    c = np.stack([cx, cy], -1).reshape(-1, 1, 2)  # cells x 1 x 2
+    pri = np.concatenate([c - wh[None] / 2, c + wh[None] / 2], -1).reshape(-1, 4)
+    return torch.from_numpy(pri.astype(np.float32))
 
 
 # -------------------------------------------------------------------------------------------------- matching
@@ -91,16 +124,26 @@ def match_priors(priors: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
     return torch.as_tensor(p_idx, dtype=torch.int64), torch.as_tensor(g_idx, dtype=torch.int64)
 
 
-def encode_targets(priors: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-prior training targets.
+def encode_targets(priors: Tensor, gt: Tensor, match_iou: float | None = None) -> tuple[Tensor, Tensor]:
+    """Per-prior training targets: the bipartite matches, plus (with ``match_iou``) every other prior whose IoU
+    with a ground truth reaches ``match_iou``, assigned to that best-overlapping ground truth. The extra matches
+    keep neighbouring convolutional priors, which see nearly the same features, from being taught opposite
+    labels.
 
     Returns:
         target_boxes (Tensor[K, 4]): the matched ground truth (the prior itself where unmatched).
         matched (Tensor[K]): bool, True where a ground truth is matched.
     """
-    p_idx, g_idx = match_priors(priors, gt)
     target = priors.clone()
     matched = torch.zeros(priors.shape[0], dtype=torch.bool)
+    if match_iou is not None and gt.shape[0]:
+        from torchvision.ops import box_iou
+
+        best, arg = box_iou(priors, gt.to(priors.dtype)).max(1)
+        extra = best >= match_iou
+        target[extra] = gt[arg[extra]].to(target.dtype)
+        matched |= extra
+    p_idx, g_idx = match_priors(priors, gt)
     target[p_idx] = gt[g_idx].to(target.dtype)
     matched[p_idx] = True
     return target, matched
@@ -152,17 +195,54 @@ class MultiBoxHead(nn.Module):
         return x[..., :4], x[..., 4]
 
 
+class ConvMultiBoxHead(nn.Module):
+    """Convolutional priors: 3x3 conv (``hidden``) + ReLU, then a 1x1 conv giving ``anchors`` x (4 offsets +
+    1 logit) at every cell, flattened in (row, col, anchor) order to match :func:`grid_priors`. Shares weights
+    across positions, so it needs far less data than the fully connected head."""
+
+    def __init__(self, in_channels: int, anchors: int, hidden: int = 256, dropout: float = 0.0,
+                 prior_prob: float = 0.01):
+        super().__init__()
+        self.anchors = anchors
+        self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.dropout = nn.Dropout2d(dropout)
+        self.out = nn.Conv2d(hidden, anchors * 5, 1)
+        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
+        nn.init.normal_(self.out.weight, std=1e-3)
+        nn.init.zeros_(self.out.bias)
+        with torch.no_grad():
+            self.out.bias.view(anchors, 5)[:, 4] = float(np.log(prior_prob / (1 - prior_prob)))
+
+    def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.out(self.dropout(F.relu(self.conv(feats), inplace=True)))  # N x A*5 x h x w
+        n, _, h, w = x.shape
+        x = x.view(n, self.anchors, 5, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * self.anchors, 5)
+        return x[..., :4], x[..., 4]
+
+
+HEADS = ("fc", "conv")
+
+
 class MultiBox(nn.Module):
     """Backbone features + :class:`MultiBoxHead`; ``forward(x)`` -> (boxes Tensor[N, K, 4] normalised xyxy,
     logits Tensor[N, K]). ``x`` is the backbone's normalised input (see :meth:`normalize`)."""
 
-    def __init__(self, backbone: nn.Module, priors: Tensor, hidden: int = 256, grid: int = 4, dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, priors: Tensor, hidden: int = 256, grid: int = 4, dropout: float = 0.0,
+                 kind: str = "fc", anchors: int = 9):
         super().__init__()
+        if kind not in HEADS:
+            raise GdetError(f"MultiBox head {kind!r}: use one of {HEADS}")
         self.backbone = backbone
         if hasattr(backbone, "fc"):  # the classifier is unused; drop it (DDP insists every parameter is used)
             backbone.fc = nn.Identity()
         self.register_buffer("priors", priors.float().clone())
-        self.head = MultiBoxHead(backbone.out_channels, priors.shape[0], hidden, grid, dropout)
+        if kind == "conv":
+            if priors.shape[0] % anchors:
+                raise GdetError(f"{priors.shape[0]} priors are not a grid of {anchors} anchors per cell")
+            self.head = ConvMultiBoxHead(backbone.out_channels, anchors, hidden, dropout)
+        else:
+            self.head = MultiBoxHead(backbone.out_channels, priors.shape[0], hidden, grid, dropout)
 
     @property
     def num_priors(self) -> int:
@@ -174,12 +254,15 @@ class MultiBox(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         feats = self.backbone.forward_features(x)  # N x C x h x w
         delta, logits = self.head(feats)
+        if delta.shape[1] != self.priors.shape[0]:
+            raise GdetError(f"MultiBox: {delta.shape[1]} outputs for {self.priors.shape[0]} priors (a convolutional "
+                            f"head must run at the input size it was trained at)")
         return self.priors.unsqueeze(0) + delta, logits
 
 
 def build_multibox(*, backbone: str, priors: Tensor, backbone_kwargs: dict | None = None,
                    backbone_weights: str | os.PathLike | None = None, hidden: int = 256, grid: int = 4,
-                   dropout: float = 0.0) -> MultiBox:
+                   dropout: float = 0.0, kind: str = "fc", anchors: int = 9) -> MultiBox:
     """A MultiBox network on registry backbone ``backbone`` (aux heads off; ``backbone_weights``: a local
     classification checkpoint to start from)."""
     from gdet.backbones import build_backbone
@@ -193,7 +276,7 @@ def build_multibox(*, backbone: str, priors: Tensor, backbone_kwargs: dict | Non
         from gdet.engine import load_model_weights
 
         load_model_weights(net, backbone_weights, strict=False)
-    return MultiBox(net, priors, hidden=hidden, grid=grid, dropout=dropout)
+    return MultiBox(net, priors, hidden=hidden, grid=grid, dropout=dropout, kind=kind, anchors=anchors)
 
 
 def load_multibox(path: str | os.PathLike, device: torch.device | str = "cpu", use_ema: bool = True) -> tuple[MultiBox, dict]:

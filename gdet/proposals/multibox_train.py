@@ -16,8 +16,8 @@ from gdet.engine import (MetricLogger, autocast, build_ema, build_grad_scaler, b
                          save_checkpoint, save_training_state, seed_everything, set_epoch, wrap_ddp)
 from gdet.engine.optim import OPTIM_DEFAULTS
 from gdet.errors import ConfigError
-from gdet.proposals.multibox import (TASK, MultiBox, build_multibox, encode_targets, image_to_input, kmeans_priors,
-                                     multibox_loss, postprocess)
+from gdet.proposals.multibox import (HEADS, TASK, MultiBox, build_multibox, encode_targets, grid_priors,
+                                     image_to_input, kmeans_priors, multibox_loss, postprocess)
 
 # Every key a MultiBox config may set (configs/multibox_*.yaml); README.md (proposals section) explains them.
 DEFAULTS: dict[str, Any] = {
@@ -25,15 +25,19 @@ DEFAULTS: dict[str, Any] = {
     "data": None,
     "train_split": "train",
     "val_split": "val",
+    "val_data": None,  # validate on another dataset's val_split (default: data)
     "workers": 2,
     # network
     "backbone": "googlenet",
     "backbone_kwargs": {},
     "backbone_weights": None,
     "input_size": 224,
-    "num_priors": 200,
+    "head": "fc",  # fc: Erhan et al.'s fully connected head; conv: convolutional priors (Szegedy et al. 2014)
+    "num_priors": 200,  # fc head: k-means priors
+    "anchors": 9,  # conv head: k-means box shapes per feature-map cell
+    "match_iou": None,  # also match priors with IoU >= this to a ground truth (bipartite matches only if None)
     "hidden": 256,
-    "grid": 4,
+    "grid": 4,  # fc head: pooled grid side
     "dropout": 0.0,
     "alpha": 0.3,
     "hflip": 0.5,
@@ -70,8 +74,9 @@ class MultiBoxDataset(Dataset):
     """Records -> (uint8 image ``Tensor[3, S, S]``, ``{"boxes": Tensor[K, 4], "matched": Tensor[K]}``), with a
     random horizontal flip when training. Matching to the priors happens here, in the loader workers."""
 
-    def __init__(self, records, priors: torch.Tensor, size: int, hflip: float = 0.0):
+    def __init__(self, records, priors: torch.Tensor, size: int, hflip: float = 0.0, match_iou: float | None = None):
         self.records, self.priors, self.size, self.hflip = list(records), priors, int(size), float(hflip)
+        self.match_iou = None if match_iou is None else float(match_iou)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -85,7 +90,7 @@ class MultiBoxDataset(Dataset):
         if self.hflip and torch.rand(()) < self.hflip:
             image = image.flip(-1)
             gt = torch.stack([1 - gt[:, 2], gt[:, 1], 1 - gt[:, 0], gt[:, 3]], 1)
-        target, matched = encode_targets(self.priors, gt)
+        target, matched = encode_targets(self.priors, gt, self.match_iou)
         return image, {"boxes": target, "matched": matched, "gt": gt, "size": torch.tensor([r.width, r.height])}
 
 
@@ -97,13 +102,30 @@ def collate(batch):
     return images, targets
 
 
+@torch.no_grad()
+def feature_grid(backbone: str, backbone_kwargs: dict, size: int) -> tuple[int, int]:
+    """(rows, cols) of ``backbone``'s final feature map for a ``size`` x ``size`` input."""
+    from gdet.backbones import build_backbone
+
+    try:
+        net = build_backbone(backbone, num_classes=1, aux_logits=False, **dict(backbone_kwargs or {}))
+    except TypeError:
+        net = build_backbone(backbone, num_classes=1, **dict(backbone_kwargs or {}))
+    feats = net.eval().forward_features(torch.zeros(1, 3, size, size))
+    return int(feats.shape[-2]), int(feats.shape[-1])
+
+
 def _check(cfg: dict) -> None:
     if not cfg.get("data"):
         raise ConfigError("data: set it to a detection dataset (data=PATH)")
     if cfg["precision"] not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision {cfg['precision']!r}: use fp32, bf16 or fp16")
-    if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1 or int(cfg["num_priors"]) < 1:
-        raise ConfigError("epochs, batch_size and num_priors must be >= 1")
+    if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1 or int(cfg["num_priors"]) < 1 or int(cfg["anchors"]) < 1:
+        raise ConfigError("epochs, batch_size, num_priors and anchors must be >= 1")
+    if cfg["head"] not in HEADS:
+        raise ConfigError(f"head {cfg['head']!r}: use one of {', '.join(HEADS)}")
+    if cfg["match_iou"] is not None and not 0.0 < float(cfg["match_iou"]) <= 1.0:
+        raise ConfigError(f"match_iou {cfg['match_iou']!r}: use a value in (0, 1] or null")
 
 
 def train(cfg: dict) -> dict[str, Any]:
@@ -134,9 +156,15 @@ def _train(cfg: dict, info) -> dict[str, Any]:
     work = Path(cfg["work_dir"])
     train_set = load_detection_set(cfg["data"], split=cfg["train_split"])
     boxes = torch.cat([normalised_boxes(r) for r in train_set.records])
-    priors = kmeans_priors(boxes, int(cfg["num_priors"]), seed=int(cfg["seed"]))
     size = int(cfg["input_size"])
-    loader = build_loader(MultiBoxDataset(train_set.records, priors, size, float(cfg["hflip"])),
+    head = {"hidden": int(cfg["hidden"]), "grid": int(cfg["grid"]), "dropout": float(cfg["dropout"]),
+            "kind": str(cfg["head"]), "anchors": int(cfg["anchors"])}
+    if head["kind"] == "conv":
+        priors = grid_priors(boxes, feature_grid(cfg["backbone"], cfg["backbone_kwargs"], size), head["anchors"],
+                             seed=int(cfg["seed"]))
+    else:
+        priors = kmeans_priors(boxes, int(cfg["num_priors"]), seed=int(cfg["seed"]))
+    loader = build_loader(MultiBoxDataset(train_set.records, priors, size, float(cfg["hflip"]), cfg["match_iou"]),
                           batch_size=int(cfg["batch_size"]), train=True, info=info, num_workers=int(cfg["workers"]),
                           device=device, seed=int(cfg["seed"]), collate_fn=collate)
     if len(loader) == 0:
@@ -144,15 +172,15 @@ def _train(cfg: dict, info) -> dict[str, Any]:
                           f"({cfg['batch_size']} per process)")
     val_loader = None
     if cfg.get("val_split"):
-        val_records = load_detection_set(cfg["data"], split=cfg["val_split"]).records
+        val_records = load_detection_set(cfg.get("val_data") or cfg["data"], split=cfg["val_split"]).records
         if cfg.get("eval_max_images"):
             val_records = val_records[: int(cfg["eval_max_images"])]
-        val_loader = build_loader(MultiBoxDataset(val_records, priors, size), batch_size=int(cfg["batch_size"]),
+        val_loader = build_loader(MultiBoxDataset(val_records, priors, size, match_iou=cfg["match_iou"]),
+                                  batch_size=int(cfg["batch_size"]),
                                   train=False, info=info, num_workers=int(cfg["workers"]), device=device,
                                   collate_fn=collate)
     steps = len(loader) if cfg["max_steps_per_epoch"] is None else min(len(loader), int(cfg["max_steps_per_epoch"]))
 
-    head = {"hidden": int(cfg["hidden"]), "grid": int(cfg["grid"]), "dropout": float(cfg["dropout"])}
     model = build_multibox(backbone=cfg["backbone"], priors=priors, backbone_kwargs=cfg["backbone_kwargs"],
                            backbone_weights=cfg["backbone_weights"], **head).to(device)
     ema = build_ema(model, float(cfg["ema_decay"])) if cfg["ema_decay"] else None
