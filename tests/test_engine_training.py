@@ -232,3 +232,35 @@ def test_train_one_epoch_bf16_autocast_and_max_steps():
     m = train_one_epoch(model, loader, opt, None, torch.device("cpu"), precision="bf16", max_steps=3,
                         grad_clip=1.0)
     assert m["steps"] == 3 and math.isfinite(m["loss"])
+
+
+def test_epoch_recorder_keeps_last_best_rows_and_curves(tmp_path, capsys):
+    import json
+
+    from gdet.engine import EpochRecorder, load_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = EpochRecorder(tmp_path, title="t", best_key="best_acc1", meta={"task": "classify"}, hidden=("big",))
+    best_epochs = []
+    for epoch, score in enumerate([0.5, 0.4, 0.7], 1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        improved = rec.record({"epoch": epoch, "acc": score, "big": {"a": 1}}, epoch=epoch, config={}, model=model,
+                              optimizer=opt, score=score)
+        assert improved == (epoch != 2)
+        best_epochs.append(load_checkpoint(tmp_path / "best.pth")["epoch"])
+    assert best_epochs == [1, 1, 3] and rec.best == 0.7
+    last = load_checkpoint(tmp_path / "last.pth")
+    assert last["epoch"] == 3 and last["best_acc1"] == 0.7 and last["task"] == "classify"
+    assert float(last["model"]["weight"][0, 0]) == 3.0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[0]["big"] == {"a": 1}
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "acc=0.4" in out and "big" not in out
+    # Resuming appends; without a score no best.pth is touched.
+    rec2 = EpochRecorder(tmp_path, title="t", resume=True, best=0.7)
+    assert not rec2.record({"epoch": 4}, epoch=4, config={}, model=model, optimizer=opt)
+    assert load_checkpoint(tmp_path / "best.pth")["epoch"] == 3
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4

@@ -17,11 +17,10 @@ from gdet.classification.transforms import EvalTransform, TrainTransform
 from gdet.data.folder import read_image_folder
 from gdet.data.loading import ClassificationDataset
 from gdet.data.voc import read_class_file
-from gdet.engine import (MetricLogger, autocast, build_ema, build_grad_scaler, build_loader, build_optimizer,
+from gdet.engine import (EpochRecorder, autocast, build_ema, build_grad_scaler, build_loader, build_optimizer,
                          build_scheduler, cleanup, init_distributed, is_main_process, load_checkpoint,
-                         load_model_weights, move_to_device, plot_curves, progress, reduce_sum, resolve_device,
-                         resume_training_state, save_checkpoint, save_training_state, seed_everything, set_epoch,
-                         topk_correct, train_one_epoch, wrap_ddp)
+                         load_model_weights, move_to_device, progress, reduce_sum, resolve_device,
+                         resume_training_state, seed_everything, set_epoch, topk_correct, train_one_epoch, wrap_ddp)
 from gdet.engine.optim import OPTIM_DEFAULTS
 from gdet.errors import ConfigError
 
@@ -208,10 +207,11 @@ def _train(cfg: dict, info) -> dict[str, Any]:
 
         with atomic_write(work / "config.yaml") as f:
             yaml.safe_dump(json.loads(json.dumps(cfg)), f, sort_keys=False)  # tuples -> lists
-    logger = MetricLogger(work / "metrics.jsonl", resume=start > 0)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg["label_smoothing"]))
-    extra = {"task": TASK, "class_names": class_names, "backbone": cfg["backbone"],
-             "backbone_kwargs": backbone_kwargs(cfg), "preprocessing": model.preprocessing()}
+    recorder = EpochRecorder(work, title=f"{cfg['backbone']} on {root.name}", best_key="best_acc1", best=best,
+                             resume=start > 0,
+                             meta={"task": TASK, "class_names": class_names, "backbone": cfg["backbone"],
+                                   "backbone_kwargs": backbone_kwargs(cfg), "preprocessing": model.preprocessing()})
     last: dict[str, Any] = {}
     for epoch in range(start, int(cfg["epochs"])):
         set_epoch(loader, epoch)
@@ -237,17 +237,7 @@ def _train(cfg: dict, info) -> dict[str, Any]:
         else:
             score = tr["acc1"] if val_loader is None else -1.0
         row["time"] = time.perf_counter() - t0
-        improved = score > best
-        best = max(best, score)
-        ck = save_training_state(work / "last.pth", model=model, optimizer=optimizer, scheduler=scheduler,
-                                 scaler=scaler, ema=ema, epoch=epoch + 1, config=cfg, best_acc1=best, metrics=row,
-                                 **extra)
-        if improved and is_main_process():
-            save_checkpoint(ck, work / "best.pth")
-        logger.log(**row)
-        if is_main_process():
-            plot_curves(work / "metrics.jsonl", work / "curves.png", title=f"{cfg['backbone']} on {root.name}")
-            msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-            print(msg, flush=True)
+        recorder.record(row, epoch=epoch + 1, config=cfg, model=model, optimizer=optimizer, scheduler=scheduler,
+                        scaler=scaler, ema=ema, score=score)
         last = row
-    return {"best_acc1": best, "last": last, "work_dir": str(work), "rank": info.rank}
+    return {"best_acc1": recorder.best, "last": last, "work_dir": str(work), "rank": info.rank}

@@ -349,9 +349,9 @@ def _read_split(cfg: dict, split: str):
 
 def train(cfg: dict) -> dict:
     """Fine-tune an R-CNN detector as configured (see :data:`DET_DEFAULTS`). Returns the last epoch's metrics."""
-    from gdet.engine import (MetricLogger, barrier, build_ema, build_grad_scaler, build_optimizer, build_scheduler,
-                             init_distributed, is_main_process, plot_curves, resolve_device, resume_training_state,
-                             save_training_state, seed_everything, unwrap_model, wrap_ddp)
+    from gdet.engine import (EpochRecorder, barrier, build_ema, build_grad_scaler, build_optimizer, build_scheduler,
+                             init_distributed, is_main_process, resolve_device, resume_training_state,
+                             seed_everything, unwrap_model, wrap_ddp)
     from gdet.io import save_json
 
     info = init_distributed(cfg["device"])
@@ -395,7 +395,8 @@ def train(cfg: dict) -> dict:
         start_epoch = int(ckpt["epoch"])
     ddp = wrap_ddp(model, info, device)
     meta = detector_checkpoint_meta(model, bb_kwargs)
-    logger = MetricLogger(out / "metrics.jsonl", resume=bool(cfg["resume"]))
+    recorder = EpochRecorder(out, title="R-CNN fine-tuning", resume=bool(cfg["resume"]), meta=meta,
+                             hidden=("val_per_class_ap",))
     if is_main_process():
         save_json({k: v for k, v in cfg.items()}, out / "config.json")
         print(f"train: {len(train_set)} images, {sampler.num_fg} foreground / {sampler.num_bg} background regions, "
@@ -431,14 +432,8 @@ def train(cfg: dict) -> dict:
             metrics.update({k: v for k, v in res.items() if k != "per_class"})
             metrics["val_per_class_ap"] = res["per_class"]
             model.train()
-        logger.log(**metrics)
-        save_training_state(out / "last.pth", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            ema=ema, epoch=epoch + 1, config=cfg, **meta)
-        if is_main_process():
-            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
-                     if k != "val_per_class_ap"}
-            print(f"epoch {epoch + 1}/{cfg['epochs']}: {shown}", flush=True)
-            plot_curves(out / "metrics.jsonl", out / "curves.png", title="R-CNN fine-tuning")
+        recorder.record({"epoch": epoch + 1, **metrics}, epoch=epoch + 1, config=cfg, model=model,
+                        optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
     if is_main_process() and cfg["export_fp16"] and (out / "last.pth").exists():
         from gdet.detection.model import export_detector
 

@@ -17,7 +17,8 @@ ema, loss_fn, aux_weight, log_every, prepare, channels_last, ...)``; its pieces 
 
 Distributed, devices, logs: ``init_distributed`` -> ``DistInfo``, ``wrap_ddp``, ``unwrap_model``, ``reduce_mean``,
 ``reduce_sum``, ``all_gather_objects``, ``barrier``, ``is_main_process``, ``seed_everything``; ``resolve_device``,
-``autocast``; ``MetricLogger`` (JSONL), ``plot_curves`` (PNG), ``progress`` (tqdm on rank 0).
+``autocast``; ``MetricLogger`` (JSONL), ``plot_curves`` (PNG), ``progress`` (tqdm on rank 0); ``EpochRecorder``
+(last/best checkpoints, metrics row, curves and a printed line after every epoch).
 """
 from gdet.engine.checkpoint import (load_checkpoint, load_model_weights, resume_training_state, rng_state,
                                     save_checkpoint, save_training_state, set_rng_state, training_state)
@@ -31,10 +32,12 @@ from gdet.engine.logger import MetricLogger, plot_curves, progress
 from gdet.engine.loop import (build_grad_scaler, compute_loss, move_to_device, optimizer_step, topk_correct,
                               train_one_epoch)
 from gdet.engine.optim import OPTIM_DEFAULTS, LrSchedule, build_optimizer, build_scheduler, param_groups
+from gdet.engine.recorder import EpochRecorder
 
 __all__ = [
     "DistInfo",
     "EmaUpdate",
+    "EpochRecorder",
     "LrSchedule",
     "MetricLogger",
     "OPTIM_DEFAULTS",

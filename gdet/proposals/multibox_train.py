@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gdet.engine import (MetricLogger, autocast, build_ema, build_grad_scaler, build_loader, build_optimizer,
+from gdet.engine import (EpochRecorder, autocast, build_ema, build_grad_scaler, build_loader, build_optimizer,
                          build_scheduler, cleanup, init_distributed, is_main_process, move_to_device,
-                         optimizer_step, plot_curves, progress, reduce_sum, resolve_device, resume_training_state,
-                         save_checkpoint, save_training_state, seed_everything, set_epoch, wrap_ddp)
+                         optimizer_step, progress, reduce_sum, resolve_device, resume_training_state,
+                         seed_everything, set_epoch, wrap_ddp)
 from gdet.engine.optim import OPTIM_DEFAULTS
 from gdet.errors import ConfigError
 from gdet.proposals.multibox import (HEADS, TASK, MultiBox, build_multibox, encode_targets, grid_priors,
@@ -201,9 +201,11 @@ def _train(cfg: dict, info) -> dict[str, Any]:
         work.mkdir(parents=True, exist_ok=True)
         with atomic_write(work / "config.yaml") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
-    logger = MetricLogger(work / "metrics.jsonl", resume=start > 0)
-    extra = {"task": TASK, "backbone": cfg["backbone"], "backbone_kwargs": dict(cfg["backbone_kwargs"]),
-             "priors": priors, "head": head, "input_size": size, "preprocessing": model.backbone.preprocessing()}
+    recorder = EpochRecorder(work, title=f"MultiBox ({cfg['backbone']}, {head['kind']} head)",
+                             best_key="best_recall", best=best, resume=start > 0,
+                             meta={"task": TASK, "backbone": cfg["backbone"],
+                                   "backbone_kwargs": dict(cfg["backbone_kwargs"]), "priors": priors, "head": head,
+                                   "input_size": size, "preprocessing": model.backbone.preprocessing()})
     last: dict[str, Any] = {}
     for epoch in range(start, int(cfg["epochs"])):
         set_epoch(loader, epoch)
@@ -218,20 +220,10 @@ def _train(cfg: dict, info) -> dict[str, Any]:
             row.update(v)
             score = v[f"val_recall@{cfg['eval_top_k']}"]
         row["time"] = time.perf_counter() - t0
-        improved = score > best
-        best = max(best, score)
-        ck = save_training_state(work / "last.pth", model=model, optimizer=optimizer, scheduler=scheduler,
-                                 scaler=scaler, ema=ema, epoch=epoch + 1, config=cfg, best_recall=best, metrics=row,
-                                 **extra)
-        if improved and is_main_process():
-            save_checkpoint(ck, work / "best.pth")
-        logger.log(**row)
-        if is_main_process():
-            plot_curves(work / "metrics.jsonl", work / "curves.png", title=f"MultiBox ({cfg['backbone']})")
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
+        recorder.record(row, epoch=epoch + 1, config=cfg, model=model, optimizer=optimizer, scheduler=scheduler,
+                        scaler=scaler, ema=ema, score=score)
         last = row
-    return {"best_recall": best, "last": last, "work_dir": str(work)}
+    return {"best_recall": recorder.best, "last": last, "work_dir": str(work)}
 
 
 def train_one_epoch(net, model: MultiBox, loader, optimizer, scheduler, device, cfg, steps, epoch, scaler, ema):
