@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "gdet" / "__init__.py").read_text()).group(1)
@@ -14,8 +14,9 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["gdet", "gdet.*"]),
-    package_data={"gdet": ["assets/*", "assets/**/*"]},
+    # Namespace discovery so that gdet/assets (shipped weights and the sample image, no __init__.py) is a package.
+    packages=find_namespace_packages(include=["gdet", "gdet.*"], exclude=["*.__pycache__"]),
+    package_data={"gdet.assets": ["*"]},
     include_package_data=True,
     install_requires=[
         # README pins the matched pair torch==2.14.1 torchvision==0.29.1; the ranges here admit it.
