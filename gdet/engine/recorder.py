@@ -36,12 +36,12 @@ class EpochRecorder:
 
     def record(self, row: dict[str, Any], *, epoch: int, config: dict, model, optimizer, scheduler=None,
                scaler=None, ema=None, score: float | None = None) -> bool:
-        """Save and log epoch ``epoch`` (1-based, the number of finished epochs). With ``score`` None no
-        ``best.pth`` is kept. Returns whether the score improved."""
+        """Save and log epoch ``epoch`` (1-based, the number of finished epochs). ``score`` None: the epoch does
+        not compete for ``best.pth`` (e.g. not evaluated). Returns whether the score improved."""
         improved = score is not None and score > self.best
         if score is not None:
             self.best = max(self.best, float(score))
-        extra = {self.best_key: self.best} if score is not None else {}
+        extra = {self.best_key: self.best} if math.isfinite(self.best) else {}  # kept for resume
         ck = save_training_state(self.work / "last.pth", model=model, optimizer=optimizer, scheduler=scheduler,
                                  scaler=scaler, ema=ema, epoch=epoch, config=config, metrics=row, **extra,
                                  **self.meta)

@@ -260,18 +260,25 @@ class MultiBox(nn.Module):
         return self.priors.unsqueeze(0) + delta, logits
 
 
+def build_trunk(backbone: str, backbone_kwargs: dict | None = None, num_classes: int = 1000) -> nn.Module:
+    """Registry backbone ``backbone`` with its aux heads off (``backbone_kwargs`` may already say so)."""
+    from gdet.backbones import build_backbone
+
+    kw = dict(backbone_kwargs or {})
+    kw.setdefault("aux_logits", False)
+    try:
+        return build_backbone(backbone, num_classes=num_classes, **kw)
+    except TypeError:  # a network without the aux_logits switch
+        kw.pop("aux_logits")
+        return build_backbone(backbone, num_classes=num_classes, **kw)
+
+
 def build_multibox(*, backbone: str, priors: Tensor, backbone_kwargs: dict | None = None,
                    backbone_weights: str | os.PathLike | None = None, hidden: int = 256, grid: int = 4,
                    dropout: float = 0.0, kind: str = "fc", anchors: int = 9) -> MultiBox:
     """A MultiBox network on registry backbone ``backbone`` (aux heads off; ``backbone_weights``: a local
     classification checkpoint to start from)."""
-    from gdet.backbones import build_backbone
-
-    kw = dict(backbone_kwargs or {})
-    try:
-        net = build_backbone(backbone, num_classes=1000, aux_logits=False, **kw)
-    except TypeError:  # a network without the aux_logits switch
-        net = build_backbone(backbone, num_classes=1000, **kw)
+    net = build_trunk(backbone, backbone_kwargs)
     if backbone_weights:
         from gdet.engine import load_model_weights
 

@@ -16,8 +16,8 @@ from gdet.engine import (EpochRecorder, autocast, build_ema, build_grad_scaler, 
                          seed_everything, set_epoch, wrap_ddp)
 from gdet.engine.optim import OPTIM_DEFAULTS
 from gdet.errors import ConfigError
-from gdet.proposals.multibox import (HEADS, TASK, MultiBox, build_multibox, encode_targets, grid_priors,
-                                     image_to_input, kmeans_priors, multibox_loss, postprocess)
+from gdet.proposals.multibox import (HEADS, TASK, MultiBox, build_multibox, build_trunk, encode_targets,
+                                     grid_priors, image_to_input, kmeans_priors, multibox_loss, postprocess)
 
 # Every key a MultiBox config may set (configs/multibox_*.yaml); README.md (proposals section) explains them.
 DEFAULTS: dict[str, Any] = {
@@ -105,12 +105,7 @@ def collate(batch):
 @torch.no_grad()
 def feature_grid(backbone: str, backbone_kwargs: dict, size: int) -> tuple[int, int]:
     """(rows, cols) of ``backbone``'s final feature map for a ``size`` x ``size`` input."""
-    from gdet.backbones import build_backbone
-
-    try:
-        net = build_backbone(backbone, num_classes=1, aux_logits=False, **dict(backbone_kwargs or {}))
-    except TypeError:
-        net = build_backbone(backbone, num_classes=1, **dict(backbone_kwargs or {}))
+    net = build_trunk(backbone, backbone_kwargs, num_classes=1)
     feats = net.eval().forward_features(torch.zeros(1, 3, size, size))
     return int(feats.shape[-2]), int(feats.shape[-1])
 
@@ -214,7 +209,8 @@ def _train(cfg: dict, info) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": epoch + 1, **tr}
         is_eval = val_loader is not None and ((epoch + 1) % max(int(cfg["eval_every"]), 1) == 0
                                               or epoch + 1 == int(cfg["epochs"]))
-        score = -tr["train_loss"]
+        # Without a val split the lowest training loss is "best"; with one, only evaluated epochs compete.
+        score = -tr["train_loss"] if val_loader is None else None
         if is_eval:
             v = evaluate(ema.module if ema is not None else model, val_loader, device, cfg)
             row.update(v)
