@@ -213,6 +213,58 @@ def test_googlenet_multibox_forward_any_size():
     assert not hasattr(m.backbone, "aux1") or m.backbone.aux1 is None
 
 
+def test_tile_regions_cover_the_image_with_the_asked_overlap():
+    from gdet.proposals.multibox import tile_regions
+
+    assert tile_regions(500, 375) == [(0, 0, 500, 375)]
+    regs = tile_regions(500, 375, tiles=3, overlap=0.25)
+    assert len(regs) == 10 and regs[0] == (0, 0, 500, 375)
+    tiles = np.array(regs[1:])
+    w, h = tiles[:, 2] - tiles[:, 0], tiles[:, 3] - tiles[:, 1]
+    assert np.allclose(w, 500 * 0.4, atol=1) and np.allclose(h, 375 * 0.4, atol=1)  # 1 / (3 - 2 * 0.25)
+    cover = np.zeros((375, 500), dtype=int)
+    for x0, y0, x1, y1 in regs[1:]:
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() == 1 and cover.max() == 4  # every pixel seen; corners of four windows overlap
+    # Horizontal neighbours share a quarter of a window.
+    assert abs((tiles[0, 2] - tiles[1, 0]) - 0.25 * w[0]) <= 1
+
+
+class CentreBox(nn.Module):
+    """A stand-in network: one box, the centre half of whatever window it sees, scored by its brightness."""
+
+    num_priors = 1
+
+    def normalize(self, x):
+        return x
+
+    def forward(self, x):
+        n = x.shape[0]
+        boxes = torch.tensor([0.25, 0.25, 0.75, 0.75]).expand(n, 1, 4)
+        return boxes, (x.mean((1, 2, 3)) * 10 - 5).view(n, 1)
+
+
+def test_tiles_map_each_window_back_and_rank_by_score():
+    from gdet.proposals.multibox import tile_regions
+
+    img = np.zeros((300, 400, 3), dtype=np.uint8)
+    img[:150, 200:] = 60  # four quadrants of distinct brightness
+    img[150:, :200] = 120
+    img[150:, 200:] = 220
+    p = MultiBoxProposer(CentreBox(), 64, tiles=2, tile_overlap=0.25, top_k=10, min_size=0)
+    boxes, scores = p.propose(img)
+    regs = tile_regions(400, 300, 2, 0.25)
+    want = {(x0 + 0.25 * (x1 - x0), y0 + 0.25 * (y1 - y0), x0 + 0.75 * (x1 - x0), y0 + 0.75 * (y1 - y0)): img[y0:y1, x0:x1].mean()
+            for x0, y0, x1, y1 in regs}
+    order = sorted(want, key=want.get, reverse=True)  # brighter window first
+    assert boxes.shape == (5, 4) and torch.allclose(boxes, torch.tensor(order), atol=1e-3)
+    assert bool((scores[:-1] >= scores[1:]).all())
+    one = MultiBoxProposer(CentreBox(), 64, tiles=1, min_size=0).propose(img)[0]
+    assert torch.allclose(one, torch.tensor([[100.0, 75.0, 300.0, 225.0]]))
+    with pytest.raises(GdetError, match="tiles"):
+        MultiBoxProposer(CentreBox(), 64, tiles=0)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A MultiBox trained for two tiny epochs by the tool, then resumed for a third."""
@@ -262,6 +314,11 @@ def test_proposer_from_checkpoint_and_cli(trained):
     assert bool((boxes[:, 2] <= img.shape[1]).all() and (boxes[:, 3] <= img.shape[0]).all())
     batch = p.propose_batch([img, img])
     assert torch.allclose(batch[1][0], boxes, atol=1e-4)
+    tiled = build_proposer("multibox", weights=str(weights), top_k=5, tiles=2)
+    tb, _ = tiled.propose(img)
+    assert 0 < tb.shape[0] <= 5 and tiled.config()["tiles"] == 2
+    assert bool((tb[:, 2] <= img.shape[1]).all() and (tb[:, 3] <= img.shape[0]).all() and (tb >= 0).all())
+    assert build_proposer("combined", weights=str(weights), top_k=5, tiles=2).config()["multibox"]["tiles"] == 2
     c = build_proposer("combined", weights=str(weights), top_k=5)
     cb, cs = c.propose(img)
     ss_only, _ = build_proposer("ss", superpixel_scale=2).propose(img)

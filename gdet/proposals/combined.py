@@ -72,13 +72,15 @@ def combine_sets(ss: ProposalSet, multibox: ProposalSet, top_k: int = 200, dup_i
 
 
 def build_combined(*, weights: str, top_k: int = 200, dup_iou: float = 0.9, superpixel_scale: float = 2.0,
-                   ss_mode: str = "fast", device: str = "cpu", multibox_kwargs: dict | None = None,
-                   **ss_kwargs) -> CombinedProposer:
-    """Build the combination from a MultiBox checkpoint ``weights``; other keywords go to selective search."""
+                   ss_mode: str = "fast", device: str = "cpu", tiles: int = 1, tile_overlap: float = 0.25,
+                   multibox_kwargs: dict | None = None, **ss_kwargs) -> CombinedProposer:
+    """Build the combination from a MultiBox checkpoint ``weights`` (``tiles``, ``tile_overlap``: see
+    :class:`~gdet.proposals.multibox.MultiBoxProposer`); other keywords go to selective search."""
     from gdet.proposals.multibox import MultiBoxProposer
     from gdet.proposals.selective_search import SelectiveSearch
 
     ss = SelectiveSearch(backend="opencv", mode=ss_mode, superpixel_scale=superpixel_scale, **ss_kwargs)
     mb = MultiBoxProposer.from_checkpoint(weights=weights, device=device,
-                                          **{"top_k": top_k, **(multibox_kwargs or {})})
+                                          **{"top_k": top_k, "tiles": tiles, "tile_overlap": tile_overlap,
+                                             **(multibox_kwargs or {})})
     return CombinedProposer(ss, mb, top_k=top_k, dup_iou=dup_iou)

@@ -329,6 +329,24 @@ def postprocess(boxes: Tensor, logits: Tensor, width: int, height: int, *, top_k
     return b[keep], scores[keep]
 
 
+def tile_regions(width: int, height: int, tiles: int = 1, overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
+    """The windows MultiBox looks at: the whole image, then for ``tiles >= 2`` a ``tiles x tiles`` grid of
+    windows, each ``1 / (tiles - (tiles - 1) * overlap)`` of the image's width and height, neighbours
+    overlapping by ``overlap`` of a window, together covering the image exactly. Each window is warped to the
+    network's input, so its objects are seen that much larger. Returns (x0, y0, x1, y1) integer pixels."""
+    regions = [(0, 0, int(width), int(height))]
+    if tiles >= 2:
+        side = 1.0 / (tiles - (tiles - 1) * overlap)
+        step = side * (1.0 - overlap)
+        for i in range(tiles):
+            for j in range(tiles):
+                x0, y0 = int(round(j * step * width)), int(round(i * step * height))
+                x1 = width if j == tiles - 1 else int(round((j * step + side) * width))
+                y1 = height if i == tiles - 1 else int(round((i * step + side) * height))
+                regions.append((x0, y0, x1, y1))
+    return regions
+
+
 class MultiBoxProposer(Proposer):
     """MultiBox as a proposal method: ``propose(image)`` -> the top ``top_k`` boxes after NMS.
 
@@ -336,16 +354,24 @@ class MultiBoxProposer(Proposer):
         model: a trained :class:`MultiBox` (eval mode).
         input_size: the square input side the model was trained at.
         top_k, nms_iou, min_size: post-processing (see :func:`postprocess`).
+        tiles: 1 looks at the whole image once; ``n >= 2`` also at ``n x n`` overlapping zoomed windows (see
+            :func:`tile_regions`), one batch of ``1 + n^2`` inputs, the boxes of all windows united by NMS.
+            Zooming finds the small objects a network with a coarse prior grid misses.
+        tile_overlap: overlap of neighbouring windows, as a fraction of a window.
         device: where the network runs.
     """
 
     name = "multibox"
 
     def __init__(self, model: MultiBox, input_size: int, *, top_k: int = 200, nms_iou: float = 0.7,
-                 min_size: float = 4.0, device: torch.device | str = "cpu", weights: str | None = None):
+                 min_size: float = 4.0, tiles: int = 1, tile_overlap: float = 0.25,
+                 device: torch.device | str = "cpu", weights: str | None = None):
+        if int(tiles) < 1 or not 0.0 <= float(tile_overlap) < 1.0:
+            raise GdetError(f"multibox: tiles={tiles!r} must be >= 1 and tile_overlap={tile_overlap!r} in [0, 1)")
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.input_size, self.top_k, self.nms_iou, self.min_size = int(input_size), int(top_k), float(nms_iou), float(min_size)
+        self.tiles, self.tile_overlap = int(tiles), float(tile_overlap)
         self.weights = weights
 
     @classmethod
@@ -360,7 +386,8 @@ class MultiBoxProposer(Proposer):
 
     def config(self) -> dict[str, Any]:
         return {"method": self.name, "weights": self.weights, "input_size": self.input_size, "top_k": self.top_k,
-                "nms_iou": self.nms_iou, "min_size": self.min_size, "num_priors": self.model.num_priors}
+                "nms_iou": self.nms_iou, "min_size": self.min_size, "num_priors": self.model.num_priors,
+                "tiles": self.tiles, "tile_overlap": self.tile_overlap}
 
     @torch.no_grad()
     def propose_batch(self, images: list[np.ndarray]) -> list[tuple[Tensor, Tensor]]:
@@ -368,12 +395,24 @@ class MultiBoxProposer(Proposer):
         from gdet.proposals.base import as_rgb
 
         images = [as_rgb(im) for im in images]
-        x = torch.stack([image_to_input(im, self.input_size) for im in images]).to(self.device)
-        x = self.model.normalize(x.float() / 255.0)
-        boxes, logits = self.model(x)
-        return [tuple(t.cpu() for t in postprocess(b, lg, im.shape[1], im.shape[0], top_k=self.top_k,
-                                                    nms_iou=self.nms_iou, min_size=self.min_size))
-                for b, lg, im in zip(boxes, logits, images)]
+        regions = [tile_regions(im.shape[1], im.shape[0], self.tiles, self.tile_overlap) for im in images]
+        x = torch.stack([image_to_input(np.ascontiguousarray(im[y0:y1, x0:x1]), self.input_size)
+                         for im, regs in zip(images, regions) for x0, y0, x1, y1 in regs]).to(self.device)
+        boxes, logits = self.model(self.model.normalize(x.float() / 255.0))
+        out, k = [], 0
+        for regs in regions:
+            parts = []
+            for x0, y0, x1, y1 in regs:
+                b, sc = postprocess(boxes[k], logits[k], x1 - x0, y1 - y0, top_k=self.top_k, nms_iou=self.nms_iou,
+                                    min_size=self.min_size)
+                parts.append((b + b.new_tensor([x0, y0, x0, y0]), sc))
+                k += 1
+            b, sc = parts[0] if len(parts) == 1 else (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+            if len(parts) > 1:
+                keep = nms(b, sc, self.nms_iou)[: self.top_k]
+                b, sc = b[keep], sc[keep]
+            out.append((b.cpu(), sc.cpu()))
+        return out
 
     def _propose(self, image: np.ndarray) -> tuple[Tensor, Tensor]:
         return self.propose_batch([image])[0]
