@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -11,12 +12,26 @@ import yaml
 from gdet.errors import ConfigError
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-3`` is a float (YAML 1.2; PyYAML follows 1.1, which needs ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _load(text_or_file):
+    return yaml.load(text_or_file, Loader=_Loader)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = _load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -47,7 +62,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -94,4 +109,25 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), defaults
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(defaults))})")
         cfg = _merge(defaults, cfg)
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    if defaults:
+        _check_numbers(cfg, defaults, path)
+    return cfg
+
+
+def _check_numbers(cfg: dict, defaults: dict, path: Path) -> None:
+    """Keys whose default is a number (or a bool) must hold one: ``epochs=abc`` fails here, with the key's name,
+    not deep inside training. Keys defaulting to None or a string are the builder's to check."""
+    for key, default in defaults.items():
+        value = cfg.get(key)
+        if value is None or isinstance(default, str) or default is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            want = "true or false" if isinstance(default, bool) else "a number"
+            raise ConfigError(f"{path}: {key}: expected {want}, got {value!r}")

@@ -31,3 +31,22 @@ def test_errors_name_the_file_and_line(tmp_path):
         apply_overrides({"lr": 1}, ["lrr=2"])
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides({"lr": 1}, ["lr"])
+
+
+def test_numbers_are_checked_against_the_defaults(tmp_path):
+    from gdet.config import load_config
+    from gdet.errors import ConfigError
+
+    defaults = {"epochs": 1, "lr": 0.1, "ema": False, "name": "x", "limit": None}
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 3\nlr: 2\nlimit: abc\n")  # an int for a float default is fine; None defaults are free
+    assert load_config(f, defaults=defaults) == {"epochs": 3, "lr": 2, "ema": False, "name": "x", "limit": "abc"}
+    for override, msg in [("epochs=abc", "epochs: expected a number, got 'abc'"),
+                          ("lr=fast", "lr: expected a number"),
+                          ("ema=1", "ema: expected true or false"), ("epochs=true", "epochs: expected a number")]:
+        with pytest.raises(ConfigError, match=msg):
+            load_config(f, [override], defaults=defaults)
+    # Exponents without a decimal point are floats (YAML 1.2), in files and in overrides.
+    f.write_text("lr: 1e-3\n")
+    assert load_config(f, ["epochs=2E+1"], defaults=defaults)["lr"] == 0.001
+    assert load_config(f, ["epochs=2E+1"], defaults=defaults)["epochs"] == 20.0

@@ -228,6 +228,8 @@ def test_tile_regions_cover_the_image_with_the_asked_overlap():
     assert cover.min() == 1 and cover.max() == 4  # every pixel seen; corners of four windows overlap
     # Horizontal neighbours share a quarter of a window.
     assert abs((tiles[0, 2] - tiles[1, 0]) - 0.25 * w[0]) <= 1
+    # A tiny image keeps only non-empty windows.
+    assert all(x1 > x0 and y1 > y0 for x0, y0, x1, y1 in tile_regions(2, 1, tiles=3))
 
 
 class CentreBox(nn.Module):
@@ -263,6 +265,8 @@ def test_tiles_map_each_window_back_and_rank_by_score():
     assert torch.allclose(one, torch.tensor([[100.0, 75.0, 300.0, 225.0]]))
     with pytest.raises(GdetError, match="tiles"):
         MultiBoxProposer(CentreBox(), 64, tiles=0)
+    tiny = MultiBoxProposer(CentreBox(), 64, tiles=3, min_size=0).propose(np.full((2, 3, 3), 90, np.uint8))[0]
+    assert tiny.shape[1] == 4 and bool((tiny[:, 2] <= 3).all())
 
 
 @pytest.fixture(scope="module")
@@ -383,6 +387,8 @@ def test_bad_checkpoint_and_bad_config(tmp_path):
         MultiBoxProposer.from_checkpoint(weights=str(tmp_path / "plain.pth"))
     with pytest.raises(GdetError, match="needs weights"):
         build_proposer("multibox")
+    with pytest.raises(GdetError, match="bad option value"):
+        build_proposer("ss", min_size="abc")
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "train_multibox.py"), "--config",
                         str(tmp_path / "none.yaml")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "none.yaml" in r.stderr

@@ -78,6 +78,8 @@ def build_proposer(name: str, **kwargs: Any) -> Proposer:
         if "unexpected keyword argument" in str(e):
             raise GdetError(f"proposal method {name!r}: {e}") from None
         raise
+    except ValueError as e:  # an option of the wrong kind, e.g. --opt tiles=abc
+        raise GdetError(f"proposal method {name!r}: bad option value in {kwargs}: {e}") from None
 
 
 __all__ = ["ProposalSet", "Proposer", "build_proposer", "list_proposers", "load_proposals", "save_proposals"]

@@ -169,6 +169,17 @@ def multibox_loss(pred_boxes: Tensor, logits: Tensor, target_boxes: Tensor, matc
 
 
 # ----------------------------------------------------------------------------------------------------- model
+def _init_head(hidden: nn.Module, out: nn.Module, prior_prob: float) -> None:
+    """He init for the hidden layer; the output layer starts at the priors (offsets ~0) with objectness
+    ``prior_prob`` everywhere, as most priors match nothing. ``out`` emits groups of (4 offsets, 1 logit)."""
+    nn.init.kaiming_normal_(hidden.weight, nonlinearity="relu")
+    nn.init.zeros_(hidden.bias)
+    nn.init.normal_(out.weight, std=1e-3)
+    nn.init.zeros_(out.bias)
+    with torch.no_grad():
+        out.bias.view(-1, 5)[:, 4] = float(np.log(prior_prob / (1 - prior_prob)))
+
+
 class MultiBoxHead(nn.Module):
     """Feature map -> ``K`` box offsets and logits: 1x1 conv (``hidden``) + ReLU, average-pooled to a
     ``grid x grid`` map (keeps coarse position; any input size works), flattened, one linear layer."""
@@ -180,13 +191,7 @@ class MultiBoxHead(nn.Module):
         self.reduce = nn.Conv2d(in_channels, hidden, 1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden * grid * grid, num_priors * 5)
-        nn.init.kaiming_normal_(self.reduce.weight, nonlinearity="relu")
-        nn.init.zeros_(self.reduce.bias)
-        # Start at the priors with a low objectness, as most priors match nothing.
-        nn.init.normal_(self.fc.weight, std=1e-3)
-        nn.init.zeros_(self.fc.bias)
-        with torch.no_grad():
-            self.fc.bias.view(num_priors, 5)[:, 4] = float(np.log(prior_prob / (1 - prior_prob)))
+        _init_head(self.reduce, self.fc, prior_prob)
 
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
         x = F.relu(self.reduce(feats), inplace=True)  # N x hidden x h x w
@@ -207,12 +212,7 @@ class ConvMultiBoxHead(nn.Module):
         self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
         self.dropout = nn.Dropout2d(dropout)
         self.out = nn.Conv2d(hidden, anchors * 5, 1)
-        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
-        nn.init.zeros_(self.conv.bias)
-        nn.init.normal_(self.out.weight, std=1e-3)
-        nn.init.zeros_(self.out.bias)
-        with torch.no_grad():
-            self.out.bias.view(anchors, 5)[:, 4] = float(np.log(prior_prob / (1 - prior_prob)))
+        _init_head(self.conv, self.out, prior_prob)
 
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
         x = self.out(self.dropout(F.relu(self.conv(feats), inplace=True)))  # N x A*5 x h x w
@@ -343,7 +343,8 @@ def tile_regions(width: int, height: int, tiles: int = 1, overlap: float = 0.25)
                 x0, y0 = int(round(j * step * width)), int(round(i * step * height))
                 x1 = width if j == tiles - 1 else int(round((j * step + side) * width))
                 y1 = height if i == tiles - 1 else int(round((i * step + side) * height))
-                regions.append((x0, y0, x1, y1))
+                if x1 > x0 and y1 > y0:  # a tiny image can leave empty windows
+                    regions.append((x0, y0, x1, y1))
     return regions
 
 

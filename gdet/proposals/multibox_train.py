@@ -119,7 +119,8 @@ def _check(cfg: dict) -> None:
         raise ConfigError("epochs, batch_size, num_priors and anchors must be >= 1")
     if cfg["head"] not in HEADS:
         raise ConfigError(f"head {cfg['head']!r}: use one of {', '.join(HEADS)}")
-    if cfg["match_iou"] is not None and not 0.0 < float(cfg["match_iou"]) <= 1.0:
+    if cfg["match_iou"] is not None and (not isinstance(cfg["match_iou"], (int, float))
+                                         or not 0.0 < float(cfg["match_iou"]) <= 1.0):
         raise ConfigError(f"match_iou {cfg['match_iou']!r}: use a value in (0, 1] or null")
 
 
