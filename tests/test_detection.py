@@ -1,5 +1,6 @@
 """Detector inference: end-to-end detect on a random-init tiny model, ensembles, checkpoints, the CLI."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,6 +126,23 @@ def test_cli_detect_table_png_json_and_bad_checkpoint(tmp_path):
     res = runner.invoke(main, ["detect", "--image", str(tmp_path / "none.jpg"), "--weights", str(ckpt),
                                "--proposals", str(tmp_path / "p.npz")])
     assert res.exit_code == 1 and "none.jpg" in res.output
+
+
+def test_cli_detect_passes_proposal_options(tmp_path):
+    """`--proposal-opt` reaches the proposal method (the shipped MultiBox: 200 boxes by default)."""
+    from gdet.cli import main
+
+    root = Path(__file__).resolve().parents[1] / "gdet" / "assets"
+    base = ["detect", "--image", str(root / "sample.jpg"), "--weights", str(root / "detector_synth_fp16.pth"),
+            "--proposals", "multibox", "--multibox-weights", str(root / "multibox_synth_fp16.pth"), "--score-thr", "0"]
+    counts = []
+    for opts in ([], ["--proposal-opt", "top_k=37"], ["--proposal-opt", "top_k=37", "--proposal-opt", "tiles=2"]):
+        res = CliRunner().invoke(main, base + opts + ["--json", str(tmp_path / "d.json")])
+        assert res.exit_code == 0, res.output
+        counts.append(json.loads((tmp_path / "d.json").read_text())["images"][0]["num_proposals"])
+    assert counts == [200, 37, 37]
+    res = CliRunner().invoke(main, base + ["--proposal-opt", "tiles=x"])
+    assert res.exit_code == 1 and res.output.startswith("error: ") and "tiles" in res.output
 
 
 def test_export_classifier_loads_in_gdet_classify(tmp_path):

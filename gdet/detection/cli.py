@@ -14,6 +14,8 @@ import click
 @click.option("--proposals", default="ss", show_default=True,
               help="ss | ss_quality | selectivesearch | multibox | combined, or a .npz proposal file.")
 @click.option("--multibox-weights", default=None, type=click.Path(), help="MultiBox checkpoint (multibox/combined).")
+@click.option("--proposal-opt", "proposal_opts", multiple=True, metavar="KEY=VALUE",
+              help="Proposal method option, as `gdet proposals compute --opt` (e.g. tiles=3; repeatable).")
 @click.option("--max-proposals", default=2000, show_default=True, type=click.IntRange(min=1),
               help="Proposals kept per image (best first).")
 @click.option("--score-thr", default=0.3, show_default=True, type=click.FloatRange(0, 1),
@@ -27,8 +29,8 @@ import click
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write detections as JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]))
-def detect(images, weights, proposals, multibox_weights, max_proposals, score_thr, nms_thr, soft_nms, max_dets,
-           out_dir, json_path, device, precision):
+def detect(images, weights, proposals, multibox_weights, proposal_opts, max_proposals, score_thr, nms_thr, soft_nms,
+           max_dets, out_dir, json_path, device, precision):
     """Detect objects: proposals -> warped crops -> softmax -> per-class NMS -> top detections.
 
     Example: gdet detect --image street.jpg --weights gdet/assets/detector_synth_fp16.pth --out out/
@@ -39,10 +41,11 @@ def detect(images, weights, proposals, multibox_weights, max_proposals, score_th
     from gdet.detection.visualize import draw_detections, save_png
     from gdet.engine import resolve_device
     from gdet.io import save_json
+    from gdet.proposals.cli import parse_options
 
     dev = resolve_device(device)
     model = load_detectors(list(weights), dev)
-    source = ProposalSource(proposals, multibox_weights)
+    source = ProposalSource(proposals, multibox_weights, parse_options(proposal_opts))
     results = []
     for path in images:
         rgb = read_image(path)
