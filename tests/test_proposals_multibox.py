@@ -300,7 +300,7 @@ def test_tool_trains_resumes_and_writes_outputs(trained):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and "val_recall@100" in rows[0]
     assert (run / "curves.png").exists() and (run / "best.pth").exists()
-    ck = torch.load(run / "last.pth", weights_only=False)
+    ck = torch.load(run / "last.pth", weights_only=True)
     assert ck["task"] == "multibox" and ck["priors"].shape == (8, 4) and ck["epoch"] == 2
 
 
@@ -345,12 +345,12 @@ def test_conv_head_trains_exports_and_proposes(tmp_path):
     res = train({"data": str(root), "backbone": "googlenet", "input_size": 64, "head": "conv", "anchors": 3,
                  "match_iou": 0.5, "hidden": 16, "batch_size": 2, "epochs": 1, "workers": 0, "device": "cpu",
                  "optimizer": "adamw", "lr": 1e-3, "work_dir": str(tmp_path / "run")})
-    ck = torch.load(tmp_path / "run" / "last.pth", weights_only=False)
+    ck = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert ck["head"]["kind"] == "conv" and ck["priors"].shape == (2 * 2 * 3, 4)  # 64 px / 32 = 2 x 2 cells
     assert 0.0 <= res["best_recall"] <= 1.0
     size = export_checkpoint(tmp_path / "run" / "last.pth", tmp_path / "mb16.pth")
     assert size < (tmp_path / "run" / "last.pth").stat().st_size
-    exp = torch.load(tmp_path / "mb16.pth", weights_only=False)
+    exp = torch.load(tmp_path / "mb16.pth", weights_only=True)
     assert exp["model"]["head.out.weight"].dtype == torch.float16 and exp["model"]["priors"].dtype == torch.float32
     # The fp16 copy computes what the fp32 checkpoint does, up to fp16 rounding of the weights.
     from gdet.proposals.multibox import load_multibox

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:120]})") from None
+        # A weights file is data: the restricted unpickler builds tensors and plain containers only, so a file
+        # carrying a pickled callable is refused instead of running it.
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        what = _unsafe_global(str(e))
+        raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and plain data"
+                              f"{f' ({what})' if what else ''}; only weights files are loaded") from None
+    except Exception as e:  # a corrupt file can fail anywhere in the unpickler (IndexError, KeyError, ...)
+        msg = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
     if isinstance(obj, nn.Module):
         obj = {"model": obj.state_dict()}
     if not isinstance(obj, dict):
@@ -55,6 +62,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"model": obj}
     raise CheckpointError(f"{path}: no model weights found (keys: {', '.join(list(obj)[:8])})")
+
+
+def _unsafe_global(message: str) -> str:
+    """The global a refused pickle asked for (``"os.system"``), taken from torch's message, or ``""``."""
+    m = re.search(r"unsupported GLOBAL ([\w.]+)", message)
+    return m.group(1) if m else ""
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -118,7 +131,12 @@ def rng_state() -> dict[str, Any]:
 
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's state is stored as plain values and a tensor so that the checkpoint loads with weights_only=True.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -130,7 +148,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
