@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gdet.errors import GdetError
 from gdet.export.nets import ExportSpec
 from gdet.export.verify import check_outputs
 from gdet.io import atomic_path
@@ -45,9 +47,12 @@ def export_torchscript(spec: ExportSpec, out: str | os.PathLike, check: bool = T
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The gdet metadata of an exported TorchScript file."""
-    extra = {METADATA_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return json.loads(extra[METADATA_FILE])
+    """The gdet metadata of an exported TorchScript file, read from its zip archive without loading the model."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith(f"/extra/{METADATA_FILE}")), None)
+            if name is None:
+                raise GdetError(f"{path}: no gdet metadata (extra/{METADATA_FILE}); not written by gdet export")
+            return json.loads(z.read(name))
+    except zipfile.BadZipFile:
+        raise GdetError(f"{path}: not a TorchScript file") from None
