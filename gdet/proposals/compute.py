@@ -14,6 +14,7 @@ import numpy as np
 
 from gdet.errors import DataError, GdetError
 from gdet.io import atomic_path, load_json, save_json
+from gdet.parallel import rank_world, shard
 from gdet.proposals.files import ProposalSet, load_proposals, save_proposals
 
 
@@ -77,14 +78,6 @@ def _read_part(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
 
 
 # --- across processes (torchrun) ----------------------------------------------------------------------------
-def _rank_world(distributed: bool) -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if distributed and dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _all_gather(obj, world: int) -> list:
     if world == 1:
         return [obj]
@@ -213,7 +206,7 @@ def compute_proposals(items: Sequence[tuple[Any, str]], method: str, out: str | 
     ids = [i for i, _ in items]
     if len(set(ids)) != len(ids):
         raise DataError("duplicate image ids in the dataset")
-    rank, world = _rank_world(distributed)
+    rank, world = rank_world() if distributed else (0, 1)
     method_kwargs = dict(method_kwargs or {})
     settings = build_proposer(method, **method_kwargs).config()  # validates the options before any work
     settings = json.loads(json.dumps(settings))  # as it will read back from JSON
@@ -231,7 +224,7 @@ def compute_proposals(items: Sequence[tuple[Any, str]], method: str, out: str | 
     have_by_rank = _all_gather(sorted(have), world)
     anywhere = set().union(*map(set, have_by_rank))
     todo = [k for k in range(len(items)) if k not in anywhere]
-    mine = todo[rank::world]
+    mine = shard(todo, rank, world)
     desc = f"proposals {method}" + (f" (rank 0 of {world})" if world > 1 else "")
     err = _compute([items[k] for k in mine], method, method_kwargs, parts, workers, threads_per_worker, desc)
     if err:
@@ -239,7 +232,7 @@ def compute_proposals(items: Sequence[tuple[Any, str]], method: str, out: str | 
     _agree(err, world)
 
     # Who sends what to rank 0: each image once, from the lowest rank holding it, nothing rank 0 holds itself.
-    holders = [set(h) | set(todo[r::world]) for r, h in enumerate(have_by_rank)]
+    holders = [set(h) | set(shard(todo, r, world)) for r, h in enumerate(have_by_rank)]
     received: dict[int, tuple] = {}
     if world > 1:
         import torch.distributed as dist
