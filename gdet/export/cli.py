@@ -14,9 +14,9 @@ FORMATS = ("onnx", "torchscript", "fp16")
 @click.option("--raw", is_flag=True, help="Export the raw weights instead of the Polyak-averaged ones.")
 @click.option("--input-size", default=None, type=click.IntRange(16),
               help="Classifier input size in the exported graph (default: the checkpoint's).")
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(9), help="ONNX opset version.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(12), help="ONNX opset version.")
 def export(weights, fmt, out, raw, input_size, opset):
-    """Export WEIGHTS for inference in eval form (no aux heads), then check it.
+    """Export a checkpoint for inference in eval form (no aux heads), then check the file.
 
     onnx / torchscript: the network with a dynamic batch dimension, outputs as plain tensors (classifier:
     probs; detector: probs [+ deltas] of warped crops; MultiBox: boxes, scores), the preprocessing and class

@@ -60,9 +60,12 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike, opset: int = OPSET, ch
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and constant-folding notices
-        torch.onnx.export(spec.module.eval(), (example,), buf, dynamo=False, input_names=[INPUT_NAME],
-                          output_names=list(spec.output_names), dynamic_axes={n: {0: "batch"} for n in names},
-                          opset_version=opset, do_constant_folding=True)
+        try:
+            torch.onnx.export(spec.module.eval(), (example,), buf, dynamo=False, input_names=[INPUT_NAME],
+                              output_names=list(spec.output_names), dynamic_axes={n: {0: "batch"} for n in names},
+                              opset_version=opset, do_constant_folding=True)
+        except Exception as e:  # an operator without an ONNX form at this opset, mostly
+            raise GdetError(f"{out}: ONNX export (opset {opset}) failed: {str(e).strip().splitlines()[0]}") from None
     model = onnx.load_from_string(buf.getvalue())
     del buf
     for k, v in flat_metadata(spec.metadata).items():
