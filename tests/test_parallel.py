@@ -51,14 +51,14 @@ def _worker(rank, world, port, n, out_dir):
     dist.destroy_process_group()
 
 
-def test_gather_to_rank0_over_three_gloo_ranks(tmp_path):
+def test_gather_to_rank0_over_two_gloo_ranks(tmp_path):
     import torch
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(3, _free_port(), 7, str(tmp_path)), nprocs=3, join=True)
-    r = [torch.load(tmp_path / f"rank{k}.pt") for k in range(3)]
-    assert [x["mine"] for x in r] == [[0, 3, 6], [1, 4], [2, 5]]
-    assert r[1]["everything"] is None and r[2]["everything"] is None
+    mp.spawn(_worker, args=(2, _free_port(), 7, str(tmp_path)), nprocs=2, join=True)
+    r = [torch.load(tmp_path / f"rank{k}.pt") for k in range(2)]
+    assert [x["mine"] for x in r] == [[0, 2, 4, 6], [1, 3, 5]]
+    assert r[1]["everything"] is None
     got = r[0]["everything"]
     assert [d["k"] for d in got] == list(range(7))
     for k, d in enumerate(got):
