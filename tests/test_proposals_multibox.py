@@ -337,7 +337,7 @@ def test_proposer_from_checkpoint_and_cli(trained):
 
 def test_conv_head_trains_exports_and_proposes(tmp_path):
     """The convolutional head end to end: train() with IoU matching, fp16 export, proposer."""
-    from gdet.detection.export import export_checkpoint
+    from gdet.export.checkpoint import export_checkpoint
     from gdet.proposals.multibox_train import train
 
     root = write_voc(tmp_path / "voc", n=4, split="train")

@@ -356,8 +356,8 @@ def load_detectors(paths: Sequence[str | os.PathLike], device: torch.device | st
 
 def export_detector(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True, use_ema: bool = False) -> int:
     """Write an inference-only copy of a detection training checkpoint (fp16, no aux heads, no optimizer state);
-    see :func:`gdet.detection.export.export_checkpoint`. Returns the file size in bytes."""
-    from gdet.detection.export import export_checkpoint
+    see :func:`gdet.export.checkpoint.export_checkpoint`. Returns the file size in bytes."""
+    from gdet.export.checkpoint import export_checkpoint
     from gdet.engine.checkpoint import load_checkpoint
 
     if load_checkpoint(src).get("task") != "detect":
