@@ -1,0 +1,526 @@
+"""Batched training input: workers only read compressed bytes; decoding (nvJPEG on CUDA) and the paper's
+augmentations run on whole batches on the training device.
+
+The augmentation draws the same distributions as the per-image :class:`gdet.classification.transforms.TrainTransform`
+(crop area/aspect, interpolation, ColorJitter factors and order, PCA lighting, flip) from one ``torch.Generator``
+seeded by ``(seed, epoch, rank)``, so a run is deterministic for a seed whatever the number of workers.
+
+Public API::
+
+    EncodedImageDataset(paths, labels)            items: (Tensor[L] uint8 file bytes, label, path, exif orientation)
+    collate_encoded(items) -> EncodedBatch(data, labels, paths, orientations)
+    decode_batch(data, device, paths=None, orientations=None, stats=None) -> list of Tensor[3, H, W] uint8
+    BatchTrainAugment(size, scale, ratio, brightness, contrast, saturation, lighting, interpolations, hflip)
+        .sample(sizes, generator) -> AugmentParams ;  .apply(images, params, dtype) -> Tensor[N, 3, S, S]
+    DeviceBatchLoader(loader, augment, device, seed=0, rank=0, channels_last=False, dtype=uint8, prefetch=2)
+    build_device_loader(paths, labels, augment, *, batch_size, device, info=None, num_workers=4, seed=0, ...)
+    epoch_generator(seed, epoch, rank) -> torch.Generator
+"""
+from __future__ import annotations
+
+import math
+import queue
+import struct
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from gdet.classification.transforms import INTERPOLATIONS, PCA_EIGVAL, PCA_EIGVEC, resize
+from gdet.errors import ConfigError, DataError
+
+JPEG_MAGIC = b"\xff\xd8"
+# torchvision >= 0.29 announces that torchvision.io's decoders will move to TorchCodec; they still work, and
+# the warning would repeat for every batch.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)
+# ITU-R 601 luma, the weights torchvision's ColorJitter uses (rgb_to_grayscale).
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+# ----------------------------------------------------------------------------------------------- reading, decoding
+
+def jpeg_exif_orientation(data: bytes) -> int:
+    """EXIF orientation tag (1-8) of a JPEG's APP1 segment; 1 when absent, unreadable or not a JPEG.
+
+    nvJPEG ignores EXIF; reading the tag in the worker lets rotated photos go to the CPU decoder, which applies
+    it as :func:`gdet.data.image.read_image` does."""
+    if not data.startswith(JPEG_MAGIC):
+        return 1
+    i, n = 2, len(data)
+    while i + 4 <= n and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker in (0xD9, 0xDA):  # end of image / start of scan: no metadata after this
+            return 1
+        seg_len = struct.unpack(">H", data[i + 2:i + 4])[0]
+        seg = data[i + 4:i + 2 + seg_len]
+        if marker == 0xE1 and seg.startswith(b"Exif\x00\x00") and len(seg) >= 14:
+            tiff = seg[6:]
+            endian = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+            if endian is None:
+                return 1
+            try:
+                ifd = struct.unpack(endian + "I", tiff[4:8])[0]
+                count = struct.unpack(endian + "H", tiff[ifd:ifd + 2])[0]
+                for k in range(count):
+                    e = ifd + 2 + 12 * k
+                    tag, typ = struct.unpack(endian + "HH", tiff[e:e + 4])
+                    if tag == 0x0112 and typ == 3:
+                        v = struct.unpack(endian + "H", tiff[e + 8:e + 10])[0]
+                        return v if 1 <= v <= 8 else 1
+            except struct.error:
+                return 1
+            return 1
+        i += 2 + seg_len
+    return 1
+
+
+class EncodedImageDataset(Dataset):
+    """Image files as undecoded bytes, for :class:`DeviceBatchLoader` (workers do no pixel work).
+
+    Args:
+        paths: image files (any format :func:`gdet.data.image.read_image` reads; JPEG is decoded on the GPU).
+        labels: one int label per path.
+
+    Items are ``(Tensor[L] uint8 file bytes, label, path, EXIF orientation)``.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int]):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = list(map(str, paths))
+        self.labels = [int(v) for v in labels]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise DataError(f"{path}: image not found") from None
+        except OSError as e:
+            raise DataError(f"{path}: cannot read image: {e.strerror or e}") from None
+        if not raw:
+            raise DataError(f"{path}: cannot decode image: empty file")
+        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        return data, self.labels[i], path, jpeg_exif_orientation(raw[:1 << 16])
+
+
+class EncodedBatch(NamedTuple):
+    data: list[Tensor]
+    labels: Tensor
+    paths: list[str]
+    orientations: list[int]
+
+
+def collate_encoded(items) -> EncodedBatch:
+    """``[(bytes, label, path, orientation)]`` -> :class:`EncodedBatch` (byte tensors stay a list: lengths differ)."""
+    data, labels, paths, orients = zip(*items) if items else ((), (), (), ())
+    return EncodedBatch(list(data), torch.tensor(labels, dtype=torch.int64), list(paths), list(orients))
+
+
+def _decode_cpu(data: Tensor, path: str) -> Tensor:
+    """One image on the CPU: torchvision for JPEG/PNG/GIF/WebP (EXIF applied), Pillow (``read_image``) for the
+    rest and for what torchvision returns at another bit depth."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        img = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        if img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] == 3:
+            return img
+    except (RuntimeError, ValueError):
+        pass
+    from gdet.data.image import read_image
+    from gdet.data.loading import to_tensor
+
+    return to_tensor(read_image(path))
+
+
+def decode_batch(data: Sequence[Tensor], device: torch.device | str, paths: Sequence[str] | None = None,
+                 orientations: Sequence[int] | None = None, stats: dict[str, int] | None = None) -> list[Tensor]:
+    """Decode file bytes to RGB images on ``device``.
+
+    On CUDA, JPEGs without an EXIF rotation are decoded together by nvJPEG (``torchvision.io.decode_jpeg`` on a
+    list); other formats, rotated JPEGs and any JPEG nvJPEG rejects are decoded on the CPU and copied over. On the
+    CPU every image is decoded by ``torchvision.io.decode_image`` (Pillow for formats it does not read).
+
+    Args:
+        data: ``Tensor[L] uint8`` file contents, one per image (on the CPU).
+        device: where the decoded images go.
+        paths: file names, for error messages.
+        orientations: EXIF orientation per image (see :func:`jpeg_exif_orientation`); default all 1.
+        stats: if given, ``stats["gpu"]`` / ``stats["cpu"]`` count the images decoded on each side.
+
+    Returns:
+        list of ``Tensor[3, H_i, W_i]`` uint8 on ``device``.
+
+    Raises:
+        DataError: an image cannot be decoded by any decoder (message names the file).
+    """
+    device = torch.device(device)
+    n = len(data)
+    paths = list(paths) if paths is not None else [f"image {i}" for i in range(n)]
+    orientations = list(orientations) if orientations is not None else [1] * n
+    out: list[Tensor | None] = [None] * n
+    if device.type == "cuda":
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        gpu_idx = [i for i in range(n) if orientations[i] == 1 and bytes(data[i][:2].tolist()) == JPEG_MAGIC]
+        if gpu_idx:
+            try:
+                decoded = decode_jpeg([data[i] for i in gpu_idx], mode=ImageReadMode.RGB, device=device)
+                for i, img in zip(gpu_idx, decoded):
+                    out[i] = img
+            except RuntimeError:
+                # One bad file fails the whole batched call; retry one by one to find it.
+                for i in gpu_idx:
+                    try:
+                        out[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
+                    except RuntimeError as e:
+                        _warn_once(f"{paths[i]}: nvJPEG cannot decode it ({str(e).splitlines()[0][:120]}); "
+                                   "decoding such images on the CPU")
+        if stats is not None:
+            stats["gpu"] = stats.get("gpu", 0) + sum(o is not None for o in out)
+    for i in range(n):
+        if out[i] is None:
+            img = _decode_cpu(data[i], paths[i])
+            out[i] = img.to(device, non_blocking=True) if device.type != "cpu" else img
+            if stats is not None:
+                stats["cpu"] = stats.get("cpu", 0) + 1
+    return out  # type: ignore[return-value]
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    key = msg.split(":", 1)[-1]
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------------- augmentation
+
+@dataclass
+class AugmentParams:
+    """Random draws for one batch of ``N`` images (all CPU tensors).
+
+    Attributes:
+        boxes: ``Tensor[N, 4]`` int64 crops as (top, left, height, width) in pixels of each decoded image.
+        modes: ``Tensor[N]`` int64 index into the augmentation's interpolation list.
+        flips: ``Tensor[N]`` bool, horizontal flip.
+        factors: ``Tensor[N, 3]`` float brightness, contrast, saturation factors (1 = unchanged).
+        order: ``Tensor[N, 3]`` int64 permutation of (0 brightness, 1 contrast, 2 saturation): the order applied.
+        lighting: ``Tensor[N, 3]`` float RGB offset of the PCA lighting noise (0-1 scale).
+    """
+
+    boxes: Tensor
+    modes: Tensor
+    flips: Tensor
+    factors: Tensor
+    order: Tensor
+    lighting: Tensor
+
+
+class BatchTrainAugment:
+    """The paper's training augmentation (as :class:`~gdet.classification.transforms.TrainTransform`) for whole
+    batches on any device: per-image random-area crop resized with a per-image random interpolation, then batched
+    ColorJitter (brightness/contrast/saturation in a random order per image), PCA lighting and horizontal flips.
+
+    Args: as ``TrainTransform`` (``size``, ``scale``, ``ratio``, ``brightness``, ``contrast``, ``saturation``,
+    ``lighting``, ``interpolations``, ``hflip``).
+    """
+
+    def __init__(self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, lighting: float = 0.1,
+                 interpolations: Sequence[str] = INTERPOLATIONS, hflip: float = 0.5):
+        if not interpolations:
+            raise ConfigError("aug_interpolations: give at least one interpolation")
+        for m in interpolations:
+            if m not in INTERPOLATIONS:
+                raise ConfigError(f"interpolation {m!r}: unknown (use {', '.join(INTERPOLATIONS)})")
+        for key, v in (("aug_brightness", brightness), ("aug_contrast", contrast), ("aug_saturation", saturation),
+                       ("aug_lighting", lighting)):
+            if float(v) < 0:
+                raise ConfigError(f"{key}: {v} is negative")
+        self.size = int(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.jitter = (float(brightness), float(contrast), float(saturation))
+        self.lighting_std = float(lighting)
+        self.interpolations = list(interpolations)
+        self.hflip = float(hflip)
+
+    # -- random draws
+    def sample(self, sizes: Sequence[tuple[int, int]], generator: torch.Generator | None = None) -> AugmentParams:
+        """Draw the parameters for images of ``sizes`` [(H, W), ...]: crop area share uniform in ``scale`` and
+        aspect ratio log-uniform in ``ratio``, up to 10 tries, then the largest centred crop whose aspect fits
+        (torchvision's ``RandomResizedCrop`` rule, as ``TrainTransform.crop_params``)."""
+        g = generator
+        n = len(sizes)
+        hw = torch.tensor(list(sizes), dtype=torch.float64).reshape(n, 2)
+        height, width = hw[:, 0:1], hw[:, 1:2]
+        area = height * width
+        target = area * torch.empty(n, 10, dtype=torch.float64).uniform_(*self.scale, generator=g)
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        aspect = torch.exp(torch.empty(n, 10, dtype=torch.float64).uniform_(*log_r, generator=g))
+        w = torch.sqrt(target * aspect).round()
+        h = torch.sqrt(target / aspect).round()
+        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = ok.to(torch.uint8).argmax(1)
+        found = ok.any(1)
+        ch = h.gather(1, first[:, None])[:, 0]
+        cw = w.gather(1, first[:, None])[:, 0]
+        u_top = torch.rand(n, dtype=torch.float64, generator=g)
+        u_left = torch.rand(n, dtype=torch.float64, generator=g)
+        boxes = torch.zeros(n, 4, dtype=torch.int64)
+        for i in range(n):
+            H, W = int(sizes[i][0]), int(sizes[i][1])
+            if bool(found[i]):
+                bh, bw = int(ch[i]), int(cw[i])
+                top = min(int(u_top[i] * (H - bh + 1)), H - bh)
+                left = min(int(u_left[i] * (W - bw + 1)), W - bw)
+            else:
+                in_ratio = W / H
+                if in_ratio < self.ratio[0]:
+                    bw, bh = W, int(round(W / self.ratio[0]))
+                elif in_ratio > self.ratio[1]:
+                    bh, bw = H, int(round(H * self.ratio[1]))
+                else:
+                    bw, bh = W, H
+                top, left = (H - bh) // 2, (W - bw) // 2
+            boxes[i] = torch.tensor([top, left, bh, bw])
+        modes = torch.randint(len(self.interpolations), (n,), generator=g)
+        flips = torch.rand(n, generator=g) < self.hflip
+        lo = torch.tensor([max(0.0, 1 - j) for j in self.jitter])
+        hi = torch.tensor([1 + j for j in self.jitter])
+        factors = lo + (hi - lo) * torch.rand(n, 3, generator=g)
+        order = torch.rand(n, 3, generator=g).argsort(1)
+        alpha = torch.randn(n, 3, generator=g) * self.lighting_std
+        lighting = (alpha * PCA_EIGVAL) @ PCA_EIGVEC.T  # row i: eigvec @ (alpha_i * eigval)
+        return AugmentParams(boxes, modes, flips, factors, order, lighting)
+
+    # -- pixel work
+    def apply(self, images: Sequence[Tensor], params: AugmentParams, dtype: torch.dtype = torch.uint8) -> Tensor:
+        """Augment decoded images with the drawn ``params``.
+
+        Args:
+            images: ``Tensor[3, H_i, W_i]`` uint8, all on one device.
+            params: from :meth:`sample` for these images' sizes.
+            dtype: ``torch.uint8`` (0-255, rounded as ``TrainTransform``) or a float dtype (0-1, unrounded).
+
+        Returns:
+            ``Tensor[N, 3, S, S]`` on the images' device.
+        """
+        n, s = len(images), self.size
+        if n == 0:
+            return torch.zeros(0, 3, s, s, dtype=dtype)
+        device = images[0].device
+        x = torch.empty(n, 3, s, s, dtype=torch.float32, device=device)
+        boxes = params.boxes.tolist()
+        modes = params.modes.tolist()
+        flips = params.flips.tolist()
+        for i, img in enumerate(images):
+            top, left, h, w = boxes[i]
+            r = resize(img[:, top:top + h, left:left + w].float(), (s, s), self.interpolations[modes[i]])
+            x[i] = r.flip(-1) if flips[i] else r  # flipping commutes with the per-image photometric steps
+        x.div_(255.0).clamp_(0, 1)
+        if any(j > 0 for j in self.jitter):
+            x = self._color_jitter(x, params.factors.to(device, non_blocking=True),
+                                   params.order.to(device, non_blocking=True))
+        if self.lighting_std > 0:
+            x = x.add_(params.lighting.to(device, non_blocking=True).view(n, 3, 1, 1)).clamp_(0, 1)
+        if dtype == torch.uint8:
+            return x.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        return x.to(dtype)
+
+    @staticmethod
+    def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+        """Brightness, contrast and saturation are all ``clamp(f * x + (1 - f) * target)`` with target 0, the
+        image's mean grey, or each pixel's grey; one batched blend per step, the target chosen per image."""
+        n = x.shape[0]
+        for k in range(3):
+            op = order[:, k]
+            f = factors.gather(1, op[:, None]).view(n, 1, 1, 1)
+            r, g, b = x.unbind(1)
+            gray = r.mul(GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
+            mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+            op4 = op.view(n, 1, 1, 1)
+            target = torch.where(op4 == 2, gray, torch.where(op4 == 1, mean, torch.zeros_like(mean)))
+            x = x.mul(f).add_(target * (1 - f)).clamp_(0, 1)
+        return x
+
+    def __call__(self, images: Sequence[Tensor], generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.uint8) -> Tensor:
+        """``apply(images, sample(sizes, generator))``: ``[Tensor[3, H_i, W_i] uint8]`` -> ``Tensor[N, 3, S, S]``."""
+        return self.apply(images, self.sample([tuple(im.shape[-2:]) for im in images], generator), dtype)
+
+
+# ------------------------------------------------------------------------------------------------------ loader
+
+def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """A CPU ``torch.Generator`` whose stream depends only on ``(seed, epoch, rank)`` (mixed by NumPy's
+    SeedSequence, so neighbouring triples give unrelated streams)."""
+    a, b = np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(2, np.uint32)
+    g = torch.Generator()
+    g.manual_seed((int(a) << 31) ^ int(b))
+    return g
+
+
+class DeviceBatchLoader:
+    """Wraps a DataLoader of :class:`EncodedBatch` and yields ``(images Tensor[N, 3, S, S], labels Tensor[N])``
+    already on ``device``, decoded and augmented there; a drop-in for the train loader of
+    :func:`gdet.engine.train_one_epoch` (``len``, ``.sampler`` and :func:`gdet.engine.set_epoch` work as on the
+    wrapped loader).
+
+    Args:
+        loader: yields :class:`EncodedBatch` (see :func:`build_device_loader`).
+        augment: the batch augmentation.
+        device: decoding and augmentation device.
+        seed, rank: with the sampler's epoch, seed the augmentation generator.
+        channels_last: return the images in channels-last memory format.
+        dtype: ``torch.uint8`` (as the per-image path; normalise with ``Normalizer``) or float 0-1.
+        prefetch: batches prepared ahead by a background thread (0: prepare in the caller's thread). On CUDA the
+            thread works on its own stream, so decoding/augmentation overlaps the training step.
+
+    Attributes:
+        stats: ``{"gpu": n, "cpu": n}`` images decoded on each side so far.
+    """
+
+    def __init__(self, loader, augment: BatchTrainAugment, device: torch.device | str, *, seed: int = 0,
+                 rank: int = 0, channels_last: bool = False, dtype: torch.dtype = torch.uint8, prefetch: int = 2):
+        self.loader = loader
+        self.augment = augment
+        self.device = torch.device(device)
+        self.seed, self.rank = int(seed), int(rank)
+        self.channels_last = bool(channels_last)
+        self.dtype = dtype
+        self.prefetch = max(int(prefetch), 0)
+        self.stats: dict[str, int] = {"gpu": 0, "cpu": 0}
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def _current_epoch(self) -> int:
+        # gdet.engine.set_epoch talks to the sampler directly; its epoch is the one that counts.
+        return int(getattr(self.sampler, "epoch", self._epoch))
+
+    def prepare(self, batch: EncodedBatch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Decode and augment one :class:`EncodedBatch` -> ``(Tensor[N, 3, S, S], Tensor[N] int64)`` on device."""
+        images = decode_batch(batch.data, self.device, batch.paths, batch.orientations, self.stats)
+        x = self.augment(images, generator, self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, batch.labels.to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        g = epoch_generator(self.seed, self._current_epoch(), self.rank)
+        if self.prefetch == 0:
+            for batch in self.loader:
+                yield self.prepare(batch, g)
+            return
+        yield from self._threaded(g)
+
+    def _threaded(self, g: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work():
+            try:
+                if cuda:
+                    torch.cuda.set_device(self.device)
+                for batch in self.loader:
+                    if stop.is_set():
+                        return
+                    if cuda:
+                        with torch.cuda.stream(stream):
+                            x, y = self.prepare(batch, g)
+                            event = torch.cuda.Event()
+                            event.record(stream)
+                    else:
+                        x, y, event = *self.prepare(batch, g), None
+                    if not put((x, y, event)):
+                        return
+                put(done)
+            except BaseException as e:  # re-raised in the consumer, so errors keep their one-line message
+                put(e)
+
+        t = threading.Thread(target=work, name="gdet-device-batches", daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                x, y, event = item
+                if event is not None:
+                    cur = torch.cuda.current_stream(self.device)
+                    cur.wait_event(event)
+                    # The tensors were allocated on the side stream; keep the allocator from reusing them early.
+                    x.record_stream(cur)
+                    y.record_stream(cur)
+                yield x, y
+        finally:
+            stop.set()
+            t.join(timeout=10)
+
+
+def build_device_loader(paths: Sequence[str], labels: Sequence[int], augment: BatchTrainAugment, *, batch_size: int,
+                        device: torch.device | str, info=None, num_workers: int = 4, seed: int = 0,
+                        channels_last: bool = False, dtype: torch.dtype = torch.uint8,
+                        prefetch: int = 2) -> DeviceBatchLoader:
+    """The training loader of the batched path: the same sampler and batches as
+    :func:`gdet.engine.build_loader` (``train=True``) over the same files, workers reading bytes only.
+
+    Args:
+        paths, labels: the training images and their int labels.
+        augment: the batch augmentation (e.g. ``BatchTrainAugment(224)``).
+        batch_size: per process.
+        device: where decoding and augmentation run (the training device).
+        info: ``gdet.engine.DistInfo`` of this process (rank, world size); default single process.
+        num_workers: file-reading worker processes.
+        seed: sampler order and augmentation seed.
+        channels_last, dtype, prefetch: see :class:`DeviceBatchLoader`.
+    """
+    from gdet.engine import build_loader
+    from gdet.engine.distributed import DistInfo
+
+    info = info or DistInfo()
+    inner = build_loader(EncodedImageDataset(paths, labels), batch_size=batch_size, train=True, info=info,
+                         num_workers=num_workers, device=None, seed=seed, collate_fn=collate_encoded)
+    return DeviceBatchLoader(inner, augment, device, seed=seed, rank=info.rank, channels_last=channels_last,
+                             dtype=dtype, prefetch=prefetch)
