@@ -286,9 +286,10 @@ def test_cuda_decode_and_augment_match_cpu(tmp_path):
     for a, b in zip(gpu, cpu):
         assert a.is_cuda and a.shape == b.shape and (a.cpu().float() - b.float()).abs().mean() < 2
     aug = BatchTrainAugment(24)
-    xg = aug(cpu and [c.cuda() for c in cpu], epoch_generator(0, 0))
+    xg = aug([c.cuda() for c in cpu], epoch_generator(0, 0))
     xc = aug(cpu, epoch_generator(0, 0))
-    assert xg.is_cuda and (xg.cpu().float() - xc.float()).abs().max() <= 2
+    diff = (xg.cpu().float() - xc.float()).abs()
+    assert xg.is_cuda and diff.max() <= 3 and diff.mean() < 0.1
 
 
 # ------------------------------------------------------------------------------------------------ benchmark

@@ -180,12 +180,12 @@ def decode_batch(data: Sequence[Tensor], device: torch.device | str, paths: Sequ
                 decoded = decode_jpeg([data[i] for i in gpu_idx], mode=ImageReadMode.RGB, device=device)
                 for i, img in zip(gpu_idx, decoded):
                     out[i] = img
-            except RuntimeError:
+            except (RuntimeError, ValueError):
                 # One bad file fails the whole batched call; retry one by one to find it.
                 for i in gpu_idx:
                     try:
                         out[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
-                    except RuntimeError as e:
+                    except (RuntimeError, ValueError) as e:
                         _warn_once(f"{paths[i]}: nvJPEG cannot decode it ({str(e).splitlines()[0][:120]}); "
                                    "decoding such images on the CPU")
         if stats is not None:
@@ -283,23 +283,20 @@ class BatchTrainAugment:
         cw = w.gather(1, first[:, None])[:, 0]
         u_top = torch.rand(n, dtype=torch.float64, generator=g)
         u_left = torch.rand(n, dtype=torch.float64, generator=g)
-        boxes = torch.zeros(n, 4, dtype=torch.int64)
-        for i in range(n):
+        # uniform integer offsets in [0, H - h] (TrainTransform: torch.randint(0, H - h + 1))
+        top = torch.minimum((u_top * (height[:, 0] - ch + 1)).floor(), height[:, 0] - ch)
+        left = torch.minimum((u_left * (width[:, 0] - cw + 1)).floor(), width[:, 0] - cw)
+        boxes = torch.stack([top, left, ch, cw], 1).to(torch.int64)
+        for i in (~found).nonzero()[:, 0].tolist():
             H, W = int(sizes[i][0]), int(sizes[i][1])
-            if bool(found[i]):
-                bh, bw = int(ch[i]), int(cw[i])
-                top = min(int(u_top[i] * (H - bh + 1)), H - bh)
-                left = min(int(u_left[i] * (W - bw + 1)), W - bw)
+            in_ratio = W / H
+            if in_ratio < self.ratio[0]:
+                bw, bh = W, int(round(W / self.ratio[0]))
+            elif in_ratio > self.ratio[1]:
+                bh, bw = H, int(round(H * self.ratio[1]))
             else:
-                in_ratio = W / H
-                if in_ratio < self.ratio[0]:
-                    bw, bh = W, int(round(W / self.ratio[0]))
-                elif in_ratio > self.ratio[1]:
-                    bh, bw = H, int(round(H * self.ratio[1]))
-                else:
-                    bw, bh = W, H
-                top, left = (H - bh) // 2, (W - bw) // 2
-            boxes[i] = torch.tensor([top, left, bh, bw])
+                bw, bh = W, H
+            boxes[i] = torch.tensor([(H - bh) // 2, (W - bw) // 2, bh, bw])
         modes = torch.randint(len(self.interpolations), (n,), generator=g)
         flips = torch.rand(n, generator=g) < self.hflip
         lo = torch.tensor([max(0.0, 1 - j) for j in self.jitter])

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Training-input check on one CUDA GPU (H100/H200, 16 cores, no network): generate a few thousand 256-px JPEG
+# crops, run the batched-input tests (nvJPEG path included) and time the per-image CPU loader against the batched
+# device loader with googlenet_tv, bf16, channels-last, batch 256. Tables and logs go to $OUT (default
+# ./gpu_loader_out). Usage: OUT=/some/dir bash tools/gpu_loader_check.sh   (about 5 minutes of device time)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_loader_out}
+PY=${PYTHON:-python}
+DATA=${DATA:-/tmp/gdet_loader_data}
+SCENES=${SCENES:-1200}        # about 3 crops per scene: ~3,600 training images
+CORES=$(nproc)
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD GDET_NO_PROGRESS=1
+bench() { "$PY" -c 'from gdet.benchmarks.loader import main; main()' "$@"; }
+
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "cores: $CORES"
+  "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+if [ ! -d "$DATA/train" ]; then
+  t0=$(date +%s)
+  timeout 420 "$PY" -m gdet.cli data synth --task classify --out "$DATA" --images "$SCENES" --size 500x375 \
+    --crop-size 256 --val-fraction 0 --workers "$CORES" > "$OUT/synth.txt" 2>&1 || echo "synth failed (see synth.txt)"
+  echo "generated $(find "$DATA/train" -name '*.jpg' | wc -l) JPEGs in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/synth.txt"
+fi
+
+# Unit tests, including the CUDA decode/augment comparison that is skipped on CPU-only machines.
+timeout 300 "$PY" -m pytest -q -rs tests/test_gpu_input.py > "$OUT/tests.txt" 2>&1; echo "tests rc=$?" >> "$OUT/tests.txt"
+tail -3 "$OUT/tests.txt"
+
+# The prefetch thread (own CUDA stream) must give exactly the batches of the synchronous path.
+timeout 180 "$PY" - "$DATA/train" > "$OUT/prefetch_check.txt" 2>&1 <<'EOF'
+import sys, torch
+from gdet.data.folder import read_image_folder
+from gdet.data.gpu_input import BatchTrainAugment, build_device_loader
+paths, labels, _ = read_image_folder(sys.argv[1])
+paths, labels = paths[:1024], labels[:1024]
+runs = []
+for prefetch in (0, 2):
+    ld = build_device_loader(paths, labels, BatchTrainAugment(224), batch_size=256, device="cuda", num_workers=8,
+                             seed=0, channels_last=True, prefetch=prefetch)
+    runs.append([(x.cpu(), y.cpu()) for x, y in ld])
+    print("prefetch", prefetch, "decoded:", ld.stats)
+same = all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(*runs))
+print("prefetch=2 equals prefetch=0:", same, "batches:", len(runs[0]))
+EOF
+cat "$OUT/prefetch_check.txt"
+
+# The timed comparison: all cores as workers, then 4 workers (a CPU-starved host).
+COMMON=(--data "$DATA" --device cuda --backbone googlenet_tv --precision bf16 --channels-last --batch 256 --size 224
+        --steps 30 --warmup 5 --repeats 2)
+timeout 240 bench "${COMMON[@]}" --workers "$CORES" 2>&1 | tee "$OUT/loader_bench_w$CORES.txt"
+timeout 180 bench "${COMMON[@]}" --workers 4 2>&1 | tee "$OUT/loader_bench_w4.txt"
+echo "done: $(ls "$OUT")"
