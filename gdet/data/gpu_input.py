@@ -343,18 +343,22 @@ class BatchTrainAugment:
 
     @staticmethod
     def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
-        """Brightness, contrast and saturation are all ``clamp(f * x + (1 - f) * target)`` with target 0, the
-        image's mean grey, or each pixel's grey; one batched blend per step, the target chosen per image."""
+        """One ColorJitter step per op slot, all images at once, in place.
+
+        Brightness, contrast and saturation are each ``clamp(f * x + (1 - f) * target)`` with target 0, the
+        image's mean grey, or the pixel's grey (torchvision's formulas); per image only the target's weights
+        differ, so a step is one batched blend whatever op each image draws."""
         n = x.shape[0]
         for k in range(3):
             op = order[:, k]
-            f = factors.gather(1, op[:, None]).view(n, 1, 1, 1)
+            f = factors.gather(1, op[:, None]).to(x.dtype)  # N x 1
+            c_sat = ((1 - f) * (op == 2)[:, None]).view(n, 1, 1, 1)
+            c_con = ((1 - f) * (op == 1)[:, None]).view(n, 1, 1, 1)
             r, g, b = x.unbind(1)
             gray = r.mul(GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
             mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-            op4 = op.view(n, 1, 1, 1)
-            target = torch.where(op4 == 2, gray, torch.where(op4 == 1, mean, torch.zeros_like(mean)))
-            x = x.mul(f).add_(target * (1 - f)).clamp_(0, 1)
+            target = gray.mul_(c_sat).add_(c_con * mean)  # N x 1 x H x W
+            x.mul_(f.view(n, 1, 1, 1)).add_(target).clamp_(0, 1)
         return x
 
     def __call__(self, images: Sequence[Tensor], generator: torch.Generator | None = None,
