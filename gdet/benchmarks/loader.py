@@ -140,6 +140,9 @@ def main(data, images, image_size, device, backbone, size, batch, workers, preci
     with tempfile.TemporaryDirectory(prefix="gdet-loader-") as tmp:
         folder = _image_folder(data, images, image_size, tmp)
         files, labels, names = read_image_folder(folder)
+        if not data and len(files) > images:  # scenes give a variable number of crops: keep ``images`` of them
+            keep = sorted(torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:images].tolist())
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         if len(files) < batch:
             raise ConfigError(f"{folder}: {len(files)} images, fewer than one batch ({batch})")
         aug_kw = dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
