@@ -14,7 +14,8 @@ from torchvision.transforms.v2 import functional as TF
 
 import gdet.classification.transforms as T
 from gdet.data.gpu_input import (AugmentParams, BatchTrainAugment, EncodedImageDataset, build_device_loader,
-                                 collate_encoded, decode_batch, epoch_generator, jpeg_exif_orientation)
+                                 collate_encoded, decode_batch, declared_size, epoch_generator,
+                                 jpeg_exif_orientation)
 from gdet.data.image import read_image
 from gdet.errors import ConfigError, DataError
 
@@ -225,6 +226,17 @@ def test_bad_files_give_one_line_errors(tmp_path):
         decode_batch([item[0]], "cpu", [item[2]])
     with pytest.raises(DataError, match=r"missing\.jpg: image not found"):
         ds[1]
+    # headers are read without decoding; a declared size over Pillow's bomb limit is refused by the worker
+    ok = tmp_path / "ok.jpg"
+    Image.new("RGB", (31, 17)).save(ok)
+    Image.new("RGB", (31, 17)).save(tmp_path / "ok.png")
+    assert declared_size(ok.read_bytes()) == (17, 31) == declared_size((tmp_path / "ok.png").read_bytes())
+    raw = bytearray(ok.read_bytes())
+    sof = next(i for i in range(len(raw) - 1) if raw[i] == 0xFF and raw[i + 1] in (0xC0, 0xC2))
+    raw[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2
+    (tmp_path / "bomb.jpg").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"bomb\.jpg: cannot decode image: 60000x60000 pixels"):
+        EncodedImageDataset([str(tmp_path / "bomb.jpg")], [0])[0]
 
 
 def _batches(loader, epoch=0):
@@ -252,6 +264,17 @@ def test_loader_is_deterministic_for_a_seed(tmp_path):
     ref = build_loader(ClassificationDataset(paths, labels, lambda im: torch.zeros(1)), batch_size=4, train=True, num_workers=0, seed=0)
     ref_labels = torch.cat([y for _, y in ref])
     assert torch.equal(torch.cat([y for _, y in a]), ref_labels)
+
+
+def test_loader_stops_its_thread_when_left_early(tmp_path):
+    import threading
+
+    paths, labels = _folder(tmp_path, 8)
+    loader = build_device_loader(paths, labels, BatchTrainAugment(16), batch_size=2, device="cpu", num_workers=0)
+    for step, _ in enumerate(loader, 1):
+        if step == 1:
+            break
+    assert not any(t.name == "gdet-device-batches" and t.is_alive() for t in threading.enumerate())
 
 
 def test_loader_with_channels_last_and_float(tmp_path):

@@ -46,6 +46,35 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 # ----------------------------------------------------------------------------------------------- reading, decoding
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) a JPEG (frame header) or PNG (IHDR) declares, read without decoding; ``None`` for other
+    formats or an unreadable header. Lets workers refuse a decompression bomb before any decoder allocates it."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        w, h = struct.unpack(">II", data[16:24])
+        return h, w
+    if not data.startswith(JPEG_MAGIC):
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker in (0xD9, 0xDA):
+            return None
+        seg_len = struct.unpack(">H", data[i + 2:i + 4])[0]
+        # SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC): precision, height, width follow the length
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 9 <= n:
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return h, w
+        i += 2 + seg_len
+    return None
+
+
+def _max_pixels() -> int | None:
+    from PIL import Image
+
+    # Pillow refuses images above twice MAX_IMAGE_PIXELS (DecompressionBombError); the same bound here.
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
+
+
 def jpeg_exif_orientation(data: bytes) -> int:
     """EXIF orientation tag (1-8) of a JPEG's APP1 segment; 1 when absent, unreadable or not a JPEG.
 
@@ -112,7 +141,12 @@ class EncodedImageDataset(Dataset):
         if not raw:
             raise DataError(f"{path}: cannot decode image: empty file")
         data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-        return data, self.labels[i], path, jpeg_exif_orientation(raw[:1 << 16])
+        head = raw[:1 << 16]
+        size, limit = declared_size(head), _max_pixels()
+        if size is not None and limit is not None and size[0] * size[1] > limit:
+            raise DataError(f"{path}: cannot decode image: {size[1]}x{size[0]} pixels is more than the "
+                            f"{limit} allowed (a decompression bomb?)")
+        return data, self.labels[i], path, jpeg_exif_orientation(head)
 
 
 class EncodedBatch(NamedTuple):
