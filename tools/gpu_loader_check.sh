@@ -49,6 +49,33 @@ print("prefetch=2 equals prefetch=0:", same, "batches:", len(runs[0]))
 EOF
 cat "$OUT/prefetch_check.txt"
 
+# Where the batched path's time goes, per batch of 256: nvJPEG decode, CPU decode (one thread), parameter draw,
+# crop/resize + colour on the GPU.
+timeout 180 "$PY" - "$DATA/train" > "$OUT/stages.txt" 2>&1 <<'EOF'
+import sys, time, torch
+from gdet.data.folder import read_image_folder
+from gdet.data.gpu_input import BatchTrainAugment, EncodedImageDataset, collate_encoded, decode_batch, epoch_generator
+paths, labels, _ = read_image_folder(sys.argv[1])
+ds = EncodedImageDataset(paths[:768], labels[:768])
+batches = [collate_encoded([ds[i] for i in range(j, min(j + 256, len(ds)))]) for j in range(0, len(ds), 256)]
+aug, g, dev = BatchTrainAugment(224), epoch_generator(0, 0), torch.device("cuda")
+def timed(fn):
+    torch.cuda.synchronize(); t = time.perf_counter(); r = fn(); torch.cuda.synchronize()
+    return r, time.perf_counter() - t
+for rep in range(3):  # the first pass warms nvJPEG and the allocator; the last one is reported
+    tot = {"nvjpeg decode": 0.0, "cpu decode (1 thread)": 0.0, "sample": 0.0, "crop+resize+colour": 0.0}
+    n = 0
+    for b in batches:
+        imgs, t = timed(lambda: decode_batch(b.data, dev, b.paths, b.orientations)); tot["nvjpeg decode"] += t
+        tot["cpu decode (1 thread)"] += timed(lambda: decode_batch(b.data, "cpu", b.paths, b.orientations))[1]
+        p, t = timed(lambda: aug.sample([tuple(im.shape[-2:]) for im in imgs], g)); tot["sample"] += t
+        tot["crop+resize+colour"] += timed(lambda: aug.apply(imgs, p))[1]
+        n += len(b.data)
+for k, t in tot.items():
+    print(f"{k:<24} {1000 * t / len(batches):8.2f} ms/batch  {n / t:10.0f} img/s")
+EOF
+cat "$OUT/stages.txt"
+
 # The timed comparison: all cores as workers, then 4 workers (a CPU-starved host).
 COMMON=(--data "$DATA" --device cuda --backbone googlenet_tv --precision bf16 --channels-last --batch 256 --size 224
         --steps 30 --warmup 5 --repeats 2)

@@ -360,11 +360,13 @@ class BatchTrainAugment:
         x = torch.empty(n, 3, s, s, dtype=torch.float32, device=device)
         boxes = params.boxes.tolist()
         modes = params.modes.tolist()
-        flips = params.flips.tolist()
         for i, img in enumerate(images):
             top, left, h, w = boxes[i]
-            r = resize(img[:, top:top + h, left:left + w].float(), (s, s), self.interpolations[modes[i]])
-            x[i] = r.flip(-1) if flips[i] else r  # flipping commutes with the per-image photometric steps
+            x[i] = resize(img[:, top:top + h, left:left + w].float(), (s, s), self.interpolations[modes[i]])
+        flip = params.flips.nonzero()[:, 0]
+        if len(flip):  # flipping commutes with the per-image photometric steps: one batched op
+            flip = flip.to(device, non_blocking=True)
+            x[flip] = x[flip].flip(-1)
         x.div_(255.0).clamp_(0, 1)
         if any(j > 0 for j in self.jitter):
             x = self._color_jitter(x, params.factors.to(device, non_blocking=True),
