@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 from torchvision.transforms import v2
@@ -247,8 +246,9 @@ def _batches(loader, epoch=0):
 def test_loader_is_deterministic_for_a_seed(tmp_path):
     paths, labels = _folder(tmp_path)
     aug = BatchTrainAugment(16)
-    mk = lambda seed, prefetch=0: build_device_loader(paths, labels, aug, batch_size=4, device="cpu",  # noqa: E731
-                                                      num_workers=0, seed=seed, prefetch=prefetch)
+    def mk(seed, prefetch=0):
+        return build_device_loader(paths, labels, aug, batch_size=4, device="cpu", num_workers=0, seed=seed,
+                                   prefetch=prefetch)
     a, b = _batches(mk(0)), _batches(mk(0, prefetch=2))  # the prefetch thread changes nothing
     assert len(a) == 2 and a[0][0].shape == (4, 3, 16, 16) and a[0][0].dtype == torch.uint8
     for (xa, ya), (xb, yb) in zip(a, b):
@@ -261,7 +261,8 @@ def test_loader_is_deterministic_for_a_seed(tmp_path):
     from gdet.data.loading import ClassificationDataset
     from gdet.engine import build_loader
 
-    ref = build_loader(ClassificationDataset(paths, labels, lambda im: torch.zeros(1)), batch_size=4, train=True, num_workers=0, seed=0)
+    ref = build_loader(ClassificationDataset(paths, labels, lambda im: torch.zeros(1)), batch_size=4, train=True,
+                       num_workers=0, seed=0)
     ref_labels = torch.cat([y for _, y in ref])
     assert torch.equal(torch.cat([y for _, y in a]), ref_labels)
 

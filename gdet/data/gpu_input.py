@@ -28,7 +28,6 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
