@@ -475,9 +475,10 @@ class DeviceBatchLoader:
             for batch in self.loader:
                 yield self.prepare(batch, g)
             return
-        yield from self._threaded(g)
+        # Worker processes start here, from the caller's thread, as with a plain DataLoader.
+        yield from self._threaded(iter(self.loader), g)
 
-    def _threaded(self, g: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    def _threaded(self, batches, g: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
@@ -497,7 +498,7 @@ class DeviceBatchLoader:
             try:
                 if cuda:
                     torch.cuda.set_device(self.device)
-                for batch in self.loader:
+                for batch in batches:
                     if stop.is_set():
                         return
                     if cuda:
