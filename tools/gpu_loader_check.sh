@@ -2,17 +2,18 @@
 # Training-input check on one CUDA GPU (H100/H200, 16 cores, no network): generate a few thousand 256-px JPEG
 # crops, run the batched-input tests (nvJPEG path included) and time the per-image CPU loader against the batched
 # device loader with googlenet_tv, bf16, channels-last, batch 256. Tables and logs go to $OUT (default
-# ./gpu_loader_out). Usage: OUT=/some/dir bash tools/gpu_loader_check.sh   (about 5 minutes of device time)
+# ./gpu_loader_out). Usage: OUT=/some/dir bash tools/gpu_loader_check.sh   (about 5 minutes; run with timeout_s >= 540)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_loader_out}
 PY=${PYTHON:-python}
 DATA=${DATA:-/tmp/gdet_loader_data}
-SCENES=${SCENES:-1200}        # about 3 crops per scene: ~3,600 training images
+SCENES=${SCENES:-800}         # about 5 crops per scene: ~4,000 training images
 CORES=$(nproc)
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD GDET_NO_PROGRESS=1
-bench() { "$PY" -c 'from gdet.benchmarks.loader import main; main()' "$@"; }
+# tools/bench.py's runner (one-line errors), whether or not bench.py lists the loader benchmark yet
+BENCH=("$PY" -c 'from gdet.benchmarks.loader import main; from gdet.cli import run_guarded; run_guarded(main.main, standalone_mode=True)')
 
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "cores: $CORES"
@@ -79,6 +80,6 @@ cat "$OUT/stages.txt"
 # The timed comparison: all cores as workers, then 4 workers (a CPU-starved host).
 COMMON=(--data "$DATA" --device cuda --backbone googlenet_tv --precision bf16 --channels-last --batch 256 --size 224
         --steps 30 --warmup 5 --repeats 2)
-timeout 240 bench "${COMMON[@]}" --workers "$CORES" 2>&1 | tee "$OUT/loader_bench_w$CORES.txt"
-timeout 180 bench "${COMMON[@]}" --workers 4 2>&1 | tee "$OUT/loader_bench_w4.txt"
+timeout 240 "${BENCH[@]}" "${COMMON[@]}" --workers "$CORES" 2>&1 | tee "$OUT/loader_bench_w$CORES.txt"
+timeout 200 "${BENCH[@]}" "${COMMON[@]}" --workers 4 2>&1 | tee "$OUT/loader_bench_w4.txt"
 echo "done: $(ls "$OUT")"
