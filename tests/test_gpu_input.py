@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 import gdet.classification.transforms as T
 from gdet.data.gpu_input import (AugmentParams, BatchTrainAugment, EncodedImageDataset, build_device_loader,
                                  collate_encoded, decode_batch, declared_size, epoch_generator,
-                                 jpeg_exif_orientation)
+                                 jpeg_exif_orientation, resample_matrices)
 from gdet.data.image import read_image
 from gdet.errors import ConfigError, DataError
 
@@ -125,29 +125,54 @@ def test_lighting_covariance():
 
 # --------------------------------------------------------------------------------------------- pixel level
 
-@pytest.mark.parametrize("mode,size", [("bilinear", 24), ("bilinear", 48), ("bicubic", 16), ("nearest", 24)])
-def test_fixed_crop_matches_torchvision_resized_crop(mode, size):
+@pytest.mark.parametrize("method", ["loop", "matrix"])
+@pytest.mark.parametrize("mode,size", [("bilinear", 24), ("bilinear", 48), ("bicubic", 16), ("bicubic", 40),
+                                       ("nearest", 24)])
+def test_fixed_crop_matches_torchvision_resized_crop(mode, size, method):
     g = torch.Generator().manual_seed(0)
     img = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8, generator=g)
     aug = no_colour(size, interpolations=[mode])
     box = (5, 7, 20, 30)
-    out = aug.apply([img], params(1, [box]), dtype=torch.float32)[0]
+    out = aug.apply([img], params(1, [box]), dtype=torch.float32, method=method)[0]
     interp = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
               "nearest": v2.InterpolationMode.NEAREST}[mode]
     ref = TF.resized_crop(img.float(), *box, [size, size], interpolation=interp, antialias=True) / 255.0
     torch.testing.assert_close(out, ref.clamp(0, 1), atol=1e-5, rtol=0)
-    flipped = aug.apply([img], params(1, [box], flips=True), dtype=torch.float32)[0]
+    flipped = aug.apply([img], params(1, [box], flips=True), dtype=torch.float32, method=method)[0]
     torch.testing.assert_close(flipped, ref.clamp(0, 1).flip(-1), atol=1e-5, rtol=0)
-    q = aug.apply([img], params(1, [box]))[0]  # uint8 output: TrainTransform's rounding
+    q = aug.apply([img], params(1, [box]), method=method)[0]  # uint8 output: TrainTransform's rounding
     assert q.dtype == torch.uint8 and (q.int() - (ref.clamp(0, 1) * 255).round().int()).abs().max() <= 1
 
 
-def test_area_mode_is_box_average():
+@pytest.mark.parametrize("method", ["loop", "matrix"])
+def test_area_mode_is_box_average(method):
     g = torch.Generator().manual_seed(1)
     img = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8, generator=g)
-    out = no_colour(10, interpolations=["area"]).apply([img], params(1, [(0, 0, 40, 40)]), torch.float32)[0]
+    aug = no_colour(10, interpolations=["area"])
+    out = aug.apply([img], params(1, [(0, 0, 40, 40)]), torch.float32, method=method)[0]
     ref = img.float().reshape(3, 10, 4, 10, 4).mean(dim=(2, 4)) / 255.0  # each output pixel: a 4x4 block mean
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_matrix_resize_equals_per_image_interpolate():
+    # mixed sizes (one far above the median: looped), every mode, shrinking and enlarging, flips
+    g = torch.Generator().manual_seed(4)
+    sizes = [(int(torch.randint(12, 60, (1,), generator=g)), int(torch.randint(12, 60, (1,), generator=g)))
+             for _ in range(23)] + [(150, 40)]
+    imgs = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
+    for size in (9, 32):
+        aug = no_colour(size)
+        p = aug.sample(sizes, epoch_generator(size, 0))
+        assert set(p.modes.tolist()) == {0, 1, 2, 3}
+        loop = aug.apply(imgs, p, torch.float32, method="loop")
+        torch.testing.assert_close(aug.apply(imgs, p, torch.float32, method="matrix"), loop, atol=1e-5, rtol=0)
+        q = aug.apply(imgs, p, method="matrix").int() - aug.apply(imgs, p, method="loop").int()
+        assert q.abs().max() <= 1 and (q != 0).float().mean() < 0.01  # only rounding ties differ
+    w = resample_matrices(torch.tensor([0, 3]), torch.tensor([10, 5]), 12, 4, torch.tensor([0, 3]))
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4))
+    assert w[1, :, :3].abs().max() == 0 and w[1, :, 8:].abs().max() == 0  # nothing outside the crop
+    with pytest.raises(ConfigError, match="resize method"):
+        no_colour(8).apply(imgs[:1], params(1, [(0, 0, 4, 4)]), method="roi")
 
 
 def test_batched_colour_matches_torchvision_per_image():

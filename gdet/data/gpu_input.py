@@ -242,6 +242,68 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
+# ------------------------------------------------------------------------------------------ batched resampling
+
+def _aa_bilinear(x: Tensor) -> Tensor:
+    x = x.abs()
+    return torch.where(x < 1, 1 - x, torch.zeros_like(x))
+
+
+def _aa_bicubic(x: Tensor, a: float = -0.5) -> Tensor:
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def resample_matrices(start: Tensor, length: Tensor, full: int, out: int, kinds: Tensor) -> Tensor:
+    """Weights of a 1-D crop-and-resize along one axis, per image, as ``F.interpolate`` computes them.
+
+    Every resize mode of :func:`gdet.classification.transforms.resize` is separable and linear: output pixel
+    ``o`` is a weighted sum of input pixels. Antialiased bilinear/bicubic use PyTorch's (Pillow's) filters,
+    widened by the scale when shrinking (bicubic ``a = -0.5``); area is PyTorch's adaptive average pooling
+    (``floor(o L / S)`` to ``ceil((o + 1) L / S)``); nearest is ``floor(o * (L / S))`` in float32.
+
+    Args:
+        start: ``Tensor[N]`` int64 first pixel of each crop along the axis.
+        length: ``Tensor[N]`` int64 crop length ``L``.
+        full: length of the (padded) input axis.
+        out: output length ``S``.
+        kinds: ``Tensor[N]`` int64 index into :data:`INTERPOLATIONS` (bilinear, area, nearest, bicubic).
+
+    Returns:
+        ``Tensor[N, out, full]`` float32 on ``start``'s device; zero outside each crop.
+    """
+    dev = start.device
+    length_i = length.view(-1, 1, 1)
+    rel = torch.arange(full, device=dev).view(1, 1, full) - start.view(-1, 1, 1)  # N x 1 x full
+    inside = (rel >= 0) & (rel < length_i)
+    o_i = torch.arange(out, device=dev).view(1, out, 1)
+    o_f = o_i.to(torch.float32)
+    rel_f = rel.to(torch.float32)
+    scale = length_i.to(torch.float32) / out  # PyTorch: (float) input_size / output_size
+    w = torch.zeros(len(start), out, full, dtype=torch.float32, device=dev)
+    for k, name in enumerate(INTERPOLATIONS):
+        sel = kinds == k
+        if not bool(sel.any()):
+            continue
+        if name in ("bilinear", "bicubic"):
+            fn = _aa_bilinear if name == "bilinear" else _aa_bicubic  # zero beyond its support
+            invscale = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
+            center = scale * (o_f + 0.5)
+            wk = fn((rel_f - center + 0.5) * invscale) * inside
+            wk = wk / wk.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        elif name == "area":
+            lo = (o_i * length_i) // out
+            hi = ((o_i + 1) * length_i + out - 1) // out
+            wk = ((rel >= lo) & (rel < hi)).to(torch.float32) / (hi - lo).to(torch.float32)
+        else:  # nearest
+            src = torch.minimum(torch.floor(o_f * scale).to(torch.int64), length_i - 1)
+            wk = (rel == src).to(torch.float32)
+        w = torch.where(sel.view(-1, 1, 1), wk, w)
+    return w
+
+
 # ------------------------------------------------------------------------------------------------- augmentation
 
 @dataclass
@@ -341,13 +403,19 @@ class BatchTrainAugment:
         return AugmentParams(boxes, modes, flips, factors, order, lighting)
 
     # -- pixel work
-    def apply(self, images: Sequence[Tensor], params: AugmentParams, dtype: torch.dtype = torch.uint8) -> Tensor:
+    def apply(self, images: Sequence[Tensor], params: AugmentParams, dtype: torch.dtype = torch.uint8,
+              method: str = "auto") -> Tensor:
         """Augment decoded images with the drawn ``params``.
 
         Args:
             images: ``Tensor[3, H_i, W_i]`` uint8, all on one device.
             params: from :meth:`sample` for these images' sizes.
             dtype: ``torch.uint8`` (0-255, rounded as ``TrainTransform``) or a float dtype (0-1, unrounded).
+            method: how crops are resized: ``"loop"`` calls ``F.interpolate`` per image (as ``TrainTransform``);
+                ``"matrix"`` pads the batch and applies per-image resampling matrices (:func:`resample_matrices`,
+                the same weights) in two batched matmuls, whatever mix of interpolations the batch drew;
+                ``"auto"``: matrix on CUDA (a few kernels instead of several per image), loop on the CPU (fewer
+                operations).
 
         Returns:
             ``Tensor[N, 3, S, S]`` on the images' device.
@@ -356,12 +424,27 @@ class BatchTrainAugment:
         if n == 0:
             return torch.zeros(0, 3, s, s, dtype=dtype)
         device = images[0].device
+        if method == "auto":
+            method = "matrix" if device.type == "cuda" else "loop"
+        if method not in ("loop", "matrix"):
+            raise ConfigError(f"resize method {method!r}: unknown (use auto, loop or matrix)")
         x = torch.empty(n, 3, s, s, dtype=torch.float32, device=device)
         boxes = params.boxes.tolist()
         modes = params.modes.tolist()
-        for i, img in enumerate(images):
+        kinds = [INTERPOLATIONS.index(self.interpolations[m]) for m in modes]
+        loop = list(range(n))
+        if method == "matrix":
+            # Images far above the batch's median size would blow up the padded batch: those few are looped.
+            hs = sorted(im.shape[1] for im in images)
+            ws = sorted(im.shape[2] for im in images)
+            cap_h, cap_w = 2 * hs[n // 2], 2 * ws[n // 2]
+            group = [i for i in range(n) if images[i].shape[1] <= cap_h and images[i].shape[2] <= cap_w]
+            loop = [i for i in range(n) if i not in set(group)]
+            x[group] = self._resize_matrix([images[i] for i in group], params.boxes[group],
+                                           torch.tensor([kinds[i] for i in group]))
+        for i in loop:
             top, left, h, w = boxes[i]
-            x[i] = resize(img[:, top:top + h, left:left + w].float(), (s, s), self.interpolations[modes[i]])
+            x[i] = resize(images[i][:, top:top + h, left:left + w].float(), (s, s), self.interpolations[modes[i]])
         flip = params.flips.nonzero()[:, 0]
         if len(flip):  # flipping commutes with the per-image photometric steps: one batched op
             flip = flip.to(device, non_blocking=True)
@@ -375,6 +458,23 @@ class BatchTrainAugment:
         if dtype == torch.uint8:
             return x.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
         return x.to(dtype)
+
+    def _resize_matrix(self, images: Sequence[Tensor], boxes: Tensor, kinds: Tensor) -> Tensor:
+        """Crop + resize ``images`` (``[Tensor[3, H_i, W_i]]``) with ``boxes`` ``Tensor[M, 4]`` (top, left, h, w)
+        and interpolation ``kinds`` -> ``Tensor[M, 3, S, S]`` float 0-255."""
+        s, dev = self.size, images[0].device
+        hp, wp = max(im.shape[1] for im in images), max(im.shape[2] for im in images)
+        if all(im.shape[1] == hp and im.shape[2] == wp for im in images):
+            padded = torch.stack(list(images))
+        else:
+            padded = torch.zeros(len(images), 3, hp, wp, dtype=images[0].dtype, device=dev)
+            for i, im in enumerate(images):
+                padded[i, :, :im.shape[1], :im.shape[2]] = im
+        boxes, kinds = boxes.to(dev, non_blocking=True), kinds.to(dev, non_blocking=True)
+        wy = resample_matrices(boxes[:, 0], boxes[:, 2], hp, s, kinds)  # M x S x Hp
+        wx = resample_matrices(boxes[:, 1], boxes[:, 3], wp, s, kinds)  # M x S x Wp
+        # width first, as PyTorch's separable kernels: M x 3 x Hp x S, then M x 3 x S x S
+        return wy.unsqueeze(1) @ (padded.float() @ wx.transpose(1, 2).unsqueeze(1))
 
     @staticmethod
     def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
