@@ -51,7 +51,7 @@ EOF
 cat "$OUT/prefetch_check.txt"
 
 # Where the batched path's time goes, per batch of 256: nvJPEG decode, CPU decode (one thread), parameter draw,
-# crop/resize + colour on the GPU.
+# crop/resize + colour on the GPU (both resize methods).
 timeout 180 "$PY" - "$DATA/train" > "$OUT/stages.txt" 2>&1 <<'EOF'
 import sys, time, torch
 from gdet.data.folder import read_image_folder
@@ -64,13 +64,15 @@ def timed(fn):
     torch.cuda.synchronize(); t = time.perf_counter(); r = fn(); torch.cuda.synchronize()
     return r, time.perf_counter() - t
 for rep in range(3):  # the first pass warms nvJPEG and the allocator; the last one is reported
-    tot = {"nvjpeg decode": 0.0, "cpu decode (1 thread)": 0.0, "sample": 0.0, "crop+resize+colour": 0.0}
+    tot = {"nvjpeg decode": 0.0, "cpu decode (1 thread)": 0.0, "sample": 0.0, "augment (matrix resize)": 0.0,
+           "augment (per-image loop)": 0.0}
     n = 0
     for b in batches:
         imgs, t = timed(lambda: decode_batch(b.data, dev, b.paths, b.orientations)); tot["nvjpeg decode"] += t
         tot["cpu decode (1 thread)"] += timed(lambda: decode_batch(b.data, "cpu", b.paths, b.orientations))[1]
         p, t = timed(lambda: aug.sample([tuple(im.shape[-2:]) for im in imgs], g)); tot["sample"] += t
-        tot["crop+resize+colour"] += timed(lambda: aug.apply(imgs, p))[1]
+        tot["augment (matrix resize)"] += timed(lambda: aug.apply(imgs, p, method="matrix"))[1]
+        tot["augment (per-image loop)"] += timed(lambda: aug.apply(imgs, p, method="loop"))[1]
         n += len(b.data)
 for k, t in tot.items():
     print(f"{k:<24} {1000 * t / len(batches):8.2f} ms/batch  {n / t:10.0f} img/s")
