@@ -256,7 +256,8 @@ def _aa_bicubic(x: Tensor, a: float = -0.5) -> Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def resample_matrices(start: Tensor, length: Tensor, full: int, out: int, kinds: Tensor) -> Tensor:
+def resample_matrices(start: Tensor, length: Tensor, full: int, out: int, kinds: Tensor,
+                      device: torch.device | str | None = None) -> Tensor:
     """Weights of a 1-D crop-and-resize along one axis, per image, as ``F.interpolate`` computes them.
 
     Every resize mode of :func:`gdet.classification.transforms.resize` is separable and linear: output pixel
@@ -270,11 +271,14 @@ def resample_matrices(start: Tensor, length: Tensor, full: int, out: int, kinds:
         full: length of the (padded) input axis.
         out: output length ``S``.
         kinds: ``Tensor[N]`` int64 index into :data:`INTERPOLATIONS` (bilinear, area, nearest, bicubic).
+        device: where the matrices are built (default ``start``'s device); CPU inputs avoid GPU syncs.
 
     Returns:
-        ``Tensor[N, out, full]`` float32 on ``start``'s device; zero outside each crop.
+        ``Tensor[N, out, full]`` float32 on ``device``; zero outside each crop.
     """
-    dev = start.device
+    dev = torch.device(device) if device is not None else start.device
+    present = set(kinds.tolist()) if kinds.device.type == "cpu" else set(range(len(INTERPOLATIONS)))
+    start, length, kinds = (t.to(dev, non_blocking=True) for t in (start, length, kinds))
     length_i = length.view(-1, 1, 1)
     rel = torch.arange(full, device=dev).view(1, 1, full) - start.view(-1, 1, 1)  # N x 1 x full
     inside = (rel >= 0) & (rel < length_i)
@@ -284,9 +288,9 @@ def resample_matrices(start: Tensor, length: Tensor, full: int, out: int, kinds:
     scale = length_i.to(torch.float32) / out  # PyTorch: (float) input_size / output_size
     w = torch.zeros(len(start), out, full, dtype=torch.float32, device=dev)
     for k, name in enumerate(INTERPOLATIONS):
-        sel = kinds == k
-        if not bool(sel.any()):
+        if k not in present:
             continue
+        sel = kinds == k
         if name in ("bilinear", "bicubic"):
             fn = _aa_bilinear if name == "bilinear" else _aa_bicubic  # zero beyond its support
             invscale = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
@@ -440,8 +444,12 @@ class BatchTrainAugment:
             cap_h, cap_w = 2 * hs[n // 2], 2 * ws[n // 2]
             group = [i for i in range(n) if images[i].shape[1] <= cap_h and images[i].shape[2] <= cap_w]
             loop = [i for i in range(n) if i not in set(group)]
-            x[group] = self._resize_matrix([images[i] for i in group], params.boxes[group],
-                                           torch.tensor([kinds[i] for i in group]))
+            resized = self._resize_matrix([images[i] for i in group], params.boxes[group],
+                                          torch.tensor([kinds[i] for i in group]))
+            if loop:
+                x[torch.tensor(group, device=device)] = resized
+            else:
+                x = resized
         for i in loop:
             top, left, h, w = boxes[i]
             x[i] = resize(images[i][:, top:top + h, left:left + w].float(), (s, s), self.interpolations[modes[i]])
@@ -470,9 +478,8 @@ class BatchTrainAugment:
             padded = torch.zeros(len(images), 3, hp, wp, dtype=images[0].dtype, device=dev)
             for i, im in enumerate(images):
                 padded[i, :, :im.shape[1], :im.shape[2]] = im
-        boxes, kinds = boxes.to(dev, non_blocking=True), kinds.to(dev, non_blocking=True)
-        wy = resample_matrices(boxes[:, 0], boxes[:, 2], hp, s, kinds)  # M x S x Hp
-        wx = resample_matrices(boxes[:, 1], boxes[:, 3], wp, s, kinds)  # M x S x Wp
+        wy = resample_matrices(boxes[:, 0], boxes[:, 2], hp, s, kinds, dev)  # M x S x Hp
+        wx = resample_matrices(boxes[:, 1], boxes[:, 3], wp, s, kinds, dev)  # M x S x Wp
         # width first, as PyTorch's separable kernels: M x 3 x Hp x S, then M x 3 x S x S
         return wy.unsqueeze(1) @ (padded.float() @ wx.transpose(1, 2).unsqueeze(1))
 
