@@ -443,7 +443,7 @@ class BatchTrainAugment:
             ws = sorted(im.shape[2] for im in images)
             cap_h, cap_w = 2 * hs[n // 2], 2 * ws[n // 2]
             group = [i for i in range(n) if images[i].shape[1] <= cap_h and images[i].shape[2] <= cap_w]
-            loop = [i for i in range(n) if i not in set(group)]
+            loop = sorted(set(range(n)) - set(group))
             resized = self._resize_matrix([images[i] for i in group], params.boxes[group],
                                           torch.tensor([kinds[i] for i in group]))
             if loop:
