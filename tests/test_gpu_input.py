@@ -199,6 +199,8 @@ def test_augment_checks_its_arguments():
         BatchTrainAugment(8, interpolations=["lanczos"])
     with pytest.raises(ConfigError, match="aug_contrast"):
         BatchTrainAugment(8, contrast=-0.1)
+    with pytest.raises(ConfigError, match="resize method 'roi'"):
+        BatchTrainAugment(8, resize_method="roi")
     assert BatchTrainAugment(8)([], epoch_generator(0, 0)).shape == (0, 3, 8, 8)
 
 
@@ -349,11 +351,12 @@ def test_bench_loader_tiny(tmp_path):
     _folder(tmp_path / "data", 8)
     r = CliRunner().invoke(main, ["--data", str(tmp_path / "data"), "--device", "cpu", "--size", "32",
                                   "--batch", "4", "--workers", "0", "--steps", "1", "--warmup", "0",
-                                  "--backbone", "googlenet_tv"])
+                                  "--backbone", "googlenet_tv", "--resize", "matrix"])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert any(s.startswith("cpu (per-image workers)") for s in lines)
     assert any(s.startswith("gpu (batched on device)") for s in lines)
     assert lines[-1].startswith("ratio batched / per-image: loader") and lines[-1].endswith("x")
+    assert "resize matrix" in lines[0]
     bad = CliRunner().invoke(main, ["--data", str(tmp_path / "data"), "--device", "cpu", "--paths", "tpu"])
     assert bad.exit_code != 0 and "--paths" in bad.output

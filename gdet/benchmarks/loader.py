@@ -106,9 +106,12 @@ def _rate(fn, n_batches: int, batch: int, device) -> float:
 @click.option("--paths", "which", default="cpu,gpu", show_default=True,
               help="Input paths to time: cpu (per-image workers), gpu (batched on the device).")
 @click.option("--prefetch", default=2, show_default=True, help="Batches the batched path prepares ahead.")
+@click.option("--resize", "resize_method", default="auto", show_default=True,
+              type=click.Choice(["auto", "loop", "matrix"]),
+              help="Batched path's crop+resize: per-image loop, batched resampling matrices, auto (matrix on GPU).")
 @click.option("--seed", default=0, show_default=True)
 def main(data, images, image_size, device, backbone, size, batch, workers, precision, channels_last, steps, warmup,
-         repeats, which, prefetch, seed):
+         repeats, which, prefetch, resize_method, seed):
     """Images/s of the per-image CPU input path vs the batched device path: loader only, step only, end to end."""
     import os
 
@@ -149,14 +152,15 @@ def main(data, images, image_size, device, backbone, size, batch, workers, preci
         loaders = {
             "cpu": build_loader(ClassificationDataset(files, labels, TrainTransform(size, **aug_kw)),
                                 batch_size=batch, train=True, num_workers=workers, device=dev, seed=seed),
-            "gpu": build_device_loader(files, labels, BatchTrainAugment(size, **aug_kw), batch_size=batch,
-                                       device=dev, num_workers=workers, seed=seed, channels_last=channels_last,
-                                       prefetch=prefetch),
+            "gpu": build_device_loader(files, labels, BatchTrainAugment(size, resize_method=resize_method, **aug_kw),
+                                       batch_size=batch, device=dev, num_workers=workers, seed=seed,
+                                       channels_last=channels_last, prefetch=prefetch),
         }
         name = torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)"
         click.echo(f"device: {name}; {len(files)} images from {folder if data else 'a generated folder'}; "
                    f"{backbone} {precision}{' channels-last' if channels_last else ''}, batch {batch}, "
-                   f"{size}x{size}, {workers} workers, {steps} timed batches x {repeats} repeats (median)")
+                   f"{size}x{size}, {workers} workers, resize {resize_method}, {steps} timed batches x {repeats} repeats "
+                   "(median)")
 
         model = build_backbone(backbone, num_classes=max(len(names), 2)).to(dev).train()
         if channels_last:

@@ -337,14 +337,16 @@ class BatchTrainAugment:
     ColorJitter (brightness/contrast/saturation in a random order per image), PCA lighting and horizontal flips.
 
     Args: as ``TrainTransform`` (``size``, ``scale``, ``ratio``, ``brightness``, ``contrast``, ``saturation``,
-    ``lighting``, ``interpolations``, ``hflip``).
+    ``lighting``, ``interpolations``, ``hflip``), and ``resize_method`` (see :meth:`apply`).
     """
 
     def __init__(self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                  brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, lighting: float = 0.1,
-                 interpolations: Sequence[str] = INTERPOLATIONS, hflip: float = 0.5):
+                 interpolations: Sequence[str] = INTERPOLATIONS, hflip: float = 0.5, resize_method: str = "auto"):
         if not interpolations:
             raise ConfigError("aug_interpolations: give at least one interpolation")
+        if resize_method not in ("auto", "loop", "matrix"):
+            raise ConfigError(f"resize method {resize_method!r}: unknown (use auto, loop or matrix)")
         for m in interpolations:
             if m not in INTERPOLATIONS:
                 raise ConfigError(f"interpolation {m!r}: unknown (use {', '.join(INTERPOLATIONS)})")
@@ -359,6 +361,7 @@ class BatchTrainAugment:
         self.lighting_std = float(lighting)
         self.interpolations = list(interpolations)
         self.hflip = float(hflip)
+        self.resize_method = resize_method
 
     # -- random draws
     def sample(self, sizes: Sequence[tuple[int, int]], generator: torch.Generator | None = None) -> AugmentParams:
@@ -408,7 +411,7 @@ class BatchTrainAugment:
 
     # -- pixel work
     def apply(self, images: Sequence[Tensor], params: AugmentParams, dtype: torch.dtype = torch.uint8,
-              method: str = "auto") -> Tensor:
+              method: str | None = None) -> Tensor:
         """Augment decoded images with the drawn ``params``.
 
         Args:
@@ -419,7 +422,7 @@ class BatchTrainAugment:
                 ``"matrix"`` pads the batch and applies per-image resampling matrices (:func:`resample_matrices`,
                 the same weights) in two batched matmuls, whatever mix of interpolations the batch drew;
                 ``"auto"``: matrix on CUDA (a few kernels instead of several per image), loop on the CPU (fewer
-                operations).
+                operations). Default: the ``resize_method`` given to the constructor.
 
         Returns:
             ``Tensor[N, 3, S, S]`` on the images' device.
@@ -428,6 +431,7 @@ class BatchTrainAugment:
         if n == 0:
             return torch.zeros(0, 3, s, s, dtype=dtype)
         device = images[0].device
+        method = method or self.resize_method
         if method == "auto":
             method = "matrix" if device.type == "cuda" else "loop"
         if method not in ("loop", "matrix"):
