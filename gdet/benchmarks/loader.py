@@ -159,8 +159,8 @@ def main(data, images, image_size, device, backbone, size, batch, workers, preci
         name = torch.cuda.get_device_name(dev) if gpu else f"CPU ({torch.get_num_threads()} threads)"
         click.echo(f"device: {name}; {len(files)} images from {folder if data else 'a generated folder'}; "
                    f"{backbone} {precision}{' channels-last' if channels_last else ''}, batch {batch}, "
-                   f"{size}x{size}, {workers} workers, resize {resize_method}, {steps} timed batches x {repeats} repeats "
-                   "(median)")
+                   f"{size}x{size}, {workers} workers, resize {resize_method}, "
+                   f"{steps} timed batches x {repeats} repeats (median)")
 
         model = build_backbone(backbone, num_classes=max(len(names), 2)).to(dev).train()
         if channels_last:
