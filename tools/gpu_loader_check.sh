@@ -2,7 +2,7 @@
 # Training-input check on one CUDA GPU (H100/H200, 16 cores, no network): generate a few thousand 256-px JPEG
 # crops, run the batched-input tests (nvJPEG path included) and time the per-image CPU loader against the batched
 # device loader with googlenet_tv, bf16, channels-last, batch 256. Tables and logs go to $OUT (default
-# ./gpu_loader_out). Usage: OUT=/some/dir bash tools/gpu_loader_check.sh   (about 5 minutes; run with timeout_s >= 540)
+# ./gpu_loader_out). Usage: OUT=/some/dir bash tools/gpu_loader_check.sh   (about 6-7 minutes; give it timeout_s 580)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_loader_out}
@@ -84,4 +84,7 @@ COMMON=(--data "$DATA" --device cuda --backbone googlenet_tv --precision bf16 --
         --steps 30 --warmup 5 --repeats 2)
 timeout 240 "${BENCH[@]}" "${COMMON[@]}" --workers "$CORES" 2>&1 | tee "$OUT/loader_bench_w$CORES.txt"
 timeout 200 "${BENCH[@]}" "${COMMON[@]}" --workers 4 2>&1 | tee "$OUT/loader_bench_w4.txt"
+# The batched path alone with the per-image resize loop instead of the resampling matrices.
+timeout 150 "${BENCH[@]}" "${COMMON[@]}" --workers "$CORES" --paths gpu --resize loop 2>&1 \
+  | tee "$OUT/loader_bench_w${CORES}_loop.txt"
 echo "done: $(ls "$OUT")"
