@@ -2,7 +2,7 @@
 # Training-input check on one CUDA GPU (H100/H200, 16 cores, no network): generate a few thousand 256-px JPEG
 # crops, run the batched-input tests (nvJPEG path included) and time the per-image CPU loader against the batched
 # device loader with googlenet_tv, bf16, channels-last, batch 256. Tables and logs go to $OUT (default
-# ./gpu_loader_out). Usage: OUT=/some/dir bash tools/gpu_loader_check.sh   (about 6-7 minutes; give it timeout_s 580)
+# ./gpu_loader_out). Usage: OUT=/some/dir bash tools/gpu_loader_check.sh   (about 6-7 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_loader_out}
