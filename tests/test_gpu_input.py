@@ -233,8 +233,9 @@ def test_decode_matches_pillow_for_jpeg_png_bmp_and_exif(tmp_path):
     files.append(p)
     batch = collate_encoded([EncodedImageDataset([str(f) for f in files], [0] * 4)[i] for i in range(4)])
     assert batch.orientations == [1, 1, 1, 6] and jpeg_exif_orientation(b"not a jpeg") == 1
+    assert [bytes(b.numpy()) for b in batch.files()] == [f.read_bytes() for f in files]
     stats = {}
-    out = decode_batch(batch.data, "cpu", batch.paths, batch.orientations, stats)
+    out = decode_batch(batch.files(), "cpu", batch.paths, batch.orientations, stats)
     assert stats == {"cpu": 4}
     for f, img in zip(files, out):
         ref = torch.from_numpy(read_image(f).copy()).permute(2, 0, 1)
@@ -331,8 +332,8 @@ def test_cuda_decode_and_augment_match_cpu(tmp_path):
     ds = EncodedImageDataset(paths + [str(png)], [0] * 7)
     batch = collate_encoded([ds[i] for i in range(7)])
     stats = {}
-    gpu = decode_batch(batch.data, "cuda", batch.paths, batch.orientations, stats)
-    cpu = decode_batch(batch.data, "cpu", batch.paths, batch.orientations)
+    gpu = decode_batch(batch.files(), "cuda", batch.paths, batch.orientations, stats)
+    cpu = decode_batch(batch.files(), "cpu", batch.paths, batch.orientations)
     assert stats == {"gpu": 6, "cpu": 1}  # the PNG falls back to the CPU decoder
     for a, b in zip(gpu, cpu):
         assert a.is_cuda and a.shape == b.shape and (a.cpu().float() - b.float()).abs().mean() < 2

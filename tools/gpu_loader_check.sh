@@ -68,12 +68,12 @@ for rep in range(3):  # the first pass warms nvJPEG and the allocator; the last 
            "augment (per-image loop)": 0.0}
     n = 0
     for b in batches:
-        imgs, t = timed(lambda: decode_batch(b.data, dev, b.paths, b.orientations)); tot["nvjpeg decode"] += t
-        tot["cpu decode (1 thread)"] += timed(lambda: decode_batch(b.data, "cpu", b.paths, b.orientations))[1]
+        imgs, t = timed(lambda: decode_batch(b.files(), dev, b.paths, b.orientations)); tot["nvjpeg decode"] += t
+        tot["cpu decode (1 thread)"] += timed(lambda: decode_batch(b.files(), "cpu", b.paths, b.orientations))[1]
         p, t = timed(lambda: aug.sample([tuple(im.shape[-2:]) for im in imgs], g)); tot["sample"] += t
         tot["augment (matrix resize)"] += timed(lambda: aug.apply(imgs, p, method="matrix"))[1]
         tot["augment (per-image loop)"] += timed(lambda: aug.apply(imgs, p, method="loop"))[1]
-        n += len(b.data)
+        n += len(b.paths)
 for k, t in tot.items():
     print(f"{k:<24} {1000 * t / len(batches):8.2f} ms/batch  {n / t:10.0f} img/s")
 EOF

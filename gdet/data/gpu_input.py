@@ -8,7 +8,7 @@ seeded by ``(seed, epoch, rank)``, so a run is deterministic for a seed whatever
 Public API::
 
     EncodedImageDataset(paths, labels)            items: (Tensor[L] uint8 file bytes, label, path, exif orientation)
-    collate_encoded(items) -> EncodedBatch(data, labels, paths, orientations)
+    collate_encoded(items) -> EncodedBatch(data, offsets, labels, paths, orientations); .files() -> byte tensors
     decode_batch(data, device, paths=None, orientations=None, stats=None) -> list of Tensor[3, H, W] uint8
     BatchTrainAugment(size, scale, ratio, brightness, contrast, saturation, lighting, interpolations, hflip)
         .sample(sizes, generator) -> AugmentParams ;  .apply(images, params, dtype) -> Tensor[N, 3, S, S]
@@ -149,16 +149,35 @@ class EncodedImageDataset(Dataset):
 
 
 class EncodedBatch(NamedTuple):
-    data: list[Tensor]
+    """A batch of undecoded files: their bytes end to end in one tensor, so that a worker hands over two tensors
+    per batch rather than one shared-memory file descriptor per image.
+
+    Attributes:
+        data: ``Tensor[total]`` uint8, the files' bytes concatenated.
+        offsets: ``Tensor[N + 1]`` int64; file ``i`` is ``data[offsets[i]:offsets[i + 1]]``.
+        labels: ``Tensor[N]`` int64.
+        paths: the N file names (for error messages).
+        orientations: N EXIF orientations (1 = upright).
+    """
+
+    data: Tensor
+    offsets: Tensor
     labels: Tensor
     paths: list[str]
     orientations: list[int]
 
+    def files(self) -> list[Tensor]:
+        """The N files as ``Tensor[L_i]`` uint8 views of :attr:`data`."""
+        o = self.offsets.tolist()
+        return [self.data[o[i]:o[i + 1]] for i in range(len(o) - 1)]
+
 
 def collate_encoded(items) -> EncodedBatch:
-    """``[(bytes, label, path, orientation)]`` -> :class:`EncodedBatch` (byte tensors stay a list: lengths differ)."""
+    """``[(bytes, label, path, orientation)]`` -> :class:`EncodedBatch`."""
     data, labels, paths, orients = zip(*items) if items else ((), (), (), ())
-    return EncodedBatch(list(data), torch.tensor(labels, dtype=torch.int64), list(paths), list(orients))
+    lengths = torch.tensor([0] + [len(d) for d in data], dtype=torch.int64)
+    flat = torch.cat(list(data)) if data else torch.zeros(0, dtype=torch.uint8)
+    return EncodedBatch(flat, lengths.cumsum(0), torch.tensor(labels, dtype=torch.int64), list(paths), list(orients))
 
 
 def _decode_cpu(data: Tensor, path: str) -> Tensor:
@@ -574,7 +593,7 @@ class DeviceBatchLoader:
 
     def prepare(self, batch: EncodedBatch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Decode and augment one :class:`EncodedBatch` -> ``(Tensor[N, 3, S, S], Tensor[N] int64)`` on device."""
-        images = decode_batch(batch.data, self.device, batch.paths, batch.orientations, self.stats)
+        images = decode_batch(batch.files(), self.device, batch.paths, batch.orientations, self.stats)
         x = self.augment(images, generator, self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
