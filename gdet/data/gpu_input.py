@@ -227,12 +227,16 @@ def decode_batch(data: Sequence[Tensor], device: torch.device | str, paths: Sequ
         from torchvision.io import ImageReadMode, decode_jpeg
 
         gpu_idx = [i for i in range(n) if orientations[i] == 1 and bytes(data[i][:2].tolist()) == JPEG_MAGIC]
-        if gpu_idx:
+        if gpu_idx and not _NVJPEG["missing"]:
             try:
                 decoded = decode_jpeg([data[i] for i in gpu_idx], mode=ImageReadMode.RGB, device=device)
                 for i, img in zip(gpu_idx, decoded):
                     out[i] = img
-            except (RuntimeError, ValueError):
+            except (RuntimeError, ValueError) as e:
+                if "not compiled with nvJPEG" in str(e):
+                    _NVJPEG["missing"] = True
+                    _warn_once("torchvision: built without nvJPEG; decoding JPEGs on the CPU")
+                    gpu_idx = []
                 # One bad file fails the whole batched call; retry one by one to find it.
                 for i in gpu_idx:
                     try:
@@ -252,6 +256,7 @@ def decode_batch(data: Sequence[Tensor], device: torch.device | str, paths: Sequ
 
 
 _WARNED: set[str] = set()
+_NVJPEG = {"missing": False}
 
 
 def _warn_once(msg: str) -> None:
