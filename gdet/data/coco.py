@@ -222,7 +222,8 @@ def write_coco(dset: DetectionSet, json_path: str | os.PathLike, image_dir: str 
         dset: the dataset.
         json_path: output JSON.
         image_dir: if given, images are copied there; ``file_name`` is then relative to the JSON's folder.
-            Without it, ``file_name`` is the path of the existing image relative to the JSON's folder.
+            Without it, ``file_name`` is the path of the existing image: relative to the JSON's folder when
+            it lies inside it, else absolute (read such a file back with ``read_coco(..., image_root=...)``).
 
     Returns:
         ``json_path``.
@@ -240,7 +241,9 @@ def write_coco(dset: DetectionSet, json_path: str | os.PathLike, image_dir: str 
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(src, tmp)
             src = dst
-        file_names.append(os.path.relpath(src.resolve(), base))
+        full = src.resolve()
+        # inside the JSON's folder: a relative name; elsewhere an absolute one, read back with image_root
+        file_names.append(os.path.relpath(full, base) if full.is_relative_to(base) else str(full))
     if len(set(file_names)) != len(file_names):
         raise DataError(f"{json_path}: two images would share one file_name (same name in different folders)")
     save_json(to_coco(dset, file_names), json_path, indent=None)

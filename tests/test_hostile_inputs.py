@@ -1,0 +1,178 @@
+"""Hostile and malformed inputs, one class of input per test: each gives one `error:` line and exit code 1 (or,
+where it is harmless, works), never a traceback, and leaves files already written untouched.
+
+The corpus is generated here: tiny VOC / COCO / result / proposal / image files."""
+import json
+import os
+import stat
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from gdet.cli import main as gdet
+from gdet.data import load_detection_set, read_coco, read_image, read_voc, write_voc
+from gdet.data.dataset import DataWarning
+from gdet.errors import DataError, install_warning_format
+from gdet.io import atomic_path, atomic_write, remove_stale_temps, save_json
+from gdet.proposals.files import load_proposals
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWD = "../../../../../../etc/passwd"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+def run(args, env=None):
+    """``gdet ARGS`` in this process; returns the click Result (stdout and stderr apart)."""
+    return CliRunner().invoke(gdet, [str(a) for a in args], env=env)
+
+
+def assert_refused(result, *needles):
+    """Exit code 1, exactly one line on stderr, starting ``error:`` and naming each of ``needles``."""
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out, out
+    assert result.exit_code == 1, (result.exit_code, out, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert sum(line.startswith("error:") for line in out.splitlines()) == 1
+    for n in needles:
+        assert str(n) in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def png(path: Path, w: int, h: int, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def bomb_png(path: Path, w: int = 15000, h: int = 15000) -> Path:
+    """A small PNG whose header claims ``w x h`` pixels (what a decompression bomb looks like before decoding)."""
+    raw = bytearray()
+    png(path, 4, 4)
+    data = path.read_bytes()
+    ihdr = bytearray(data[16:29])
+    ihdr[0:8] = struct.pack(">II", w, h)
+    raw += data[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr))) + data[33:]
+    path.write_bytes(bytes(raw))
+    return path
+
+
+VOC_XML = """<annotation><filename>{filename}</filename>
+<size><width>{w}</width><height>{h}</height><depth>3</depth></size>
+<object><name>cat</name><difficult>{difficult}</difficult><truncated>0</truncated>
+<bndbox><xmin>{xmin}</xmin><ymin>2</ymin><xmax>20</xmax><ymax>18</ymax></bndbox></object></annotation>
+"""
+
+
+def make_voc(root: Path, stem="a", image_ext=".jpg", **fields) -> Path:
+    """A one-image VOC root; ``fields`` override the XML's filename/w/h/difficult/xmin."""
+    values = {"filename": f"{stem}.jpg", "w": 32, "h": 24, "difficult": 0, "xmin": 3}
+    values.update(fields)
+    png(root / "JPEGImages" / f"{stem}{image_ext}", 32, 24)
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    (root / "Annotations" / f"{stem}.xml").write_text(VOC_XML.format(**values))
+    (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Main" / "val.txt").write_text(f"{stem}\n")
+    (root / "classes.txt").write_text("cat\ndog\n")
+    return root
+
+
+def coco_dict():
+    return {"images": [{"id": 1, "file_name": "img/a.png", "width": 32, "height": 24},
+                       {"id": 2, "file_name": "img/b.png", "width": 32, "height": 24}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [2, 3, 10, 8], "area": 80,
+                             "iscrowd": 0},
+                            {"id": 2, "image_id": 2, "category_id": 7, "bbox": [20, 10, 20, 20], "area": 400,
+                             "iscrowd": 0}],
+            "categories": [{"id": 5, "name": "cat"}, {"id": 7, "name": "dog"}]}
+
+
+def make_coco(folder: Path, data=None) -> Path:
+    png(folder / "img" / "a.png", 32, 24)
+    png(folder / "img" / "b.png", 32, 24, seed=1)
+    path = folder / "ann.json"
+    path.write_text(json.dumps(coco_dict() if data is None else data))
+    return path
+
+
+def set_path(d, path: str, value):
+    """``set_path(d, "images.0.width", v)``; the value ``DELETE`` removes the key."""
+    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+    for k in keys[:-1]:
+        d = d[k]
+    if value == "DELETE":
+        del d[keys[-1]]
+    else:
+        d[keys[-1]] = value
+
+
+@pytest.fixture
+def existing(tmp_path):
+    """An output file that a refused command must leave as it is."""
+    p = tmp_path / "out" / "keep.json"
+    p.parent.mkdir()
+    p.write_text('{"old": true}\n')
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. paths that leave the dataset root
+
+def test_voc_filename_outside_root_is_refused_and_not_copied(tmp_path):
+    voc = make_voc(tmp_path / "voc", filename=PASSWD)
+    with pytest.raises(DataError, match=r"a\.xml: <filename>: file name '.*etc/passwd' points outside"):
+        read_voc(voc, "val")
+    out = tmp_path / "converted"
+    r = run(["data", "convert", "--from", "voc", "--to", "coco", "--src", voc, "--out", out])
+    assert_refused(r, "a.xml", "etc/passwd", "outside")
+    assert not out.exists()  # nothing copied, nothing written
+
+
+def test_voc_image_id_with_a_path_is_refused(tmp_path):
+    voc = make_voc(tmp_path / "voc")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("../../outside\n")
+    r = run(["data", "browse", voc, "--out", tmp_path / "pics"])
+    assert_refused(r, "val.txt: line 1", "../../outside")
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../x.png", "img/../../x.png", ""])
+def test_coco_file_name_outside_root_is_refused(tmp_path, name):
+    data = coco_dict()
+    data["images"][1]["file_name"] = name
+    ann = make_coco(tmp_path / "coco", data)
+    (tmp_path / "x.png").write_bytes((tmp_path / "coco" / "img" / "a.png").read_bytes())
+    out = tmp_path / "converted"
+    r = run(["data", "convert", "--from", "coco", "--to", "voc", "--src", ann, "--out", out])
+    assert_refused(r, "ann.json", "images[1].file_name", repr(name))
+    assert not out.exists()
+
+
+def test_coco_image_root_reads_images_kept_elsewhere(tmp_path):
+    pictures = tmp_path / "pictures"
+    data = coco_dict()
+    for im in data["images"]:
+        im["file_name"] = str(pictures / Path(im["file_name"]).name)  # absolute, outside the JSON's folder
+        png(Path(im["file_name"]), 32, 24)
+    (tmp_path / "coco").mkdir()
+    ann = tmp_path / "coco" / "ann.json"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"images\[0\]\.file_name: .* points outside the image folder"):
+        read_coco(ann)
+    dset = read_coco(ann, image_root=pictures)
+    assert [Path(r.path) for r in dset.records] == [pictures / "a.png", pictures / "b.png"]
+    assert load_detection_set(ann, image_root=pictures).records[1].path == str(pictures / "b.png")
+    r = run(["data", "convert", "--from", "coco", "--to", "voc", "--src", ann, "--out", tmp_path / "voc",
+             "--image-root", pictures])
+    assert r.exit_code == 0, r.output + r.stderr
+    assert (tmp_path / "voc" / "JPEGImages" / "b.png").read_bytes() == (pictures / "b.png").read_bytes()
