@@ -176,3 +176,165 @@ def test_coco_image_root_reads_images_kept_elsewhere(tmp_path):
              "--image-root", pictures])
     assert r.exit_code == 0, r.output + r.stderr
     assert (tmp_path / "voc" / "JPEGImages" / "b.png").read_bytes() == (pictures / "b.png").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. VOC numbers, ids with spaces, images that are not .jpg
+
+@pytest.mark.parametrize("field,value,message", [
+    ("w", "nan", "<size>: <width> is not a finite number: 'nan'"),
+    ("h", "-3", "<size>: <height> must be a whole number of pixels"),
+    ("difficult", "1e400", "object 1: <difficult> is not a finite number: '1e400'"),
+    ("difficult", "2", "object 1: <difficult> must be 0 or 1"),
+    ("xmin", "abc", "object 1: <xmin> is not a finite number: 'abc'"),
+    ("xmin", "inf", "object 1: <xmin> is not a finite number: 'inf'"),
+    ("xmin", "-nan", "object 1: <xmin> is not a finite number: '-nan'"),
+])
+def test_voc_bad_numbers_name_file_and_field(tmp_path, field, value, message):
+    voc = make_voc(tmp_path / "voc", **{field: value})
+    with pytest.raises(DataError) as e:
+        read_voc(voc, "val")
+    assert str(e.value) == f"{voc / 'Annotations' / 'a.xml'}: {message}" or message in str(e.value)
+    assert "a.xml" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_voc_bad_number_in_gdet_eval(tmp_path, existing):
+    voc = make_voc(tmp_path / "voc", difficult="1e400")
+    dets = tmp_path / "dets.json"
+    dets.write_text("[]")
+    r = run(["eval", "--gt", voc, "--dets", dets, "--out", existing])
+    assert_refused(r, "a.xml", "<difficult>", "1e400")
+    assert existing.read_text() == '{"old": true}\n'
+
+
+def test_voc_ids_with_spaces_round_trip(tmp_path):
+    voc = make_voc(tmp_path / "voc", stem="my photo 000004")
+    dset = read_voc(voc, "val")
+    assert [r.image_id for r in dset.records] == ["my photo 000004"] and len(dset.records[0]) == 1
+    write_voc(dset, tmp_path / "copy", "val")
+    back = read_voc(tmp_path / "copy", "val")
+    assert [r.image_id for r in back.records] == ["my photo 000004"]
+    assert back.records[0].boxes.tolist() == dset.records[0].boxes.tolist()
+    # a per-class file of the VOC devkit: "<id> <flag>" lines
+    (voc / "ImageSets" / "Main" / "cat_val.txt").write_text("my photo 000004  1\n")
+    assert [r.image_id for r in read_voc(voc, "cat_val").records] == ["my photo 000004"]
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpeg", ".tif"])
+def test_voc_images_with_other_extensions(tmp_path, ext):
+    voc = make_voc(tmp_path / "voc", image_ext=ext)  # the XML still says a.jpg
+    dset = read_voc(voc, "val")
+    assert dset.records[0].path == str(voc / "JPEGImages" / f"a{ext}")
+    assert read_image(dset.records[0].path).shape == (24, 32, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. COCO fields of the wrong type
+
+@pytest.mark.parametrize("where,value,message", [
+    ("images.1.width", "wide", "images[1].width: expected a finite number, got 'wide'"),
+    ("annotations.0.area", "big", "annotations[0].area: expected a finite number, got 'big'"),
+    ("categories.0.id", "abc", "categories[0].id: expected an integer, got 'abc'"),
+    ("images.0.id", [1, 2], "images[0].id: expected an integer or a string, got [1, 2]"),
+    ("images", None, "images: expected a list, got None"),
+    ("annotations", {"a": 1}, "annotations: expected a list, got {'a': 1}"),
+    ("annotations.1.bbox", [1, 2, "3", 4], "annotations[1].bbox[2]: expected a finite number, got '3'"),
+    ("annotations.1.bbox", [1, 2, float("nan"), 4], "annotations[1].bbox[2]: expected a finite number, got nan"),
+    ("annotations.1.bbox", [1, 2, 3], "annotations[1].bbox: expected 4 numbers [x, y, w, h], got [1, 2, 3]"),
+    ("annotations.0.iscrowd", "yes", "annotations[0].iscrowd: expected 0 or 1, got 'yes'"),
+    ("annotations.0.category_id", True, "annotations[0].category_id: expected an integer, got True"),
+    ("images.1.file_name", 7, "images[1].file_name: expected a string, got 7"),
+    ("categories.1.name", None, "categories[1].name: expected a string, got None"),
+    ("annotations.0.image_id", 99, "annotations[0]: unknown image_id 99"),
+    ("images.0", "DELETE", "annotations[0]: unknown image_id 1"),
+])
+def test_coco_wrong_types_name_file_and_field(tmp_path, where, value, message):
+    data = coco_dict()
+    set_path(data, where, value)
+    ann = make_coco(tmp_path / "coco", data)
+    with pytest.raises(DataError) as e:
+        read_coco(ann)
+    assert str(e.value) == f"{ann}: {message}"
+
+
+def test_coco_wrong_type_in_commands(tmp_path, existing):
+    data = coco_dict()
+    data["images"][1]["width"] = "wide"
+    ann = make_coco(tmp_path / "coco", data)
+    dets = tmp_path / "dets.json"
+    dets.write_text("[]")
+    assert_refused(run(["eval", "--gt", ann, "--dets", dets, "--metric", "coco", "--out", existing]),
+                   "ann.json: images[1].width: expected a finite number, got 'wide'")
+    assert existing.read_text() == '{"old": true}\n'
+    assert_refused(run(["data", "browse", tmp_path / "coco", "--split", "ann", "--out", tmp_path / "pics"]),
+                   "images[1].width")
+    assert not (tmp_path / "pics").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5b. detection result files
+
+@pytest.mark.parametrize("entry,message", [
+    ({"score": True}, "entry 2: score must be a number, got True"),
+    ({"score": "0.9"}, "entry 2: score must be a number, got '0.9'"),
+    ({"bbox": [1, 2, -3, 4]}, "entry 2: bbox width and height must be >= 0"),
+    ({"bbox": [1, 2, 3, float("inf")]}, "entry 2: bbox or score is not finite"),
+    ({"bbox": [1, 2, 3, float("nan")]}, "entry 2: bbox or score is not finite"),
+    ({"bbox": [1, False, 3, 4]}, "entry 2: bbox must be 4 numbers [x, y, w, h], got [1, False, 3, 4]"),
+    ({"bbox": "1 2 3 4"}, "entry 2: bbox must be 4 numbers"),
+    ({"image_id": [1]}, "entry 2: image_id must be an integer or a string, got [1]"),
+    ({"category_id": 3}, "entry 2: unknown category_id 3"),
+    ({"image_id": 42}, "entry 2: unknown image_id 42"),
+])
+def test_result_file_refused_by_gdet_eval(tmp_path, existing, entry, message):
+    ann = make_coco(tmp_path / "coco")
+    good = {"image_id": 1, "category_id": 5, "bbox": [2, 3, 10, 8], "score": 0.9}
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([good, {**good, **entry}]))
+    assert_refused(run(["eval", "--gt", ann, "--dets", dets, "--metric", "coco", "--out", existing]),
+                   f"{dets}: {message}")
+    assert existing.read_text() == '{"old": true}\n'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. proposal files
+
+def proposal_arrays(**change):
+    d = {"format": np.array("gdet-proposals"), "version": np.array(1, dtype=np.int64),
+         "image_ids": np.array(["a", "b"]), "id_type": np.array("str"),
+         "offsets": np.array([0, 2, 3], dtype=np.int64),
+         "boxes": np.array([[0, 0, 5, 5], [1, 1, 4, 4], [2, 2, 9, 9]], dtype=np.float32),
+         "scores": np.array([0.9, 0.5, 0.7], dtype=np.float32), "sizes": np.array([[10, 10], [10, 10]]),
+         "meta": np.array('{"method": "ss"}')}
+    for k, v in change.items():
+        if v is None:
+            del d[k]
+        else:
+            d[k] = v
+    return d
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"meta": np.array("[1, 2")}, "meta must be a JSON object"),
+    ({"meta": np.array("[1, 2]")}, "meta must be a JSON object"),
+    ({"version": None}, "has no integer 'version'"),
+    ({"version": np.array("one")}, "has no integer 'version'"),
+    ({"image_ids": np.array(["a", "a"])}, "image id 'a' appears more than once"),
+    ({"scores": np.array([0.5], dtype=np.float32)}, "scores must be a float array [M] with one score per box"),
+    ({"boxes": np.array([[0, 0, np.nan, 5], [1, 1, 4, 4], [2, 2, 9, 9]], dtype=np.float32)}, "NaN or infinite"),
+    ({"boxes": np.zeros((3, 5), dtype=np.float32)}, "boxes must be a float array [M, 4]"),
+    ({"offsets": np.array([0, 5, 3])}, "inconsistent offsets"),
+    ({"id_type": np.array("int")}, "id_type is 'int' but an image id is not an integer"),
+    ({"format": np.array("other")}, "not a gdet proposal file"),
+])
+def test_proposal_file_refused(tmp_path, change, message):
+    path = tmp_path / "props.npz"
+    np.savez(path, **proposal_arrays(**change))
+    assert_refused(run(["proposals", "info", path]), str(path), message)
+
+
+def test_good_proposal_file_reads(tmp_path):
+    path = tmp_path / "props.npz"
+    np.savez(path, **proposal_arrays())
+    props = load_proposals(path)
+    assert props["b"][0].tolist() == [[2, 2, 9, 9]] and props.meta == {"method": "ss"}
