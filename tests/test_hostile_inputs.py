@@ -59,7 +59,8 @@ def png(path: Path, w: int, h: int, seed: int = 0) -> Path:
 def bomb_png(path: Path, w: int = 15000, h: int = 15000) -> Path:
     """A small PNG whose header claims ``w x h`` pixels (what a decompression bomb looks like before decoding)."""
     raw = bytearray()
-    png(path, 4, 4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4)).save(path, format="PNG")
     data = path.read_bytes()
     ihdr = bytearray(data[16:29])
     ihdr[0:8] = struct.pack(">II", w, h)
@@ -338,3 +339,160 @@ def test_good_proposal_file_reads(tmp_path):
     np.savez(path, **proposal_arrays())
     props = load_proposals(path)
     assert props["b"][0].tolist() == [[2, 2, 9, 9]] and props.meta == {"method": "ss"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. images: decompression bombs, 1-pixel and 5000x1 images
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers_detection import save_detector, tiny_detector
+
+    return save_detector(tiny_detector(input_size=32), tmp_path_factory.mktemp("det") / "det.pth")
+
+
+def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    bomb = bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(DataError) as e:
+        read_image(bomb)
+    text = str(e.value)
+    assert text.startswith(f"{bomb}: image is 15000x15000 = 225,000,000 pixels, over the limit of 178,956,970")
+    assert "GDET_MAX_IMAGE_PIXELS" in text and "\n" not in text
+    monkeypatch.setenv("GDET_MAX_IMAGE_PIXELS", "300000000")  # raised: the limit passes, the (fake) data fails
+    with pytest.raises(DataError, match="cannot decode image"):
+        read_image(bomb)
+    small = png(tmp_path / "small.png", 20, 20)
+    monkeypatch.setenv("GDET_MAX_IMAGE_PIXELS", "399")
+    with pytest.raises(DataError, match=r"20x20 = 400 pixels, over the limit of 399"):
+        read_image(small)
+    monkeypatch.setenv("GDET_MAX_IMAGE_PIXELS", "400")
+    assert read_image(small).shape == (20, 20, 3)
+    monkeypatch.setenv("GDET_MAX_IMAGE_PIXELS", "many")
+    with pytest.raises(DataError, match="GDET_MAX_IMAGE_PIXELS='many': expected a positive whole number"):
+        read_image(small)
+
+
+def test_decompression_bomb_in_commands(tmp_path, detector, existing):
+    bomb = bomb_png(tmp_path / "bomb.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not escape either
+        assert_refused(run(["detect", "--image", bomb, "--weights", detector, "--json", existing]),
+                       str(bomb), "178,956,970", "GDET_MAX_IMAGE_PIXELS")
+    assert existing.read_text() == '{"old": true}\n'
+    voc = make_voc(tmp_path / "voc")
+    bomb_png(voc / "JPEGImages" / "a.jpg")  # a PNG under a .jpg name: Pillow reads the content
+    assert_refused(run(["data", "browse", voc, "--out", tmp_path / "pics"]), "a.jpg", "GDET_MAX_IMAGE_PIXELS")
+    out = tmp_path / "props.npz"
+    assert_refused(run(["proposals", "compute", "--data", voc, "--out", out, "--workers", "0"]),
+                   "a.jpg", "GDET_MAX_IMAGE_PIXELS")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("w,h", [(1, 1), (5000, 1), (1, 700)])
+def test_degenerate_images_work_in_gdet_detect(tmp_path, detector, w, h):
+    image = png(tmp_path / f"im{w}x{h}.png", w, h)
+    r = run(["detect", "--image", image, "--weights", detector, "--score-thr", "0", "--json", tmp_path / "d.json",
+             "--out", tmp_path / "drawn"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    result = json.loads((tmp_path / "d.json").read_text())["images"][0]
+    assert (result["width"], result["height"]) == (w, h)
+    assert (tmp_path / "drawn" / f"im{w}x{h}.png").is_file()
+
+
+def test_degenerate_images_in_proposals_compute_and_test_det(tmp_path, detector):
+    voc = tmp_path / "voc"
+    for stem, (w, h) in {"one": (1, 1), "wide": (5000, 1), "tall": (2, 3000), "ok": (64, 48)}.items():
+        make_voc(voc, stem=stem, w=w, h=h, image_ext=".png", xmin=1)
+        png(voc / "JPEGImages" / f"{stem}.png", w, h)
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("one\nwide\ntall\nok\n")
+    (voc / "classes.txt").write_text("square\ndisc\ncat\n")
+    props = tmp_path / "ss.npz"
+    r = run(["proposals", "compute", "--data", voc, "--out", props, "--workers", "0", "--opt", "max_side=64"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    p = load_proposals(props)
+    assert [p.size(i) for i in ("one", "wide", "tall")] == [(1, 1), (5000, 1), (2, 3000)]
+    assert len(p["ok"][0]) > 0
+    # the detector knows 2 classes; this dataset has 3 names -> use a 2-class classes.txt
+    (voc / "classes.txt").write_text("square\ndisc\n")
+    for stem in ("one", "wide", "tall", "ok"):
+        xml = voc / "Annotations" / f"{stem}.xml"
+        xml.write_text(xml.read_text().replace("<name>cat</name>", "<name>disc</name>"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GDET_NO_PROGRESS": "1"}
+    cmd = [sys.executable, str(ROOT / "tools" / "test_det.py"), "--data", str(voc), "--split", "val",
+           "--weights", str(detector), "--proposals", str(props), "--out", str(tmp_path / "dets.json"),
+           "--metrics", "voc", "--score-thr", "0", "--max-proposals", "10"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    # boxes past the 1-pixel images are clipped on reading: one warning line, no source line
+    warn = [line for line in p.stderr.splitlines() if "clipped" in line]
+    assert len(warn) == 1 and warn[0].startswith("warning: ") and "DataWarning" not in p.stderr
+    assert len(json.loads((tmp_path / "dets.json").read_text())) >= 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. output files: permissions, crash safety, stale temporary files
+
+def test_written_files_get_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        import gdet.io
+
+        gdet.io._FILE_MODE = None  # read the umask set above
+        save_json({"a": 1}, tmp_path / "a.json")
+        with atomic_path(tmp_path / "b.png") as tmp:
+            Image.new("RGB", (4, 4)).save(tmp)
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "b.png").stat().st_mode) == 0o644
+        os.umask(0o077)
+        gdet.io._FILE_MODE = None
+        save_json({"a": 2}, tmp_path / "c.json")
+        assert stat.S_IMODE((tmp_path / "c.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+        gdet.io._FILE_MODE = None
+
+
+def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "r.json"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as f:
+            f.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_remove_stale_temps(tmp_path):
+    for name in (".last.pth.0a1b2c3d.tmp", ".last.pth.deadbeef.tmp.pth", ".best.pth.0a1b2c3d.tmp",
+                 "last.pth", ".last.pth.tmp", ".last.pth.0a1b2c3d.tmp.bak", "x.last.pth.0a1b2c3d.tmp"):
+        (tmp_path / name).write_text("x")
+    removed = remove_stale_temps(tmp_path, "last.pth")
+    assert sorted(p.name for p in removed) == [".last.pth.0a1b2c3d.tmp", ".last.pth.deadbeef.tmp.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".best.pth.0a1b2c3d.tmp", ".last.pth.0a1b2c3d.tmp.bak", ".last.pth.tmp", "last.pth",
+        "x.last.pth.0a1b2c3d.tmp"]
+    assert remove_stale_temps(tmp_path / "missing", "last.pth") == []
+    # the writers' own temps match the pattern
+    with atomic_write(tmp_path / "last.pth", "wb") as f:
+        siblings = [p.name for p in tmp_path.iterdir() if p.name.startswith(".last.pth.") and p.name.endswith(".tmp")]
+        f.write(b"new")
+    assert len(siblings) == 2 and (tmp_path / "last.pth").read_bytes() == b"new"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 9. warnings as one line
+
+def test_warnings_print_as_one_line(capsys):
+    saved = warnings.showwarning, warnings.formatwarning
+    try:
+        install_warning_format()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("data.json: clipped 3 boxes\npartly outside", DataWarning)
+        err = capsys.readouterr().err
+        assert err == "warning: data.json: clipped 3 boxes partly outside\n"
+    finally:
+        warnings.showwarning, warnings.formatwarning = saved
