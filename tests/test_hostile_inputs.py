@@ -431,6 +431,21 @@ def test_degenerate_images_in_proposals_compute_and_test_det(tmp_path, detector)
     assert len(json.loads((tmp_path / "dets.json").read_text())) >= 0
 
 
+def test_crops_of_degenerate_boxes_and_images():
+    import torch
+
+    from gdet.detection.crops import crop_regions
+
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5], [3.0, 3.0, 2.0, 2.0], [0.0, 0.0, 5000.0, 1.0]])
+    for image in (torch.rand(3, 1, 1), torch.rand(3, 1, 5000), torch.rand(3, 5000, 1)):
+        crops = crop_regions(image, boxes, 16, 2)
+        assert crops.shape == (4, 3, 16, 16) and torch.isfinite(crops).all()
+        # a 1x1 image is one colour: a crop of the whole image is that colour inside, the mean (0) outside
+    one = torch.full((3, 1, 1), 0.25)
+    c = crop_regions(one, boxes[:1], 16, 0)
+    assert torch.allclose(c, torch.full_like(c, 0.25))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. output files: permissions, crash safety, stale temporary files
 
