@@ -199,6 +199,16 @@ def test_voc_bad_numbers_name_file_and_field(tmp_path, field, value, message):
     assert "a.xml" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_voc_entity_expansion_bomb_is_refused(tmp_path):
+    voc = make_voc(tmp_path / "voc")
+    entities = "".join(f'<!ENTITY e{i} "{("&e%d;" % (i - 1)) * 10}">' for i in range(1, 10))
+    (voc / "Annotations" / "a.xml").write_text(
+        f'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e0 "lollollol">{entities}]>'
+        "<annotation><filename>&e9;</filename></annotation>")
+    with pytest.raises(DataError, match=r"a\.xml: line 1, column \d+: malformed XML: limit on input amplification"):
+        read_voc(voc, "val")
+
+
 def test_voc_bad_number_in_gdet_eval(tmp_path, existing):
     voc = make_voc(tmp_path / "voc", difficult="1e400")
     dets = tmp_path / "dets.json"
