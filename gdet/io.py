@@ -72,7 +72,8 @@ def remove_stale_temps(folder: str | os.PathLike, name: str) -> list[Path]:
     """Delete the temporary files that a killed writer of ``folder/name`` left behind.
 
     Only files named as :func:`atomic_write` / :func:`atomic_path` name their temps (``.<name>.<8 hex>.tmp``,
-    or ``.<name>.<8 hex>.tmp<suffix>``) are touched; call it before a run starts writing ``name``, not while another process writes it.
+    or ``.<name>.<8 hex>.tmp<suffix>``) are touched. Call it before a run starts writing ``name``, never while
+    another process may be writing it (its temp would be deleted under it).
 
     Returns:
         the removed paths.
