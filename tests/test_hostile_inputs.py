@@ -94,7 +94,7 @@ def coco_dict():
                        {"id": 2, "file_name": "img/b.png", "width": 32, "height": 24}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [2, 3, 10, 8], "area": 80,
                              "iscrowd": 0},
-                            {"id": 2, "image_id": 2, "category_id": 7, "bbox": [20, 10, 20, 20], "area": 400,
+                            {"id": 2, "image_id": 2, "category_id": 7, "bbox": [20, 10, 10, 10], "area": 100,
                              "iscrowd": 0}],
             "categories": [{"id": 5, "name": "cat"}, {"id": 7, "name": "dog"}]}
 
