@@ -131,29 +131,17 @@ def read_coco(json_path: str | os.PathLike, image_root: str | os.PathLike | None
     fix = BoxSanitizer(clip=clip)
     sizes: dict = {}
     for j, a in enumerate(anns):
-        where = f"annotations[{j}]"
-        iid = ck.image_id(ck.need(a, "image_id", where), f"{where}.image_id")
-        if iid not in info:
-            raise DataError(f"{json_path}: {where}: unknown image_id {iid!r}")
-        cid = ck.integer(ck.need(a, "category_id", where), f"{where}.category_id")
-        if cid not in label_of:
-            raise DataError(f"{json_path}: {where}: unknown category_id {cid} (known: {cat_ids})")
-        bbox = ck.need(a, "bbox", where)
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise ck.fail(f"{where}.bbox", "4 numbers [x, y, w, h]", bbox)
-        x, y, w, h = (ck.number(v, f"{where}.bbox[{k}]") for k, v in enumerate(bbox))
-        crowd = ck.flag(a.get("iscrowd", 0), f"{where}.iscrowd")
-        area = ck.number(a["area"], f"{where}.area", minimum=0) if "area" in a else w * h
-        flags = {k: ck.flag(a[k], f"{where}.{k}") for k in ("difficult", "truncated", "occluded", "ignore")
-                 if k in a}
+        o = _fast_annotation(a, info, label_of)
+        if o is None:  # not the common well-formed shape: check field by field (raises naming the field)
+            o = _checked_annotation(a, f"annotations[{j}]", ck, info, label_of, cat_ids)
+        iid = o.pop("image_id")
+        x, y, w, h = o.pop("bbox")
         if iid not in sizes:
             sizes[iid] = _size(info[iid], json_path)
         box = fix([x, y, x + w, y + h], *sizes[iid])
         if box is None:
             continue
-        o = {"box": box, "label": label_of[cid], "iscrowd": crowd, "area": area}
-        o.update({k: v for k, v in flags.items() if k != "ignore"})
-        o["ignore"] = crowd or flags.get("ignore", False) or flags.get("difficult", False)
+        o["box"] = box
         objects[iid].append(o)
 
     records = []
@@ -169,6 +157,53 @@ def read_coco(json_path: str | os.PathLike, image_root: str | os.PathLike | None
     dset.stats.update(clipped=fix.clipped, dropped=fix.dropped)
     report_fixes(dset.stats, str(json_path))
     return dset
+
+
+_NUMBER = (int, float)  # exact types: JSON true/false are Python bools, which are ints
+_FLAGS = ("difficult", "truncated", "occluded")
+
+
+def _fast_annotation(a, info: dict, label_of: dict) -> dict | None:
+    """The object of a well-formed annotation, or ``None`` when any field needs a closer look."""
+    try:
+        iid, cid, bbox = a["image_id"], a["category_id"], a["bbox"]
+        if type(iid) not in (int, str) or type(cid) is not int or type(bbox) is not list or len(bbox) != 4 \
+                or iid not in info or cid not in label_of:
+            return None
+        x, y, w, h = bbox
+        area = a.get("area", 0.0)
+        crowd = a.get("iscrowd", 0)
+        if not (type(x) in _NUMBER and type(y) in _NUMBER and type(w) in _NUMBER and type(h) in _NUMBER
+                and type(area) in _NUMBER and math.isfinite(x) and math.isfinite(y) and math.isfinite(w)
+                and math.isfinite(h) and math.isfinite(area) and area >= 0 and (crowd == 0 or crowd == 1)
+                and type(crowd) in (int, bool) and "ignore" not in a and not any(k in a for k in _FLAGS)):
+            return None
+    except (TypeError, KeyError):
+        return None
+    return {"image_id": iid, "bbox": (float(x), float(y), float(w), float(h)), "label": label_of[cid],
+            "iscrowd": bool(crowd), "area": float(area) if "area" in a else float(w) * float(h),
+            "ignore": bool(crowd)}
+
+
+def _checked_annotation(a, where: str, ck: _Checker, info: dict, label_of: dict, cat_ids: list) -> dict:
+    """The object of one annotation, every field type-checked; the first bad field raises :class:`DataError`."""
+    iid = ck.image_id(ck.need(a, "image_id", where), f"{where}.image_id")
+    if iid not in info:
+        raise DataError(f"{ck.path}: {where}: unknown image_id {iid!r}")
+    cid = ck.integer(ck.need(a, "category_id", where), f"{where}.category_id")
+    if cid not in label_of:
+        raise DataError(f"{ck.path}: {where}: unknown category_id {cid} (known: {cat_ids})")
+    bbox = ck.need(a, "bbox", where)
+    if not (isinstance(bbox, list) and len(bbox) == 4):
+        raise ck.fail(f"{where}.bbox", "4 numbers [x, y, w, h]", bbox)
+    x, y, w, h = (ck.number(v, f"{where}.bbox[{k}]") for k, v in enumerate(bbox))
+    crowd = ck.flag(a.get("iscrowd", 0), f"{where}.iscrowd")
+    area = ck.number(a["area"], f"{where}.area", minimum=0) if "area" in a else w * h
+    flags = {k: ck.flag(a[k], f"{where}.{k}") for k in _FLAGS + ("ignore",) if k in a}
+    o = {"image_id": iid, "bbox": (x, y, w, h), "label": label_of[cid], "iscrowd": crowd, "area": area}
+    o.update({k: v for k, v in flags.items() if k != "ignore"})
+    o["ignore"] = crowd or flags.get("ignore", False) or flags.get("difficult", False)
+    return o
 
 
 def _size(entry: tuple, json_path: Path) -> tuple[int, int]:
