@@ -1,4 +1,4 @@
-"""`gdet eval --metric coco` on files equals pycocotools run on the same files (boxes past the image edge,
+"""`gdet eval --metric coco` on files equals pycocotools run on the same files, bit for bit (boxes past the image edge,
 float coordinates, crowd regions, segment areas, non-default maxDets): the ground truth is scored as written."""
 import contextlib
 import io
@@ -69,7 +69,7 @@ def test_coco_eval_on_files_equals_pycocotools(tmp_path, seed, max_dets):
     out = evaluate_files(gt, res, metric="coco", max_dets=max_dets)
     got = [out["summary"][n] for n in COCO_STAT_NAMES]
     assert len(got) == 12
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(got, ref)  # bit for bit (NaN where COCOeval gives -1)
     # summarize() reads AP with maxDets=100 literally (NaN when 100 is not a limit); AP50 uses maxDets[2]
     assert sum(not math.isnan(v) for v in ref) >= 8 and 0.05 < ref[1] < 0.95
 
@@ -86,7 +86,7 @@ def test_both_backends_equal_pycocotools_on_files(tmp_path):
         ev = COCOEvaluator(dset.class_names, backend=backend)
         ev.process(dset.records, dets)
         got = [ev.evaluate()["summary"][n] for n in COCO_STAT_NAMES]
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12, equal_nan=True, err_msg=backend)
+        np.testing.assert_array_equal(got, ref, err_msg=backend)
 
 
 def test_training_reader_still_clips(tmp_path):
