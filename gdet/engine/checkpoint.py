@@ -229,7 +229,7 @@ def resume_training_state(path_or_ckpt: str | os.PathLike | dict, *, model: nn.M
 
 
 # Classifier and aux-classifier parameters: a fine-tuned network re-initialises them when its class count differs.
-HEAD_PREFIXES = ("fc.", "aux1.", "aux2.", "AuxLogits.", "aux_logits.")
+HEAD_PREFIXES = ("fc.", "aux.", "aux1.", "aux2.", "AuxLogits.")
 
 
 def load_start_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True, reinit_head: bool = False,
