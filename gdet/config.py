@@ -140,8 +140,8 @@ def _check_numbers(cfg: dict, defaults: dict, path: Path) -> None:
 
 def unknown_key(key: str, known: Iterable[str], what: str = "key") -> str:
     """``"unknown key 'epoch' (did you mean 'epochs'?)"``: the closest known names, not all of them."""
-    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=2, cutoff=0.6)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {what} {key!r}{hint}"
 
 

@@ -36,7 +36,16 @@ def _cfg(root, voc, props, out, **kw):
 
 def test_train_resume_is_exact(tiny, capsys):
     root, voc, props = tiny
-    full = train(_cfg(root, voc, props, root / "full"))["last"]
+    # Both runs start from a 5-class classifier (its classifier is replaced by a 3-way one); the resumed half
+    # needs its checkpoint only, not the start weights.
+    from gdet.backbones import build_backbone
+
+    for name in ("cls_full.pth", "cls_half.pth"):
+        torch.manual_seed(7)
+        torch.save(build_backbone("googlenet", num_classes=5).state_dict(), root / name)
+    full = train(_cfg(root, voc, props, root / "full", weights=str(root / "cls_full.pth")))["last"]
+    out = capsys.readouterr().out
+    assert f"weights: loaded 122/128 tensors from {root / 'cls_full.pth'} (6 classifier-head tensors" in out
     assert {"train_loss", "train_loss_cls", "train_loss_bbox", "train_acc", "train_fg_acc", "train_regions_per_s",
             "val_voc_mAP", "val_voc07_mAP", "val_coco_AP"} <= set(full)
     assert full["train_loss"] == pytest.approx(full["train_loss_cls"] + full["train_loss_bbox"], rel=1e-6)
@@ -49,8 +58,10 @@ def test_train_resume_is_exact(tiny, capsys):
     assert best["epoch"] == last["best_epoch"] == 1 + maps.index(max(maps)) and last["best_score"] == max(maps)
     # one epoch, then resume for the second: identical weights (evaluation draws no random numbers, so the
     # halves can skip it)
-    train(_cfg(root, voc, props, root / "half", epochs=1, eval_every=0))
-    train(_cfg(root, voc, props, root / "half", resume=str(root / "half" / "last.pth"), eval_every=0))
+    train(_cfg(root, voc, props, root / "half", epochs=1, eval_every=0, weights=str(root / "cls_half.pth")))
+    (root / "cls_half.pth").unlink()
+    train(_cfg(root, voc, props, root / "half", resume=str(root / "half" / "last.pth"), eval_every=0,
+               weights=str(root / "cls_half.pth")))
     a = load_checkpoint(root / "full" / "last.pth")
     b = load_checkpoint(root / "half" / "last.pth")
     assert a["epoch"] == b["epoch"] == 2 and a["task"] == "detect"

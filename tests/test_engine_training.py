@@ -29,6 +29,7 @@ class TinyNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(8, n_cls)
         self.aux = nn.Linear(8, n_cls) if aux else None
+        self.num_classes = n_cls
 
     def forward(self, x):
         f = F.adaptive_avg_pool2d(torch.relu(self.norm(self.conv(x))), 1).flatten(1)

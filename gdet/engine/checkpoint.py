@@ -237,7 +237,8 @@ def load_start_weights(model: nn.Module, path: str | os.PathLike, *, strict: boo
     """Load the start weights of a training run (``weights=``) into ``model`` and say how many tensors loaded.
 
     Classifier-head tensors (``head_prefixes``) that are missing, unexpected or of another shape are expected
-    (fine-tuning to another class count re-initialises them); with ``reinit_head`` they are never loaded. Any
+    (fine-tuning to another class count re-initialises them); with ``reinit_head`` the classifier layers among
+    them (first dimension ``model.num_classes``) are never loaded, as R-CNN replaces its classifier. Any
     other tensor that does not fit makes the load partial: refused with ``strict`` (``weights_strict: true``),
     loaded and reported otherwise.
 
@@ -248,8 +249,10 @@ def load_start_weights(model: nn.Module, path: str | os.PathLike, *, strict: boo
     state = _strip_prefix(_strip_prefix(ckpt["model"], "module."), "_orig_mod.")
     own = model.state_dict()
     head = lambda k: k.startswith(head_prefixes)  # noqa: E731
+    n_cls = getattr(model, "num_classes", None)
+    classifier = lambda k: head(k) and own[k].ndim >= 1 and own[k].shape[0] == n_cls  # noqa: E731
     fits = {k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape
-            and not (reinit_head and head(k))}
+            and not (reinit_head and classifier(k))}
     missing = [k for k in own if k not in fits and not head(k)]
     unexpected = [k for k in state if k not in own and not head(k)]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
