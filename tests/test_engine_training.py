@@ -322,16 +322,41 @@ def test_resume_rederives_a_missing_best(tmp_path):
     assert load_checkpoint(tmp_path / "best.pth")["epoch"] == 1
 
 
-def test_tensorboard_switch(tmp_path):
-    cfg = _cfg(tmp_path, epochs=1, tensorboard=True)
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(GdetError, match="tensorboard: the 'tensorboard' package is not installed"):
-            fit(TinyTask(cfg), cfg)
-        return
+def test_tensorboard_switch(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    cfg = _cfg(tmp_path, epochs=2, tensorboard=True)
+    # Without the package: one line that says what to do.
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(GdetError, match="tensorboard: the 'tensorboard' package is not installed"):
+        fit(TinyTask(cfg), cfg)
+    # With it: every numeric column of every epoch, grouped, in event files beside metrics.jsonl.
+    scalars = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            scalars.append(("dir", log_dir, None))
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            scalars.append(("closed", None, None))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
     fit(TinyTask(cfg), cfg)
-    assert list(tmp_path.glob("events.out.tfevents.*"))
+    rows = _rows(tmp_path)
+    assert scalars[0] == ("dir", str(tmp_path), None) and scalars[-1][0] == "closed"
+    logged = {(tag, step): value for tag, value, step in scalars[1:-1]}
+    for r in rows:
+        assert logged[("train/train_loss", r["epoch"])] == r["train_loss"]
+        assert logged[("val/val_acc1", r["epoch"])] == r["val_acc1"]
+        assert logged[("train/lr", r["epoch"])] == r["lr"]
+        assert ("train/train_images_per_s", r["epoch"]) in logged
 
 
 # ---- start weights: counted, strict unless asked, classifier heads may differ ----

@@ -324,7 +324,7 @@ class _Board:
     def log(self, row: dict[str, Any], epoch: int) -> None:
         for k, v in row.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch" and math.isfinite(v):
-                group = "train" if k.startswith("train_") else "val" if "val" in k else "misc"
+                group = "train" if k.startswith("train_") or k == "lr" else "val" if "val" in k else "misc"
                 self.writer.add_scalar(f"{group}/{k}", v, epoch)
         self.writer.flush()
 
