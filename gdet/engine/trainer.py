@@ -15,12 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from gdet.config import interval, number, one_of
-from gdet.engine.checkpoint import load_checkpoint, save_checkpoint, training_state, resume_training_state
+from gdet.engine.checkpoint import load_checkpoint, resume_training_state, save_checkpoint, training_state
 from gdet.engine.device import autocast, resolve_device
 from gdet.engine.distributed import (DistInfo, barrier, cleanup, init_distributed, is_main_process, reduce_sum,
                                      seed_everything, wrap_ddp)
 from gdet.engine.ema import build_ema
 from gdet.engine.logger import MetricLogger, plot_curves, progress
+from gdet.engine.loop import build_grad_scaler
 from gdet.engine.optim import OPTIM_DEFAULTS, SCHEDULES, build_optimizer, build_scheduler
 from gdet.errors import CheckpointError, GdetError
 
@@ -415,7 +416,7 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
         run.net = torch.compile(run.net)
     run.optimizer = build_optimizer(cfg, model)
     run.scheduler = build_scheduler(cfg, run.optimizer, steps)
-    run.scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" and device.type == "cuda" else None
+    run.scaler = build_grad_scaler(device, opts.precision)
 
     start, best, best_epoch, history = 0, -math.inf, None, []
     if resume_ckpt is not None:
