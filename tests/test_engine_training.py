@@ -282,6 +282,20 @@ def test_kill_between_best_and_last_then_resume(tmp_path, monkeypatch):
     assert [r["epoch"] for r in _rows(tmp_path / "w")] == [1, 2, 3]
 
 
+def _orphan(path):
+    """The temp file gdet.io's atomic writer leaves beside ``path`` when the process dies mid-write."""
+    from gdet.io import atomic_write
+
+    before = set(path.parent.iterdir())
+    with pytest.raises(_Kill):
+        with atomic_write(path, "wb") as f:
+            f.write(b"half a file")
+            (temp,) = set(path.parent.iterdir()) - before
+            raise _Kill()
+    temp.write_bytes(b"half a file")  # the kill leaves it behind (the writer's clean-up never runs)
+    return temp
+
+
 def test_kill_before_the_metrics_row_then_resume_repairs(tmp_path, monkeypatch):
     from gdet.engine.logger import MetricLogger
 
@@ -302,15 +316,15 @@ def test_kill_before_the_metrics_row_then_resume_repairs(tmp_path, monkeypatch):
     # A stale best.pth (e.g. an older copy) is re-derived when last.pth is itself the best epoch.
     if last["best_epoch"] == 2:
         save_checkpoint({k: v for k, v in last.items() if k != "format"} | {"epoch": 1}, tmp_path / "best.pth")
-    (tmp_path / ".last.x1y2z3.pth").write_bytes(b"half a checkpoint")  # orphans of killed atomic writes
-    (tmp_path / ".config.yaml.abc123.tmp").write_text("half")
+    orphans = [_orphan(tmp_path / "last.pth"), _orphan(tmp_path / "config.yaml"), _orphan(tmp_path / "best.pth")]
+    assert all(p.is_file() for p in orphans)
     resumed = _cfg(tmp_path, epochs=3, resume=str(tmp_path / "last.pth"))
     fit(TinyTask(resumed), resumed)
     rows = _rows(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[:2] == last["history"]
     final = load_checkpoint(tmp_path / "last.pth")
     assert load_checkpoint(tmp_path / "best.pth")["epoch"] == final["best_epoch"]
-    assert not list(tmp_path.glob(".last.*")) and not list(tmp_path.glob(".config.yaml.*"))
+    assert not any(p.exists() for p in orphans)
 
 
 def test_resume_rederives_a_missing_best(tmp_path):

@@ -207,13 +207,14 @@ class Task:
 
 
 def remove_orphan_temps(folder: Path, names: Iterable[str] = _FILES) -> list[Path]:
-    """Delete the temp files an atomic write killed half-way left beside ``names`` in ``folder``."""
+    """Delete the temp files an atomic write killed half-way left beside ``names`` in ``folder`` (through
+    ``gdet.io.remove_stale_temps`` where it exists). Returns the paths removed here (empty when gdet.io did it)."""
     import gdet.io as gio
 
     removed: list[Path] = []
     if hasattr(gio, "remove_stale_temps"):
         for name in names:
-            removed += list(gio.remove_stale_temps(folder, name) or [])
+            gio.remove_stale_temps(folder, name)
         return removed
     for name in names:
         stem, suffix = os.path.splitext(name)
