@@ -509,11 +509,16 @@ def _probe_net(name: str, kwargs: dict, aux: bool | None) -> nn.Module | str:
 
             m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
             bad = m.group(1) if m else None
-            params = []
             builder = get_backbone_builder(name)
-            for fn in (builder, getattr(builder, "__wrapped__", None)):
-                if fn is not None:
-                    params += [p for p in inspect.signature(fn).parameters if p not in ("kwargs", "num_classes")]
+            fns = [builder]
+            ret = inspect.signature(builder).return_annotation  # the class a builder passes **kwargs on to
+            ret = builder.__globals__.get(ret) if isinstance(ret, str) else ret
+            if inspect.isclass(ret):
+                fns.append(ret.__init__)
+            params: list[str] = []
+            for fn in fns:
+                params += [p for p in inspect.signature(fn).parameters
+                           if p not in ("self", "args", "kwargs", "num_classes") and p not in params]
             close = difflib.get_close_matches(bad or "", params, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else (f" (accepted: {', '.join(params)})" if params else "")
             _PROBE_CACHE[key] = f"{name} does not accept {bad!r}{hint}" if bad else f"{name}: {e}"
