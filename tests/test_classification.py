@@ -209,10 +209,12 @@ def test_predict_and_ensemble_api(trained):
     assert abs(sum(p for _, p in two[0]) - 1.0) < 1e-4  # top-4 of 4 classes: the whole distribution
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("loader", ["cpu", "gpu"])
+def test_resume_matches_uninterrupted_run(tmp_path, loader):
+    # loader=gpu is the batched decode + augmentation path, run on the CPU here.
     data = make_shapes(tmp_path / "d", per_class=4, size=48)
     (data / "classes.txt").write_text("\n".join(reversed(CLASSES)) + "\n")  # fixes the label order
-    kw = dict(batch_size=4, max_steps_per_epoch=2, ema_decay=0.5, input_size=48)
+    kw = dict(batch_size=4, max_steps_per_epoch=2, ema_decay=0.5, input_size=48, loader=loader)
     train(_cfg(data, tmp_path / "straight", epochs=2, **kw))
     train(_cfg(data, tmp_path / "part", epochs=1, **kw))
     train(_cfg(data, tmp_path / "part", epochs=2, resume=str(tmp_path / "part" / "last.pth"), **kw))

@@ -1,4 +1,4 @@
-"""gdet.data.gpu_input: batched decoding + augmentation draw what the per-image TrainTransform draws, match
+"""gdet.classification.gpu_input: batched decoding + augmentation draw what the per-image TrainTransform draws, match
 torchvision pixel for pixel on fixed parameters, and are deterministic for a seed; the loader benchmark runs."""
 import math
 from pathlib import Path
@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 import gdet.classification.transforms as T
-from gdet.data.gpu_input import (AugmentParams, BatchTrainAugment, EncodedImageDataset, build_device_loader,
+from gdet.classification.gpu_input import (AugmentParams, BatchTrainAugment, EncodedImageDataset, build_device_loader,
                                  collate_encoded, decode_batch, declared_size, epoch_generator,
                                  jpeg_exif_orientation, resample_matrices)
 from gdet.data.image import read_image

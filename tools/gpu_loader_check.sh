@@ -36,7 +36,7 @@ tail -3 "$OUT/tests.txt"
 timeout 180 "$PY" - "$DATA/train" > "$OUT/prefetch_check.txt" 2>&1 <<'EOF'
 import sys, torch
 from gdet.data.folder import read_image_folder
-from gdet.data.gpu_input import BatchTrainAugment, build_device_loader
+from gdet.classification.gpu_input import BatchTrainAugment, build_device_loader
 paths, labels, _ = read_image_folder(sys.argv[1])
 paths, labels = paths[:1024], labels[:1024]
 runs = []
@@ -55,7 +55,7 @@ cat "$OUT/prefetch_check.txt"
 timeout 180 "$PY" - "$DATA/train" > "$OUT/stages.txt" 2>&1 <<'EOF'
 import sys, time, torch
 from gdet.data.folder import read_image_folder
-from gdet.data.gpu_input import BatchTrainAugment, EncodedImageDataset, collate_encoded, decode_batch, epoch_generator
+from gdet.classification.gpu_input import BatchTrainAugment, EncodedImageDataset, collate_encoded, decode_batch, epoch_generator
 paths, labels, _ = read_image_folder(sys.argv[1])
 ds = EncodedImageDataset(paths[:768], labels[:768])
 batches = [collate_encoded([ds[i] for i in range(j, min(j + 256, len(ds)))]) for j in range(0, len(ds), 256)]

@@ -1,5 +1,5 @@
 """Training-input speed: today's per-image CPU workers (``TrainTransform``) against the batched path
-(:mod:`gdet.data.gpu_input`: workers read bytes, decoding and augmentation on the training device), same run.
+(:mod:`gdet.classification.gpu_input`: workers read bytes, decoding and augmentation on the training device), same run.
 
 For each path: loader-only images/s (batches ready on the device), step-only images/s (a training step of the
 backbone on a batch already on the device, no input work) and end-to-end images/s (input + step, as training
@@ -118,7 +118,7 @@ def main(data, images, image_size, device, backbone, size, batch, workers, preci
     from gdet.backbones import build_backbone
     from gdet.classification.transforms import TrainTransform
     from gdet.data.folder import read_image_folder
-    from gdet.data.gpu_input import BatchTrainAugment, build_device_loader
+    from gdet.classification.gpu_input import BatchTrainAugment, build_device_loader
     from gdet.data.loading import ClassificationDataset
     from gdet.engine import build_loader, move_to_device, resolve_device
     from gdet.errors import ConfigError

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdet.backbones import build_backbone, list_backbones
+from gdet.classification.gpu_input import BatchTrainAugment, build_device_loader
 from gdet.classification.model import TASK, Normalizer
 from gdet.classification.transforms import INTERPOLATIONS, EvalTransform, TrainTransform
 from gdet.config import check_config, interval, number, one_of, ordered_pair
@@ -31,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "train_split": "train",
     "val_split": "val",
     "workers": 4,
+    "loader": "cpu",               # cpu: decode + augment per image in workers; gpu: batched on the device
     # network
     "backbone": "googlenet",
     "backbone_kwargs": {},
@@ -74,6 +76,7 @@ CHECKS = {
     "aug_interpolations": lambda v, cfg: None if isinstance(v, list) and v and all(m in INTERPOLATIONS for m in v)
     else f"must be a non-empty list of {', '.join(INTERPOLATIONS)}, got {v!r}",
     "hflip": interval(0, 1),
+    "loader": one_of("cpu", "gpu"),
 }
 
 
@@ -146,20 +149,27 @@ class ClassificationTask(Task):
                                   "resuming would permute the labels")
             names = list(ck["class_names"])
         paths, labels, self.class_names = read_image_folder(root / cfg["train_split"], names)
-        train_set = ClassificationDataset(paths, labels, TrainTransform(
-            size, scale=cfg["aug_scale"], ratio=cfg["aug_ratio"], brightness=float(cfg["aug_brightness"]),
-            contrast=float(cfg["aug_contrast"]), saturation=float(cfg["aug_saturation"]),
-            lighting=float(cfg["aug_lighting"]), interpolations=cfg["aug_interpolations"], hflip=float(cfg["hflip"])))
+        aug = dict(scale=cfg["aug_scale"], ratio=cfg["aug_ratio"], brightness=float(cfg["aug_brightness"]),
+                   contrast=float(cfg["aug_contrast"]), saturation=float(cfg["aug_saturation"]),
+                   lighting=float(cfg["aug_lighting"]), interpolations=cfg["aug_interpolations"],
+                   hflip=float(cfg["hflip"]))
         self.val_loader = None
         if cfg.get("val_split"):
             vpaths, vlabels, _ = read_image_folder(root / cfg["val_split"], self.class_names)
             self.val_loader = build_loader(ClassificationDataset(vpaths, vlabels, EvalTransform(size)),
                                            batch_size=int(cfg["batch_size"]), train=False, info=info,
                                            num_workers=int(cfg["workers"]), device=device)
-        self.loader = build_loader(train_set, batch_size=int(cfg["batch_size"]), train=True, info=info,
-                                   num_workers=int(cfg["workers"]), device=device, seed=int(cfg["seed"]))
+        if cfg["loader"] == "gpu":
+            # Workers read compressed bytes only; decoding and the paper's augmentations run batched on the device.
+            self.loader = build_device_loader(paths, labels, BatchTrainAugment(size, **aug),
+                                              batch_size=int(cfg["batch_size"]), device=device, info=info,
+                                              num_workers=int(cfg["workers"]), seed=int(cfg["seed"]))
+        else:
+            self.loader = build_loader(ClassificationDataset(paths, labels, TrainTransform(size, **aug)),
+                                       batch_size=int(cfg["batch_size"]), train=True, info=info,
+                                       num_workers=int(cfg["workers"]), device=device, seed=int(cfg["seed"]))
         if len(self.loader) == 0:
-            raise ConfigError(f"{root / cfg['train_split']}: fewer images ({len(train_set)}) than one batch "
+            raise ConfigError(f"{root / cfg['train_split']}: fewer images ({len(paths)}) than one batch "
                               f"({cfg['batch_size']} per process)")
         model = build_model(cfg, len(self.class_names), load_weights=ck is None)
         self.prepare = Normalizer(model)
