@@ -108,9 +108,10 @@ CHECKS = {
 
 
 def load_proposal_set(spec: str, records: Sequence[ImageRecord], out_dir: Path, split: str,
-                      method_kwargs: dict | None = None, workers: int = 0):
+                      method_kwargs: dict | None = None, workers: int = 0, distributed: bool = False):
     """A :class:`~gdet.proposals.ProposalSet` for ``records``: read from a ``.npz`` file, or computed with the
-    named method and cached as ``out_dir/proposals_<method>_<split>.npz`` (resumable)."""
+    named method and cached as ``out_dir/proposals_<method>_<split>.npz`` (resumable). With ``distributed``
+    (every rank calls it) the images are shared out over the ranks and rank 0 writes the file."""
     from gdet.proposals import list_proposers, load_proposals
     from gdet.proposals.compute import compute_proposals
 
@@ -119,7 +120,7 @@ def load_proposal_set(spec: str, records: Sequence[ImageRecord], out_dir: Path, 
     elif spec in list_proposers():
         path = Path(out_dir) / f"proposals_{spec}_{split}.npz"
         compute_proposals([(r.image_id, r.path) for r in records], spec, path, method_kwargs=method_kwargs,
-                          workers=workers, meta={"split": split})
+                          workers=workers, meta={"split": split}, distributed=distributed)
         props = load_proposals(path)
     else:
         raise ConfigError(f"proposals {spec!r}: neither a .npz proposal file nor a method "
@@ -320,7 +321,7 @@ class DetectionTask(Task):
         return "R-CNN fine-tuning"
 
     def setup(self, run: Run) -> nn.Module:
-        from gdet.engine import barrier, is_main_process
+        from gdet.engine import is_main_process
 
         cfg, info, work = self.cfg, run.info, run.work_dir
         self.run_info = info
@@ -331,13 +332,9 @@ class DetectionTask(Task):
         if ck is not None and ck.get("class_names") and list(ck["class_names"]) != list(class_names):
             raise ConfigError(f"{cfg['resume']}: its classes differ from those of {cfg['data']}; resuming would "
                               "permute the labels")
-        # Proposals: rank 0 computes (and caches) them; the others wait and read the file.
-        if is_main_process():
-            load_proposal_set(cfg["proposals"], self.train_set.records, work, cfg["train_split"],
-                              cfg["proposal_kwargs"], cfg["proposal_workers"])
-        barrier()
+        # Proposals: every rank computes its share of the images; rank 0 writes (and caches) the file.
         props = load_proposal_set(cfg["proposals"], self.train_set.records, work, cfg["train_split"],
-                                  cfg["proposal_kwargs"])
+                                  cfg["proposal_kwargs"], cfg["proposal_workers"], distributed=True)
         self.regions, self.bbox = prepare_regions(self.train_set.records, props, max_proposals=cfg["max_proposals"],
                                                   fg_iou=cfg["fg_iou"], bg_iou_lo=cfg["bg_iou_lo"],
                                                   bbox_iou=cfg["bbox_iou"])
@@ -399,19 +396,13 @@ class DetectionTask(Task):
         return self.val_set is not None
 
     def evaluate(self, run: Run) -> tuple[dict[str, Any], float]:
-        from gdet.engine import barrier, is_main_process
-
         cfg = self.cfg
         if self.val_props is None:
             recs = self.val_set.records
             self.val_records = recs[: int(cfg["eval_max_images"])] if cfg["eval_max_images"] else recs
             spec = cfg["val_proposals"] or cfg["proposals"]
-            if is_main_process():
-                load_proposal_set(spec, self.val_records, run.work_dir, cfg["val_split"], cfg["proposal_kwargs"],
-                                  cfg["proposal_workers"])
-            barrier()
             self.val_props = load_proposal_set(spec, self.val_records, run.work_dir, cfg["val_split"],
-                                               cfg["proposal_kwargs"])
+                                               cfg["proposal_kwargs"], cfg["proposal_workers"], distributed=True)
         res, _ = evaluate_detector(run.eval_model(), self.val_records, self.class_names, self.val_props,
                                    device=run.device, score_thr=float(cfg["eval_score_thr"]),
                                    nms_thr=float(cfg["nms_iou"]), max_dets=int(cfg["eval_max_dets"]),
