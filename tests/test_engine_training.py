@@ -445,3 +445,18 @@ def test_shard_sampler_covers_every_index_once():
     shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
     assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     assert len(ShardSampler(10, 1, 3)) == 3
+
+
+def test_tensorboard_event_files_hold_the_logged_numbers(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _cfg(tmp_path, epochs=2, tensorboard=True)
+    fit(TinyTask(cfg), cfg)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    rows = _rows(tmp_path)
+    loss = events.Scalars("train/train_loss")
+    assert [e.step for e in loss] == [r["epoch"] for r in rows]
+    assert [e.value for e in loss] == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
+    assert [e.value for e in events.Scalars("val/val_acc1")] == pytest.approx([r["val_acc1"] for r in rows])
