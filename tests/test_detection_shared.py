@@ -313,3 +313,18 @@ def test_loads_classification_weights_with_the_same_keys(tmp_path):
         a, b = net(x, boxes), fresh(x, boxes)
     torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
     torch.testing.assert_close(a.bbox_deltas, b.bbox_deltas, rtol=0, atol=0)
+
+
+def test_speed_script_tiny():
+    from click.testing import CliRunner
+
+    from gdet.benchmarks.shared_speed import main
+
+    args = ["--backbones", "googlenet", "--proposals", "6", "--width", "96", "--height", "64", "--scales", "64",
+            "--max-size", "96", "--pooled-size", "4", "--rcnn-sample", "3", "--clock", "cpu"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    row = [line.split() for line in res.output.splitlines() if line.startswith("googlenet ")]
+    assert len(row) == 1 and row[0][1] == "6" and row[0][3] == "3" and float(row[0][2]) > 0
+    bad = CliRunner().invoke(main, ["--proposals", "many"])
+    assert isinstance(bad.exception, GdetError) and "--proposals: expected a comma list" in str(bad.exception)
