@@ -125,13 +125,15 @@ def test_bad_stage_is_one_line_error():
         SharedDetectorNet(bb, scales=(), pooled_size=4)
 
 
-@pytest.mark.parametrize("name", ["googlenet", "googlenet_tv", "bn_inception"])
-def test_whole_image_region_is_the_full_network(name):
+@pytest.mark.parametrize("name,stage,size", [("googlenet", None, 4), ("googlenet_tv", None, 4),
+                                             ("bn_inception", None, 4), ("googlenet", "inception5b", 2)])
+def test_whole_image_region_is_the_full_network(name, stage, size):
     """At the network's own scale a region covering the whole image, pooled to the stage's size with one sample
     per bin, is exactly the stage map, so logits and box deltas equal the plain network's."""
     bb = _lively(build_backbone(name, num_classes=4, aux_logits=False))
     head = nn.Linear(bb.out_channels, 12)
-    net = SharedDetectorNet(bb, head, scales=(64,), max_size=64, pooled_size=4, sampling_ratio=1).eval()
+    net = SharedDetectorNet(bb, head, stage=stage, scales=(64,), max_size=64, pooled_size=size,
+                            sampling_ratio=1).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         out = net(x, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])])

@@ -350,7 +350,8 @@ class SharedDetectorNet(nn.Module):
         if not logits:
             p = next(self.parameters())
             empty = p.new_zeros((0, self.num_classes + 1))
-            return SharedOutput(empty, (), p.new_zeros((0, self.num_classes, 4)) if self.bbox_head is not None else None)
+            box = p.new_zeros((0, self.num_classes, 4)) if self.bbox_head is not None else None
+            return SharedOutput(empty, (), box)
         box = torch.cat(deltas) if self.bbox_head is not None else None
         return SharedOutput(torch.cat(logits), (), box)
 
