@@ -123,6 +123,8 @@ def test_bad_stage_is_one_line_error():
         split_backbone(bb, "inception9z")
     with pytest.raises(GdetError, match="scales"):
         SharedDetectorNet(bb, scales=(), pooled_size=4)
+    # R-CNN mode's crop size sets what the remaining stages expect: 4e is 4 x 4 at 64 px (64 / 16).
+    assert SharedDetectorNet(bb, input_size=64).pooled_size == 4
 
 
 @pytest.mark.parametrize("name,stage,size", [("googlenet", None, 4), ("googlenet_tv", None, 4),

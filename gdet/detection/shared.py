@@ -194,15 +194,18 @@ class SharedDetectorNet(nn.Module):
         stage: where to pool regions (default: the deepest stride-16 stage of ``feature_info``).
         scales: shorter image side(s) in pixels at which the trunk runs.
         max_size: cap on the longer side.
-        pooled_size: side of the pooled region (default: the stage's size at the backbone's ``input_size``, i.e.
-            what the remaining stages see in R-CNN mode; measured once with a forward pass of the trunk).
+        input_size: the warped crop side of R-CNN mode (``Detector.input_size``; default: the backbone's
+            ``input_size``): sets the default ``pooled_size`` and the region area that picks a region's scale.
+        pooled_size: side of the pooled region (default: the stage's size at ``input_size``, i.e. what the
+            remaining stages see in R-CNN mode; measured once with a forward pass of the trunk).
         sampling_ratio: ``roi_align`` samples per bin and axis.
         chunk_size: regions per call of the remaining stages (bounds memory at 2,000 proposals).
     """
 
     def __init__(self, backbone: nn.Module, bbox_head: nn.Linear | None = None, *, stage: str | None = None,
                  scales: Sequence[int] = DEFAULT_SCALES, max_size: int | None = DEFAULT_MAX_SIZE,
-                 pooled_size: int | None = None, sampling_ratio: int = 2, chunk_size: int = 256):
+                 input_size: int | None = None, pooled_size: int | None = None, sampling_ratio: int = 2,
+                 chunk_size: int = 256):
         super().__init__()
         self.backbone = backbone
         self.bbox_head = bbox_head
@@ -217,8 +220,9 @@ class SharedDetectorNet(nn.Module):
         self.split = split_backbone(backbone, stage)
         self.sampling_ratio = int(sampling_ratio)
         self.chunk_size = max(1, int(chunk_size))
-        self.region_area = float(backbone.input_size) ** 2
-        self.pooled_size = int(pooled_size) if pooled_size else self._stage_size(backbone.input_size)
+        self.input_size = int(input_size or backbone.input_size)
+        self.region_area = float(self.input_size) ** 2
+        self.pooled_size = int(pooled_size) if pooled_size else self._stage_size(self.input_size)
         self.channels_last = False
 
     @torch.no_grad()
@@ -270,7 +274,7 @@ class SharedDetectorNet(nn.Module):
             boxes (Tensor[R, 4]): (x1, y1, x2, y2) in pixels of the original image.
         Returns:
             Tensor[R, C, P, P] with ``P = pooled_size``; each region comes from the level where its area is
-            closest to ``input_size ** 2``.
+            closest to ``input_size ** 2`` pixels.
         """
         p = self.pooled_size
 
@@ -387,7 +391,9 @@ class SharedDetectorNet(nn.Module):
 
     @classmethod
     def from_detector(cls, detector: nn.Module, **kwargs) -> "SharedDetectorNet":
-        """The shared-feature network on an R-CNN ``Detector``'s own backbone and box head (shared, not copied)."""
+        """The shared-feature network on an R-CNN ``Detector``'s own backbone and box head (shared, not copied),
+        at the detector's crop size unless ``input_size`` is given."""
+        kwargs.setdefault("input_size", getattr(detector, "input_size", None))
         return cls(detector.backbone, getattr(detector, "bbox_head", None), **kwargs)
 
 
