@@ -189,6 +189,19 @@ def test_multi_scale_pools_each_region_at_its_scale():
         torch.testing.assert_close(got[0:1], small([image], [big_box]).logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got[1:2], large([image], [small_box]).logits, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(got[1:2], small([image], [small_box]).logits, atol=1e-4)
+    # In training each image runs the trunk at one scale drawn at random; at inference at all of them.
+    sizes = []
+    handle = bb.inception4e.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+    with torch.no_grad():
+        both([image], [big_box])
+        assert sorted(sizes) == [6, 25]  # the 4e map at 100 and 400 px
+        sizes.clear()
+        both.train()
+        torch.manual_seed(0)  # the draw uses torch's RNG: this seed gives both scales within 6 draws
+        for _ in range(6):
+            both([image], [big_box])
+    handle.remove()
+    assert len(sizes) == 6 and set(sizes) == {6, 25}
 
 
 def test_rescale_image_sides_and_factors():

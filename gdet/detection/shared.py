@@ -14,7 +14,6 @@ takes one scale at random.
 """
 from __future__ import annotations
 
-import random
 from typing import NamedTuple, Sequence
 
 import torch
@@ -228,11 +227,14 @@ class SharedDetectorNet(nn.Module):
 
     @torch.no_grad()
     def _stage_size(self, size: int) -> int:
-        was_training = self.backbone.training
+        # Eval mode so that batch norm's running statistics are not touched; each module's own mode is restored
+        # (a trainer may keep some frozen in eval mode).
+        modes = [(m, m.training) for m in self.backbone.modules()]
         self.backbone.eval()
         p = next(self.backbone.parameters())
         out = self.split.trunk(torch.zeros((1, 3, size, size), device=p.device, dtype=p.dtype))
-        self.backbone.train(was_training)
+        for m, training in modes:
+            m.training = training
         return int(out.shape[-1])
 
     @property
@@ -334,11 +336,12 @@ class SharedDetectorNet(nn.Module):
                 continue
             scales = None
             if self.training and len(self.scales) > 1:
-                scales = [random.choice(self.scales)]  # Fast R-CNN: one random scale per training image
+                # Fast R-CNN: one random scale per training image (torch's RNG, so a seeded run repeats).
+                scales = [self.scales[int(torch.randint(len(self.scales), ()))]]
             per_image.append((self.image_features(img, scales), b.to(img.device)))
         # Regions of all images go through the remaining stages together, in chunks of chunk_size.
         pooled, logits, deltas, pending = [], [], [], 0
-        for k, (levels, b) in enumerate(per_image):
+        for levels, b in per_image:
             for start in range(0, b.shape[0], self.chunk_size):
                 part = b[start:start + self.chunk_size]
                 pooled.append(self.pool(levels, part))
