@@ -345,3 +345,28 @@ def test_speed_script_tiny():
     assert len(row) == 1 and row[0][1] == "6" and row[0][3] == "3" and float(row[0][2]) > 0
     bad = CliRunner().invoke(main, ["--proposals", "many"])
     assert isinstance(bad.exception, GdetError) and "--proposals: expected a comma list" in str(bad.exception)
+
+
+def test_modes_follow_the_backbone_and_are_restored():
+    """A detector may hold the shared network outside its module tree (its state dict stays the R-CNN one): its
+    train()/eval() then reach only the backbone, which is what the shared network follows."""
+    bb = build_backbone("googlenet_tv", num_classes=3, aux_logits=False)
+    holder = nn.Module()
+    holder.backbone = bb
+    holder.__dict__["shared"] = SharedDetectorNet(bb, scales=(64, 96), max_size=None, pooled_size=4)
+    assert set(holder.state_dict()) == {f"backbone.{k}" for k in bb.state_dict()}
+    sizes = []
+    bb.inception4e.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+    holder.eval()
+    with torch.no_grad():
+        holder.shared(torch.randn(1, 3, 64, 64), [torch.tensor([[0.0, 0.0, 32.0, 32.0]])])
+    assert sorted(sizes) == [4, 6]  # eval: every scale
+    holder.train()
+    bb.conv1.bn.eval()  # e.g. frozen batch norm
+    sizes.clear()
+    holder.shared.score_regions(torch.rand(3, 64, 64), torch.tensor([[0.0, 0.0, 32.0, 32.0]]))
+    assert sorted(sizes) == [4, 6]  # scoring is always in eval mode
+    assert bb.training and bb.inception5b.training and not bb.conv1.bn.training  # modes restored
+    sizes.clear()
+    holder.shared(torch.randn(1, 3, 64, 64), [torch.tensor([[0.0, 0.0, 32.0, 32.0]])])
+    assert len(sizes) == 1  # training: one scale per image

@@ -14,6 +14,7 @@ takes one scale at random.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Sequence
 
 import torch
@@ -85,6 +86,19 @@ class _StageTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return qualname == self.stage_path or super().is_leaf_module(m, qualname)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """Eval mode inside the block; afterwards every submodule gets its own mode back (a trainer may keep some,
+    e.g. frozen batch norm, in eval mode while the rest trains)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def shared_stage(backbone: nn.Module, stride: int = SHARED_STRIDE) -> dict:
@@ -227,14 +241,10 @@ class SharedDetectorNet(nn.Module):
 
     @torch.no_grad()
     def _stage_size(self, size: int) -> int:
-        # Eval mode so that batch norm's running statistics are not touched; each module's own mode is restored
-        # (a trainer may keep some frozen in eval mode).
-        modes = [(m, m.training) for m in self.backbone.modules()]
-        self.backbone.eval()
-        p = next(self.backbone.parameters())
-        out = self.split.trunk(torch.zeros((1, 3, size, size), device=p.device, dtype=p.dtype))
-        for m, training in modes:
-            m.training = training
+        # Eval mode so that batch norm's running statistics are not touched.
+        with _eval_mode(self.backbone):
+            p = next(self.backbone.parameters())
+            out = self.split.trunk(torch.zeros((1, 3, size, size), device=p.device, dtype=p.dtype))
         return int(out.shape[-1])
 
     @property
@@ -335,7 +345,9 @@ class SharedDetectorNet(nn.Module):
                 per_image.append((None, b))
                 continue
             scales = None
-            if self.training and len(self.scales) > 1:
+            # The backbone's mode, not this module's: a Detector that holds this network outside its module tree
+            # switches only the (shared) backbone with train() / eval().
+            if self.backbone.training and len(self.scales) > 1:
                 # Fast R-CNN: one random scale per training image (torch's RNG, so a seeded run repeats).
                 scales = [self.scales[int(torch.randint(len(self.scales), ()))]]
             per_image.append((self.image_features(img, scales), b.to(img.device)))
@@ -377,20 +389,18 @@ class SharedDetectorNet(nn.Module):
         Returns:
             probs (Tensor[N, C+1]) float32 softmax, background first; deltas (Tensor[N, C, 4]) or None.
         """
-        was_training = self.training
-        self.eval()
         self.channels_last = channels_last
         try:
-            device = image01.device
-            boxes = boxes.to(device=device, dtype=torch.float32).reshape(-1, 4)
-            image_norm = self.backbone.normalize(image01[None].float())[0]
-            with autocast(device, precision):
-                out = self([image_norm], [boxes])
-            probs = F.softmax(out.logits.float(), dim=1)
-            deltas = out.bbox_deltas.float() if out.bbox_deltas is not None else None
+            with _eval_mode(self):
+                device = image01.device
+                boxes = boxes.to(device=device, dtype=torch.float32).reshape(-1, 4)
+                image_norm = self.backbone.normalize(image01[None].float())[0]
+                with autocast(device, precision):
+                    out = self([image_norm], [boxes])
+                probs = F.softmax(out.logits.float(), dim=1)
+                deltas = out.bbox_deltas.float() if out.bbox_deltas is not None else None
         finally:
             self.channels_last = False
-            self.train(was_training)
         return probs, deltas
 
     @classmethod
