@@ -127,6 +127,28 @@ def test_bad_stage_is_one_line_error():
     assert SharedDetectorNet(bb, input_size=64).pooled_size == 4
 
 
+class _SkipNet(nn.Module):
+    """A toy network whose last stage also reads a map from before the stride-16 stage: no split exists there."""
+
+    feature_info = [{"name": "s16", "channels": 4, "stride": 16}, {"name": "s32", "channels": 4, "stride": 32}]
+
+    def __init__(self):
+        super().__init__()
+        self.s16 = nn.Conv2d(3, 4, 3, stride=16)
+        self.s32 = nn.Conv2d(4, 4, 3, stride=2)
+
+    def forward_features(self, x):
+        return self.s32(self.s16(x)) + x.mean()
+
+
+def test_split_refuses_a_skip_across_the_stage():
+    with pytest.raises(GdetError, match="after 's16' also read .* computed before it"):
+        split_backbone(_SkipNet())
+    no16 = type("NoStride16", (nn.Module,), {"feature_info": [{"name": "a", "channels": 1, "stride": 8}]})()
+    with pytest.raises(GdetError, match="'NoStride16' has no stride-16 stage"):
+        split_backbone(no16)
+
+
 @pytest.mark.parametrize("name,stage,size", [("googlenet", None, 4), ("googlenet_tv", None, 4),
                                              ("bn_inception", None, 4), ("googlenet", "inception5b", 2)])
 def test_whole_image_region_is_the_full_network(name, stage, size):
