@@ -7,7 +7,7 @@ import sys
 import click
 
 from gdet import __version__
-from gdet.errors import GdetError
+from gdet.errors import GdetError, install_warning_format
 
 # name -> "module:attribute". Commands are imported only when used, so `gdet --help` stays fast
 # and a broken optional dependency of one command cannot break the others.
@@ -27,6 +27,7 @@ def run_guarded(fn, *args, **kwargs):
 
     Used by the CLI and by every ``tools/`` script so that bad input never shows a traceback.
     """
+    install_warning_format()
     try:
         return fn(*args, **kwargs)
     except GdetError as e:

@@ -2,7 +2,7 @@
 """Fine-tune an R-CNN detector: `tools/train_det.py --config configs/det_*.yaml [key=value ...]`.
 
 Multi-GPU: `torchrun --nproc_per_node=N tools/train_det.py --config ...`. Every key is listed in
-gdet.detection.train.DET_DEFAULTS and README.md (detection section).
+gdet.detection.train.DEFAULTS and README.md (detection section).
 """
 import click
 
@@ -16,17 +16,16 @@ from gdet.cli import run_guarded
 def main(config_path, overrides):
     """Train an R-CNN detector; OVERRIDES are key=value pairs applied over the config."""
     from gdet.config import apply_overrides, load_config
-    from gdet.detection.train import DET_DEFAULTS, train
-    from gdet.engine import cleanup
+    from gdet.detection.train import DEFAULTS, train
 
     if config_path:
-        cfg = load_config(config_path, overrides, defaults=DET_DEFAULTS)
+        cfg = load_config(config_path, overrides, defaults=DEFAULTS)
     else:
-        cfg = apply_overrides(DET_DEFAULTS, overrides)
-    try:
-        train(cfg)
-    finally:
-        cleanup()  # the torchrun process group, if any
+        cfg = apply_overrides(DEFAULTS, overrides)
+    res = train(cfg)
+    if res["rank"] == 0 and res["best_epoch"]:
+        click.echo(f"best {res['score_name']} {res['best_score']:.4f} (epoch {res['best_epoch']}); "
+                   f"checkpoints in {res['work_dir']}")
 
 
 if __name__ == "__main__":
