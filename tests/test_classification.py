@@ -233,7 +233,7 @@ def test_cli_predict_eval_and_bad_inputs(trained, tmp_path):
     ck = str(base / "run" / "best.pth")
     runner = CliRunner()
     r = runner.invoke(gdet_main, ["classify", "--image", str(data / "val" / "cross"), "--weights", ck,
-                                  "--topk", "2", "--json", "--device", "cpu"])
+                                  "--top-k", "2", "--json", "-", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert len(out) == len(list((data / "val" / "cross").glob("*.jpg"))) and len(out[0]["top"]) == 2
