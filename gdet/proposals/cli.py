@@ -34,7 +34,7 @@ def proposals():
     """Object proposals: selective search, MultiBox, their combination."""
 
 
-@proposals.command("compute")
+@proposals.command("compute", context_settings=CONTEXT)
 @click.option("--data", "data", required=True, help="Dataset: VOC root, COCO .json, or a `gdet data synth` folder.")
 @click.option("--split", default="val", show_default=True, help="Split to read.")
 @click.option("--method", default="ss", show_default=True,
@@ -65,7 +65,7 @@ def compute_cmd(data, split, method, weights, out, workers, opts, limit, keep_pa
                f"{res['boxes_per_image']:.1f} boxes per image")
 
 
-@proposals.command("combine")
+@proposals.command("combine", context_settings=CONTEXT)
 @click.option("--ss", "ss_path", required=True, help="Selective-search proposal file (.npz).")
 @click.option("--multibox", "mb_path", required=True, help="MultiBox proposal file (.npz).")
 @click.option("--out", "out", required=True, help="Output proposal file (.npz).")
@@ -79,7 +79,7 @@ def combine_cmd(ss_path, mb_path, out, top_k, dup_iou):
     click.echo(f"{out}: {len(res)} images, {res.num_boxes().mean() if len(res) else 0:.1f} boxes per image")
 
 
-@proposals.command("info")
+@proposals.command("info", context_settings=CONTEXT)
 @click.argument("path", type=click.Path(dir_okay=False))
 def info_cmd(path):
     """Summarise a proposal file: images, boxes per image, method settings."""
@@ -104,7 +104,7 @@ def _parse_counts(text: str) -> list[int | None]:
     return out
 
 
-@proposals.command("eval")
+@proposals.command("eval", context_settings=CONTEXT)
 @click.option("--data", required=True, type=click.Path(),
               help="Dataset: VOC root, COCO .json, or a `gdet data synth` folder.")
 @click.option("--split", default="val", show_default=True)
