@@ -41,10 +41,10 @@ def classify(ctx, images, weights, top_k, crops, json_path, device, raw, backbon
     if not images or not weights:
         raise click.UsageError("give --image PATH and --weights CKPT (or the subcommand eval)")
     paths = expand_image_paths(images)
-    note_shipped_weights(weights)
     dev = resolve_device(device)
     names = read_class_names(class_names_file) if class_names_file else None
     models = [load_classifier(w, dev, use_ema=not raw, backbone=backbone, class_names=names) for w in weights]
+    note_shipped_weights(weights)
     results = predict(paths, models, crops=int(crops), topk=top_k)
     if json_path:
         write_json([{"image": p, "top": [{"class": c, "prob": round(v, 6)} for c, v in r]}

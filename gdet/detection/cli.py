@@ -80,10 +80,10 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     """
     paths = expand_image_paths(images)
     ids = image_ids_for(paths) if json_path else [Path(p).stem for p in paths]
-    note_shipped_weights(weights)
     dev = resolve_device(device)
     model = load_detectors(list(weights), dev)
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
+    note_shipped_weights(weights)
     records = [ImageRecord(image_id=i, path=p, width=0, height=0) for i, p in zip(ids, paths)]
 
     def show(index, rgb, dets):
