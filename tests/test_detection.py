@@ -172,3 +172,18 @@ def test_export_classifier_loads_in_gdet_classify(tmp_path):
     assert torch.allclose(w, ema["conv1.conv.weight"].half().float())  # the averaged weights, in fp16
     with pytest.raises(CheckpointError):
         export_checkpoint(tmp_path / "nope.pth", tmp_path / "x.pth")
+
+
+def test_one_colour_per_class_in_ground_truth_and_detection_pictures():
+    from gdet.data.browse import draw_record
+    from gdet.detection.visualize import draw_detections
+    from gdet.structures import ImageRecord
+
+    black = np.zeros((60, 80, 3), np.uint8)
+    names = [f"c{i}" for i in range(6)]
+    for label in range(6):
+        box = torch.tensor([[10.0, 20, 50, 55]])
+        gt = draw_record(black, ImageRecord("x", "x.png", 80, 60, box, torch.tensor([label])), names)
+        det = draw_detections(black, {"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([label])},
+                              names)
+        assert gt[40, 10].tolist() == det[40, 10].tolist() != [0, 0, 0], label  # the left edge, below the tag

@@ -62,9 +62,6 @@ class Backbone(nn.Module):
     def forward_head(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the main (and aux) classifiers with fresh ``num_classes``-way layers."""
         self.fc = self._new_linear(self.fc.in_features, num_classes)
