@@ -11,6 +11,7 @@ import os
 import time
 
 import click
+import cv2
 import numpy as np
 import torch
 
@@ -39,8 +40,6 @@ _POOL_PROPOSER = None
 
 
 def _pool_init():
-    import cv2
-
     global _POOL_PROPOSER
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -69,8 +68,6 @@ def _random_multibox(device: str):
               help="Write the figures as JSON (- for stdout).")
 def main(images, size, weights, device, skip_package, cores, json_path):
     """Seconds per image for each proposal method, and images/s with all CPU cores."""
-    import cv2
-
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou, nms, remove_small_boxes
 
 from gdet.backbones import build_backbone
+from gdet.data import to_tensor
 from gdet.engine import load_checkpoint, load_model_weights, resolve_device
 from gdet.errors import CheckpointError, GdetError
 from gdet.proposals.base import Proposer, as_rgb
@@ -299,11 +301,9 @@ def load_multibox(path: str | os.PathLike, device: torch.device | str = "cpu", u
 # ------------------------------------------------------------------------------------------------- inference
 def image_to_input(image: np.ndarray, size: int) -> Tensor:
     """RGB uint8 ``[H, W, 3]`` -> uint8 ``Tensor[3, size, size]`` (warped, as in training)."""
-    import cv2
-
     h, w = image.shape[:2]
     interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
-    return torch.from_numpy(np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=interp))).permute(2, 0, 1)
+    return to_tensor(cv2.resize(image, (size, size), interpolation=interp))
 
 
 @torch.no_grad()
