@@ -120,3 +120,25 @@ def test_bad_input_is_one_error_line_and_exit_1(tmp_path, args, needle):
     assert r.exit_code == 1, (args, r.output)
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (args, r.output)
+
+
+def test_classify_files_folders_globs_and_json_file(tmp_path):
+    """`gdet classify` takes what `gdet detect` takes (one helper); --json FILE holds what the text shows."""
+    import json
+    import shutil
+
+    assets = ROOT / "gdet" / "assets"
+    (tmp_path / "imgs").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(assets / "sample.jpg", tmp_path / "imgs" / name)
+    r = CliRunner().invoke(main, ["classify", "--image", str(tmp_path / "imgs"), "--image",
+                                  str(tmp_path / "imgs" / "a*.jpg"), "--weights",
+                                  str(assets / "classifier_synth_fp16.pth"), "--top-k", "2", "--device", "cpu",
+                                  "--json", str(tmp_path / "c.json")])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("trained on synthetic shapes only") == 1
+    rows = json.loads((tmp_path / "c.json").read_text())
+    assert [Path(row["image"]).name for row in rows] == ["a.jpg", "b.jpg", "a.jpg"]
+    assert rows[0]["top"] == rows[1]["top"] == rows[2]["top"] and len(rows[0]["top"]) == 2
+    first = rows[0]["top"][0]
+    assert f"{first['prob']:8.4f}  {first['class']}" in r.stdout
