@@ -299,7 +299,6 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", u
         what = ckpt.get("task") or "not a gdet detector"
         raise CheckpointError(f"{path}: not a detection checkpoint ({what}); train one with gdet train det")
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     kw = dict(ckpt.get("backbone_kwargs") or {})
     kw["aux_logits"] = False
     meta = ckpt["detector"]
@@ -308,15 +307,10 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", u
     model = Detector(net, names, context_pad=meta["context_pad"], input_size=meta["input_size"],
                      bbox_reg=meta.get("bbox_reg", False), sampling_ratio=meta.get("sampling_ratio", 1),
                      chunk_size=chunk_size)
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if not is_aux_key(k)}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(f"{path}: weights do not fit the detector (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}, shape mismatch {bad[:3]})")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    try:  # fp16 exports are cast to the model's fp32 on loading
+        load_model_weights(model, {k: v for k, v in state.items() if not is_aux_key(k)})
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {str(e).removeprefix('state dict: ')}") from None
     pre = ckpt.get("preprocessing")
     if pre:
         net.mean, net.std = tuple(pre["mean"]), tuple(pre["std"])
