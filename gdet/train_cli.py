@@ -6,6 +6,7 @@ same command trains data-parallel (``torchrun --nproc_per_node=N -m gdet.cli tra
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -41,7 +42,7 @@ def run_training(task: str, config: str | None, overrides) -> dict:
         result = mod.train(cfg) or {}
     finally:
         cleanup()  # the torchrun process group, if any
-    if result.get("rank", 0) == 0:
+    if result.get("rank", int(os.environ.get("RANK", "0"))) == 0:  # torchrun sets RANK; print once
         figures = ", ".join(f"{BEST.get(k, k)} {v:.4f}" for k, v in result.items()
                             if k.startswith("best") and isinstance(v, (int, float)))
         click.echo(f"{figures + '; ' if figures else ''}checkpoints in {result.get('work_dir', '?')}")

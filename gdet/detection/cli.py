@@ -79,7 +79,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     Example: gdet detect --image photos/ --weights gdet/assets/detector_synth_fp16.pth --out drawn/ --json d.json
     """
     paths = expand_image_paths(images)
-    ids = image_ids_for(paths) if json_path else [Path(p).stem for p in paths]
+    ids = image_ids_for(paths) if json_path or out else [Path(p).stem for p in paths]  # names files
     dev = resolve_device(device)
     model = load_detectors(list(weights), dev)
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
