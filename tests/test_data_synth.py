@@ -104,7 +104,8 @@ def test_cli_synth_convert_browse(tmp_path):
             assert torch.equal(x.boxes, y.boxes) and torch.equal(x.labels, y.labels)
             assert torch.equal(x.ignore, y.ignore) and x.extra["truncated"] == y.extra["truncated"]
 
-    r = run(gdet_main, ["data", "browse", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "png"), "--split", "val"])
+    r = run(gdet_main, ["data", "browse", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "png"),
+                        "--split", "val"])
     assert r.exit_code == 0, r.output
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert len(pngs) == 2 and read_image(pngs[0]).shape == (64, 96, 3)

@@ -105,7 +105,8 @@ def convert(src_fmt, dst_fmt, src, out, splits, copy_images):
 
 
 @data.command()
-@click.option("--data", "root", required=True, type=click.Path(), help="VOC root, COCO .json, or folder of <split>.json")
+@click.option("--data", "root", required=True, type=click.Path(),
+              help="VOC root, COCO .json, or folder of <split>.json")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the PNGs")
 @click.option("--split", default="val", show_default=True, help="split (VOC / folder of <split>.json)")
 @click.option("--max", "max_images", default=50, show_default=True, help="at most this many images (0: all)")

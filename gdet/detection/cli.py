@@ -11,8 +11,8 @@ from gdet.cli import CONTEXT, note_shipped_weights, write_json
 from gdet.data import load_detection_set
 from gdet.data.image import expand_image_paths
 from gdet.detection.fusion import fuse_detections
-from gdet.detection.inference import (DEFAULTS, EVAL_MAX_PROPOSALS, EVAL_SCORE_THR, ProposalSource, detect_records, detections_to_rows,
-                                      format_table, image_ids_for, write_detections)
+from gdet.detection.inference import (DEFAULTS, EVAL_MAX_PROPOSALS, EVAL_SCORE_THR, ProposalSource, detect_records,
+                                      detections_to_rows, format_table, image_ids_for, write_detections)
 from gdet.detection.model import load_detectors
 from gdet.detection.visualize import draw_detections, save_png
 from gdet.engine import resolve_device

@@ -20,8 +20,8 @@ from gdet.io import atomic_write
 from gdet.proposals import ProposalSet, build_proposer, list_proposers, load_proposals
 from gdet.structures import ImageRecord
 
-__all__ = ["DEFAULTS", "EVAL_MAX_PROPOSALS", "EVAL_SCORE_THR", "ProposalSource", "detect_records", "detections_to_rows", "format_table",
-           "image_ids_for", "write_detections"]
+__all__ = ["DEFAULTS", "EVAL_MAX_PROPOSALS", "EVAL_SCORE_THR", "ProposalSource", "detect_records", "detections_to_rows",
+           "format_table", "image_ids_for", "write_detections"]
 
 # Defaults of the commands that detect and draw (gdet detect, gdet demo): R-CNN's per-class NMS at IoU 0.3; 300
 # proposals, what the shipped detector is measured with; the score threshold is for what is shown.

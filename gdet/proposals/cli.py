@@ -55,7 +55,8 @@ def compute_cmd(data, split, method, weights, out, workers, opts, limit, keep_pa
     if weights is not None:
         kwargs["weights"] = weights
     if method in ("multibox", "combined") and "weights" not in kwargs:
-        raise GdetError(f"method {method!r} needs --proposal-weights PATH (a MultiBox checkpoint from gdet train multibox)")
+        raise GdetError(f"method {method!r} needs --proposal-weights PATH (a MultiBox checkpoint from "
+                        "gdet train multibox)")
     dset = load_detection_set(data, split=split)
     records = dset.records[:limit] if limit else dset.records
     items = [(r.image_id, r.path) for r in records]
