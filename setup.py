@@ -33,6 +33,11 @@ setup(
         "scikit-image>=0.21",
         "pillow>=9.0",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    extras_require={
+        "export": ["onnx>=1.14", "onnxruntime>=1.16"],   # gdet export --format onnx
+        "tensorboard": ["tensorboard>=2.10"],             # tensorboard: true in a training config
+        "bench": ["faster-coco-eval>=1.8"],               # the second COCO peer in gdet bench eval
+        "dev": ["pytest>=7", "onnx>=1.14", "onnxruntime>=1.16", "tensorboard>=2.10", "faster-coco-eval>=1.8"],
+    },
     entry_points={"console_scripts": ["gdet=gdet.cli:main"]},
 )

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import click
 
 from gdet import __version__
-from gdet.errors import GdetError
+from gdet.errors import GdetError, install_warning_format
 from gdet.io import save_json
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -47,6 +47,7 @@ def run_guarded(fn, *args, **kwargs):
 
     Used by the CLI and by every ``tools/`` script so that bad input never shows a traceback.
     """
+    install_warning_format()
     try:
         return fn(*args, **kwargs)
     except GdetError as e:

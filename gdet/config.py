@@ -1,11 +1,14 @@
-"""Flat YAML configs with at most one level of ``base:`` and ``key=value`` overrides from the command line."""
+"""Flat YAML configs with at most one level of ``base:`` and ``key=value`` overrides from the command line, and
+table-driven range checks of their values (:func:`check_config`)."""
 from __future__ import annotations
 
 import copy
+import difflib
+import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -32,6 +35,8 @@ def _read_yaml(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = _load(f)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (is it a YAML config?)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -77,8 +82,7 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], strict: bool = True) ->
     for item in overrides:
         keys, value = parse_override(item)
         if strict and keys[0] not in cfg:
-            known = ", ".join(sorted(cfg))
-            raise ConfigError(f"override {item!r}: unknown key {keys[0]!r} (known: {known})")
+            raise ConfigError(f"override {item!r}: {unknown_key(keys[0], cfg)}")
         node = cfg
         for k in keys[:-1]:
             if not isinstance(node.get(k), dict):
@@ -107,7 +111,8 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), defaults
     if defaults:
         unknown = sorted(set(cfg) - set(defaults))
         if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(defaults))})")
+            raise ConfigError(f"{path}: {unknown_key(unknown[0], defaults)}"
+                              + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""))
         cfg = _merge(defaults, cfg)
     cfg = apply_overrides(cfg, overrides)
     if defaults:
@@ -131,3 +136,102 @@ def _check_numbers(cfg: dict, defaults: dict, path: Path) -> None:
         if not ok:
             want = "true or false" if isinstance(default, bool) else "a number"
             raise ConfigError(f"{path}: {key}: expected {want}, got {value!r}")
+
+
+def unknown_key(key: str, known: Iterable[str], what: str = "key") -> str:
+    """``"unknown key 'epoch' (did you mean 'epochs'?)"``: the closest known names, not all of them."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {key!r}{hint}"
+
+
+def check_choice(value: Any, options: Iterable[str], key: str) -> None:
+    """Raise ``"<key>: unknown option 'x' (did you mean 'y'?)"`` unless ``value`` is one of ``options``."""
+    options = list(options)
+    if value not in options:
+        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else f"use {', '.join(options)}"
+        raise ConfigError(f"{key}: unknown option {value!r} ({hint})")
+
+
+# ---------------------------------------------------------------------------------------------- range checks
+# A check is a function ``check(value, cfg) -> problem or None``; a task module lists one per key in a dict
+# (its ``CHECKS``) and :func:`check_config` runs the table, so every range lives in one place.
+Check = Callable[[Any, dict], "str | None"]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def number(*, gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None,
+           integer: bool = False, null: bool = False) -> Check:
+    """A finite number (an integer with ``integer``) within the given bounds; ``null`` also accepts None."""
+    def check(v: Any, cfg: dict) -> str | None:
+        if v is None:
+            return None if null else "must be set (got null)"
+        if not _is_number(v) or not math.isfinite(v):
+            return f"must be a finite number, got {v!r}"
+        if integer and float(v) != int(v):
+            return f"must be a whole number, got {v!r}"
+        for bound, ok, word in ((gt, lambda b: v > b, ">"), (ge, lambda b: v >= b, ">="),
+                                (lt, lambda b: v < b, "<"), (le, lambda b: v <= b, "<=")):
+            if bound is not None and not ok(bound):
+                return f"must be {word} {bound}{' or null' if null else ''}, got {v!r}"
+        return None
+    return check
+
+
+def interval(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
+    """A number in an interval, written ``[0, 1)`` etc. in the message."""
+    text = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    def check(v: Any, cfg: dict) -> str | None:
+        if not _is_number(v) or not math.isfinite(v):
+            return f"must be a number in {text}, got {v!r}"
+        if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+            return f"must be in {text}, got {v!r}"
+        return None
+    return check
+
+
+def ordered_pair(lo: float = 0.0, hi: float = 1.0, *, lo_open: bool = True) -> Check:
+    """``[min, max]`` with ``min <= max``, both in ``(lo, hi]`` (``[lo, hi]`` without ``lo_open``)."""
+    inside = interval(lo, hi, lo_open=lo_open)
+
+    def check(v: Any, cfg: dict) -> str | None:
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            return f"must be a pair [min, max], got {v!r}"
+        for x in v:
+            problem = inside(x, cfg)
+            if problem:
+                return f"{problem} (in {list(v)})"
+        if v[0] > v[1]:
+            return f"min > max in {list(v)}"
+        return None
+    return check
+
+
+def one_of(*options: str) -> Check:
+    def check(v: Any, cfg: dict) -> str | None:
+        if v not in options:
+            close = difflib.get_close_matches(str(v), list(options), n=1, cutoff=0.5)
+            return f"unknown option {v!r} ({f'did you mean {close[0]!r}?' if close else 'use ' + ', '.join(options)})"
+        return None
+    return check
+
+
+def mapping(v: Any, cfg: dict) -> str | None:
+    """A dict (``{}`` for none)."""
+    return None if isinstance(v, dict) else f"must be a mapping such as {{dropout: 0.4}}, got {v!r}"
+
+
+def check_config(cfg: dict, checks: dict[str, Check], where: str | None = None) -> None:
+    """Run every check of the table ``checks`` on ``cfg``; the first problem raises a one-line
+    :class:`ConfigError` ``"<key>: <problem>"`` (prefixed by ``where``, e.g. the config file, when given)."""
+    for key, check in checks.items():
+        if key not in cfg:
+            continue
+        problem = check(cfg[key], cfg)
+        if problem:
+            raise ConfigError(f"{where + ': ' if where else ''}{key}: {problem}")

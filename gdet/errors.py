@@ -19,3 +19,29 @@ class CheckpointError(GdetError):
 
 class ConfigError(GdetError):
     """A config file or a ``key=value`` override is invalid."""
+
+
+def install_warning_format() -> None:
+    """Print warnings as one line, ``warning: <message>``, on stderr (no category, file or source line).
+
+    For command-line entry points: a data warning is a message to the user, not a report for a developer.
+    Calling it twice is harmless.
+    """
+    import sys
+    import warnings
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        stream = file if file is not None else sys.stderr
+        if stream is None:
+            return
+        try:
+            stream.write(formatwarning(message, category, filename, lineno, line))
+        except OSError:
+            pass
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        text = " ".join(str(message).split("\n"))
+        return f"warning: {text}\n"
+
+    warnings.showwarning = showwarning
+    warnings.formatwarning = formatwarning

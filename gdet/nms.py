@@ -28,7 +28,8 @@ def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: f
     n = boxes.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device), scores.new_zeros(0)
-    iou = box_iou(boxes.float(), boxes.float())  # N x N, computed once
+    # N x N, computed once; two zero-area boxes have IoU 0/0: no overlap, as torchvision's nms treats them
+    iou = box_iou(boxes.float(), boxes.float()).nan_to_num(nan=0.0)
     s = scores.float().clone()
     alive = torch.ones(n, dtype=torch.bool, device=boxes.device)
     keep, kept_scores = [], []

@@ -20,13 +20,10 @@ TASKS: dict[str, tuple[str, str]] = {
     "multibox": ("gdet.proposals.multibox_train", "a MultiBox proposal network"),
 }
 
-BEST = {"best_acc1": "best top-1", "best_recall": "best val recall", "best_map": "best val mAP"}
-
-
 def task_defaults(task: str) -> dict:
     """Every config key of a training task with its default value."""
     mod = importlib.import_module(TASKS[task][0])
-    return getattr(mod, "DEFAULTS", None) or mod.DET_DEFAULTS
+    return mod.DEFAULTS
 
 
 def run_training(task: str, config: str | None, overrides) -> dict:
@@ -43,9 +40,11 @@ def run_training(task: str, config: str | None, overrides) -> dict:
     finally:
         cleanup()  # the torchrun process group, if any
     if result.get("rank", int(os.environ.get("RANK", "0"))) == 0:  # torchrun sets RANK; print once
-        figures = ", ".join(f"{BEST.get(k, k)} {v:.4f}" for k, v in result.items()
-                            if k.startswith("best") and isinstance(v, (int, float)))
-        click.echo(f"{figures + '; ' if figures else ''}checkpoints in {result.get('work_dir', '?')}")
+        where = f"checkpoints in {result.get('work_dir', '?')}"
+        if result.get("best_score") is not None:
+            name = "top-1" if task == "cls" else result.get("score_name", "score")
+            where = f"best {name} {result['best_score']:.4f} (epoch {result.get('best_epoch')}); {where}"
+        click.echo(where)
     return result
 
 

@@ -1,6 +1,7 @@
 """Classification: crop geometry (exact), augmentation, ensembles, training (learns, resumes exactly), CLI."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -228,10 +229,12 @@ def test_predict_and_ensemble_api(trained):
     assert abs(sum(p for _, p in two[0]) - 1.0) < 1e-4  # top-4 of 4 classes: the whole distribution
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("loader", ["cpu", "gpu"])
+def test_resume_matches_uninterrupted_run(tmp_path, loader):
+    # loader=gpu is the batched decode + augmentation path, run on the CPU here.
     data = make_shapes(tmp_path / "d", per_class=4, size=48)
     (data / "classes.txt").write_text("\n".join(reversed(CLASSES)) + "\n")  # fixes the label order
-    kw = dict(batch_size=4, max_steps_per_epoch=2, ema_decay=0.5, input_size=48)
+    kw = dict(batch_size=4, max_steps_per_epoch=2, ema_decay=0.5, input_size=48, loader=loader)
     train(_cfg(data, tmp_path / "straight", epochs=2, **kw))
     train(_cfg(data, tmp_path / "part", epochs=1, **kw))
     train(_cfg(data, tmp_path / "part", epochs=2, resume=str(tmp_path / "part" / "last.pth"), **kw))
@@ -246,6 +249,22 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     with pytest.raises(ConfigError, match="class order differs"):
         train(_cfg(data, tmp_path / "part", epochs=3, resume=str(tmp_path / "part" / "last.pth"), **kw))
+
+
+def test_start_weights_partial_load_is_refused_unless_asked(tmp_path, capsys):
+    from gdet.backbones import build_backbone
+
+    data = make_shapes(tmp_path / "d", per_class=2, size=40)
+    torch.save(build_backbone("googlenet_tv", num_classes=1000).state_dict(), tmp_path / "tv.pth")
+    kw = dict(epochs=1, batch_size=4, max_steps_per_epoch=1, input_size=40, weights=str(tmp_path / "tv.pth"))
+    with pytest.raises(CheckpointError, match=r"tv\.pth: only \d+/128 tensors of GoogLeNet fit .*weights_strict=false"):
+        train(_cfg(data, tmp_path / "w", **kw))
+    train(_cfg(data, tmp_path / "w", weights_strict=False, **kw))
+    assert re.search(r"weights: loaded \d+/128 tensors from .*tv\.pth", capsys.readouterr().out)
+    # The same network with another class count: the classifier is re-initialised, everything else loads.
+    torch.save(build_backbone("googlenet", num_classes=10).state_dict(), tmp_path / "ten.pth")
+    train(_cfg(data, tmp_path / "w2", **{**kw, "weights": str(tmp_path / "ten.pth")}))
+    assert "weights: loaded 122/128 tensors" in capsys.readouterr().out
 
 
 def test_cli_predict_eval_and_bad_inputs(trained, tmp_path):

@@ -216,7 +216,7 @@ def test_errors_name_file_and_line(voc, coco, tmp_path):
     bad.write_text(XML.format(stem="b", w=64, h=48, objects="<object><name>cat</name><bndbox><xmin>1</xmin>"
                                                               "<ymin>x</ymin><xmax>3</xmax><ymax>4</ymax></bndbox>"
                                                               "</object>"))
-    with pytest.raises(DataError, match=r"b\.xml: object 1: <ymin> is not a number: 'x'"):
+    with pytest.raises(DataError, match=r"b\.xml: object 1: <ymin> is not a finite number: 'x'"):
         read_voc(voc, "val")
     bad.write_text(XML.format(stem="b", w=64, h=48, objects=""))
     (voc / "JPEGImages" / "b.jpg").unlink()

@@ -157,7 +157,7 @@ def test_cli_detect_passes_proposal_options(tmp_path):
 def test_export_classifier_loads_in_gdet_classify(tmp_path):
     from gdet.backbones import build_backbone
     from gdet.classification.model import load_classifier
-    from gdet.detection.export import export_checkpoint
+    from gdet.export.checkpoint import export_checkpoint
     from gdet.engine import save_checkpoint
 
     net = build_backbone("googlenet", num_classes=4, aux_logits=True)

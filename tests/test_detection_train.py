@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gdet.data import load_detection_set
-from gdet.detection.train import DET_DEFAULTS, train
+from gdet.detection.train import train
 from gdet.engine import load_checkpoint
 from helpers_detection import make_proposals, make_voc
 
@@ -27,30 +27,47 @@ def tiny(tmp_path_factory):
 
 
 def _cfg(root, voc, props, out, **kw):
-    cfg = dict(DET_DEFAULTS)
-    cfg.update(data=str(voc), proposals=str(props), val_proposals=str(props), input_size=32, context_pad=2,
-               batch_size=16, iters_per_epoch=2, epochs=2, device="cpu", out=str(out), lr=0.001,
+    cfg = dict(data=str(voc), proposals=str(props), val_proposals=str(props), input_size=32, context_pad=2,
+               batch_size=16, iters_per_epoch=2, epochs=2, device="cpu", work_dir=str(out), lr=0.001,
                aux_logits=True, bbox_reg=True, export_fp16=False, log_every=1)
-    cfg.update(kw)
+    cfg.update(kw)  # every other key takes its default
     return cfg
 
 
 def test_train_resume_is_exact(tiny, capsys):
     root, voc, props = tiny
-    full = train(_cfg(root, voc, props, root / "full"))
-    assert {"loss", "acc", "fg_acc", "voc_mAP", "voc07_mAP", "coco_AP", "loss_bbox"} <= set(full)
+    # Both runs start from a 5-class classifier (its classifier is replaced by a 3-way one); the resumed half
+    # needs its checkpoint only, not the start weights.
+    from gdet.backbones import build_backbone
+
+    for name in ("cls_full.pth", "cls_half.pth"):
+        torch.manual_seed(7)
+        torch.save(build_backbone("googlenet", num_classes=5).state_dict(), root / name)
+    full = train(_cfg(root, voc, props, root / "full", weights=str(root / "cls_full.pth")))["last"]
+    out = capsys.readouterr().out
+    assert f"weights: loaded 122/128 tensors from {root / 'cls_full.pth'} (6 classifier-head tensors" in out
+    assert {"train_loss", "train_loss_cls", "train_loss_bbox", "train_acc", "train_fg_acc", "train_regions_per_s",
+            "val_voc_mAP", "val_voc07_mAP", "val_coco_AP"} <= set(full)
+    assert full["train_loss"] == pytest.approx(full["train_loss_cls"] + full["train_loss_bbox"], rel=1e-6)
     rows = [json.loads(x) for x in (root / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert (root / "full" / "curves.png").stat().st_size > 0
+    assert (root / "full" / "curves.png").stat().st_size > 0 and (root / "full" / "config.yaml").is_file()
+    # best.pth holds the epoch of the best val mAP (the first of equals), and last.pth says which one.
+    maps = [r["val_voc_mAP"] for r in rows]
+    last, best = load_checkpoint(root / "full" / "last.pth"), load_checkpoint(root / "full" / "best.pth")
+    assert best["epoch"] == last["best_epoch"] == 1 + maps.index(max(maps)) and last["best_score"] == max(maps)
     # one epoch, then resume for the second: identical weights (evaluation draws no random numbers, so the
     # halves can skip it)
-    train(_cfg(root, voc, props, root / "half", epochs=1, eval_every=0))
-    train(_cfg(root, voc, props, root / "half", resume=str(root / "half" / "last.pth"), eval_every=0))
+    train(_cfg(root, voc, props, root / "half", epochs=1, eval_every=0, weights=str(root / "cls_half.pth")))
+    (root / "cls_half.pth").unlink()
+    train(_cfg(root, voc, props, root / "half", resume=str(root / "half" / "last.pth"), eval_every=0,
+               weights=str(root / "cls_half.pth")))
     a = load_checkpoint(root / "full" / "last.pth")
     b = load_checkpoint(root / "half" / "last.pth")
     assert a["epoch"] == b["epoch"] == 2 and a["task"] == "detect"
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+    assert (root / "half" / "best.pth").is_file()  # without evaluation the lowest training loss is the best
 
 
 def test_tools_train_test_fuse_smoke(tiny, tmp_path):
@@ -59,7 +76,7 @@ def test_tools_train_test_fuse_smoke(tiny, tmp_path):
     out = tmp_path / "run"
     cfg = tmp_path / "det.yaml"
     cfg.write_text(f"data: {voc}\nproposals: {props}\ninput_size: 32\ncontext_pad: 2\nbatch_size: 8\n"
-                   f"iters_per_epoch: 1\nepochs: 1\ndevice: cpu\neval_every: 0\nout: {out}\naux_logits: false\n")
+                   f"iters_per_epoch: 1\nepochs: 1\ndevice: cpu\neval_every: 0\nwork_dir: {out}\naux_logits: false\n")
     r = subprocess.run([sys.executable, "tools/train_det.py", "--config", str(cfg)], cwd=ROOT, env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

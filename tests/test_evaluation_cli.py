@@ -107,3 +107,12 @@ def test_benchmark_smoke():
     assert any(line.startswith("gdet coco") for line in lines) and "pycocotools COCOeval" in r.output
     coco = [line.split() for line in lines if line.startswith(("gdet coco", "pycocotools"))]
     assert coco[0][-2] == coco[1][-2]  # same AP from gdet and from pycocotools
+    assert "12 COCO stats, gdet coco vs pycocotools: largest difference 0 (equal)" in lines
+    try:
+        import faster_coco_eval  # noqa: F401 (optional peer, extras "bench")
+    except ImportError:
+        assert "faster-coco-eval: not installed" in r.output
+    else:
+        assert any(line.startswith("faster-coco-eval COCOeval_faster") for line in lines)
+        assert any(line.startswith("12 COCO stats, faster-coco-eval vs pycocotools") and "DIFFERENT" not in line
+                   for line in lines)

@@ -138,3 +138,14 @@ def test_postprocess_class_specific_boxes():
     probs = torch.tensor([[0.0, 0.5, 0.5]])
     out = postprocess(boxes, probs, score_thr=0.1)
     assert out["boxes"][out["labels"] == 1].tolist() == [[100, 100, 110, 110]]
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_zero_area_boxes_are_kept_as_torchvision_nms_keeps_them(method):
+    from torchvision.ops import nms
+
+    boxes = torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 5.0, 5.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    keep, new = soft_nms(boxes, scores, method=method)
+    assert keep.tolist() == nms(boxes, scores, 0.3).tolist() == [0, 1, 2]
+    assert torch.equal(new, scores) and torch.isfinite(new).all()

@@ -1,4 +1,5 @@
-"""Evaluation speed: gdet's VOC / ILSVRC / COCO evaluators against pycocotools' own COCOeval on the same data."""
+"""Evaluation speed: gdet's VOC / ILSVRC / COCO evaluators against pycocotools' COCOeval and faster-coco-eval
+(when installed, ``pip install gdet[bench]``) on the same data, with a check that the 12 COCO numbers agree."""
 from __future__ import annotations
 
 import contextlib
@@ -55,11 +56,8 @@ def _gdet(metric, class_names, records, detections):
     return _timed(go)
 
 
-def _pycocotools(records, detections, class_names):
-    """pycocotools the usual way: COCO from the ground-truth dict, loadRes of the result list, COCOeval."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+def _coco_lists(records, detections, class_names):
+    """The ground-truth dict and result list as a user hands them to pycocotools (xywh in float64)."""
     anns, res = [], []
     for r, d in zip(records, detections):
         for b, l, ig in zip(r.boxes.double().tolist(), r.labels.tolist(), r.ignore.tolist()):
@@ -69,10 +67,20 @@ def _pycocotools(records, detections, class_names):
         for b, s, l in zip(d["boxes"].double().tolist(), d["scores"].double().tolist(), d["labels"].tolist()):
             res.append({"image_id": r.image_id, "category_id": l + 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
                         "score": s})
+    gt = {"images": [{"id": r.image_id} for r in records], "annotations": anns,
+          "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}
+    return gt, res
+
+
+def _pycocotools(records, detections, class_names):
+    """pycocotools the usual way: COCO from the ground-truth dict, loadRes of the result list, COCOeval."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_dict, res = _coco_lists(records, detections, class_names)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": [{"id": r.image_id} for r in records], "annotations": anns,
-                      "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}
+        gt.dataset = gt_dict
         gt.createIndex()
 
         def go():
@@ -85,12 +93,41 @@ def _pycocotools(records, detections, class_names):
         return _timed(go)
 
 
+def _faster_coco_eval(records, detections, class_names):
+    """faster-coco-eval (C++ evaluate/accumulate) the same way; ``None`` when it is not installed."""
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster
+    except ImportError:
+        return None
+    gt_dict, res = _coco_lists(records, detections, class_names)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(gt_dict)
+
+        def go():
+            dt = gt.loadRes(res)
+            E = COCOeval_faster(gt, dt, "bbox", print_function=lambda *a, **k: None)
+            E.evaluate()
+            E.accumulate()
+            E.summarize()
+            return E
+        return _timed(go)
+
+
+def _max_difference(a, b) -> float:
+    """Largest absolute difference between two lists of the 12 COCO stats (-1 and NaN count as equal)."""
+    a = np.asarray(a, dtype=np.float64)[:12]
+    b = np.asarray(b, dtype=np.float64)[:12]
+    a, b = np.where(a > -1, a, -1.0), np.where(b > -1, b, -1.0)
+    return float(np.max(np.abs(np.nan_to_num(a, nan=-1.0) - np.nan_to_num(b, nan=-1.0))))
+
+
 @click.command()
 @click.option("--images", default=5000, show_default=True)
 @click.option("--classes", default=20, show_default=True)
 @click.option("--dets", default=100, show_default=True, help="detections per image")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--skip-pycocotools", is_flag=True, help="do not time pycocotools' own COCOeval (the slow part)")
+@click.option("--skip-pycocotools", is_flag=True,
+              help="do not time pycocotools' own COCOeval (the slow part) nor faster-coco-eval")
 def main(images, classes, dets, seed, skip_pycocotools):
     """Time mAP evaluation of IMAGES x DETS detections over CLASSES classes (CPU, in-memory records)."""
     names = [f"class{k}" for k in range(classes)]
@@ -99,15 +136,35 @@ def main(images, classes, dets, seed, skip_pycocotools):
                f"({sum(len(r) for r in records)} objects, {images * dets} detections), "
                f"torch threads {torch.get_num_threads()}")
     rows = []
+    stats = {}
     for metric in ("voc07", "voc", "ilsvrc", "coco"):
         t, res = _gdet(metric, names, records, detections)
         rows.append((f"gdet {metric}", t, res["mAP"]))
+        if metric == "coco":
+            from gdet.evaluation import COCO_STAT_NAMES
+
+            stats["gdet coco"] = [res["summary"][n] for n in COCO_STAT_NAMES]
+    peer = None
     if not skip_pycocotools:
         t, E = _pycocotools(records, detections, names)
         rows.append(("pycocotools COCOeval (loadRes+evaluate+accumulate)", t, float(E.stats[0])))
-    peer = rows[-1][1] if not skip_pycocotools else None
+        stats["pycocotools"] = list(E.stats)
+        peer = t
+        fce = _faster_coco_eval(records, detections, names)
+        if fce is None:
+            click.echo("faster-coco-eval: not installed (pip install faster-coco-eval), not timed")
+        else:
+            t, E = fce
+            rows.append(("faster-coco-eval COCOeval_faster (same steps)", t, float(E.stats[0])))
+            stats["faster-coco-eval"] = list(E.stats)
     w = max(len(r[0]) for r in rows)
     click.echo(f"{'evaluator':<{w}}  {'seconds':>8}  {'mAP':>7}  {'vs pycocotools':>14}")
     for name, t, m in rows:
         ratio = f"{peer / t:13.1f}x" if peer else "             -"
         click.echo(f"{name:<{w}}  {t:8.2f}  {100 * m:7.2f}  {ratio}")
+    if "pycocotools" in stats:
+        for name in ("gdet coco", "faster-coco-eval"):
+            if name in stats:
+                d = _max_difference(stats[name], stats["pycocotools"])
+                verdict = "equal" if d == 0 else ("equal to 1e-12" if d <= 1e-12 else "DIFFERENT")
+                click.echo(f"12 COCO stats, {name} vs pycocotools: largest difference {d:.3g} ({verdict})")

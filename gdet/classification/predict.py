@@ -10,7 +10,7 @@ from torch import Tensor
 
 from gdet.classification.model import Classifier
 from gdet.classification.multicrop import apply_crops, crop_boxes
-from gdet.data import ClassificationDataset, read_image, read_image_folder, to_tensor
+from gdet.data import ClassificationDataset, read_image, read_image_folder, to_chw
 from gdet.engine import progress
 from gdet.ensemble import average_probabilities, crop_probabilities
 from gdet.errors import GdetError
@@ -59,7 +59,7 @@ def predict(images: Sequence[str | os.PathLike | np.ndarray | Tensor], models: S
     out = []
     for im in images:
         arr = read_image(im) if isinstance(im, (str, os.PathLike)) else im
-        img = arr if isinstance(arr, Tensor) else to_tensor(arr)
+        img = to_chw(arr)
         probs = average_probabilities([image_probabilities(img, m, crops) for m in models], weights)
         p, idx = probs.topk(min(topk, len(names)))
         out.append([(names[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())])

@@ -1,51 +1,49 @@
-"""Classifier training with the paper's recipe: a plain function over gdet's engine (single GPU, CPU or torchrun)."""
+"""Classifier training with the paper's recipe: a :class:`~gdet.engine.Task` for gdet's one training loop
+(single GPU, CPU or torchrun)."""
 from __future__ import annotations
 
 import copy
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from gdet.backbones import build_backbone
+from gdet.backbones import build_backbone, list_backbones
+from gdet.classification.gpu_input import BatchTrainAugment, build_device_loader
 from gdet.classification.model import TASK, Normalizer
-from gdet.classification.transforms import EvalTransform, TrainTransform
+from gdet.classification.transforms import INTERPOLATIONS, EvalTransform, TrainTransform
+from gdet.config import check_config, interval, number, one_of, ordered_pair
 from gdet.data.folder import read_image_folder
 from gdet.data.loading import ClassificationDataset
 from gdet.data.voc import read_class_file
-from gdet.engine import (EpochRecorder, autocast, build_ema, build_grad_scaler, build_loader, build_optimizer,
-                         build_scheduler, cleanup, init_distributed, is_main_process, load_checkpoint,
-                         load_model_weights, move_to_device, progress, reduce_sum, resolve_device,
-                         resume_training_state, seed_everything, set_epoch, topk_correct, train_one_epoch, wrap_ddp)
-from gdet.engine.optim import OPTIM_DEFAULTS
+from gdet.engine import (autocast, build_loader, compute_loss, load_start_weights, move_to_device, progress,
+                         reduce_sum, set_epoch, topk_correct)
+from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
+                                 input_size_check)
 from gdet.errors import ConfigError
 
 # Every key a classification config may set (configs/cls_*.yaml); README.md (classification section) explains each.
 DEFAULTS: dict[str, Any] = {
+    **copy.deepcopy(ENGINE_DEFAULTS),
     # data: an image folder root/<train_split>/<class>/*.jpg and root/<val_split>/<class>/*.jpg
     "data": None,
     "train_split": "train",
     "val_split": "val",
     "workers": 4,
+    "loader": "cpu",               # cpu: decode + augment per image in workers; gpu: batched on the device
     # network
     "backbone": "googlenet",
     "backbone_kwargs": {},
     "aux_logits": True,
-    "pretrained": None,
     "input_size": 224,
     # optimisation (gdet.engine.build_optimizer / build_scheduler keys)
-    **copy.deepcopy(OPTIM_DEFAULTS),
     "epochs": 60,
-    "batch_size": 32,
+    "batch_size": 32,              # images per process
     "aux_weight": 0.3,
     "label_smoothing": 0.0,
-    "grad_clip": None,
     "ema_decay": 0.9999,
-    "ema_warmup": True,
     # augmentation
     "aug_scale": [0.08, 1.0],
     "aug_ratio": [0.75, 1.3333333],
@@ -54,30 +52,41 @@ DEFAULTS: dict[str, Any] = {
     "aug_saturation": 0.4,
     "aug_lighting": 0.1,
     "aug_interpolations": ["bilinear", "area", "nearest", "bicubic"],
-    "aug_hflip": 0.5,
+    "hflip": 0.5,                  # probability of a horizontal flip
     # execution
-    "device": "auto",
-    "precision": "fp32",
     "channels_last": True,
-    "compile": False,
-    "threads": None,
-    "seed": 0,
     "work_dir": "runs/cls",
-    "resume": None,
-    "eval_every": 1,
     "log_every": 50,
-    "max_steps_per_epoch": None,
+}
+
+# The range of every key (gdet.config.check_config runs the table).
+CHECKS = {
+    **ENGINE_CHECKS,
+    "backbone": one_of(*list_backbones()),
+    "backbone_kwargs": backbone_kwargs_check(),
+    "input_size": input_size_check(),
+    "aux_weight": number(ge=0),
+    "label_smoothing": interval(0, 1, hi_open=True),
+    "aug_scale": ordered_pair(0, 1),
+    "aug_ratio": ordered_pair(0, 100),
+    "aug_brightness": number(ge=0),
+    "aug_contrast": number(ge=0),
+    "aug_saturation": number(ge=0),
+    "aug_lighting": number(ge=0),
+    "aug_interpolations": lambda v, cfg: None if isinstance(v, list) and v and all(m in INTERPOLATIONS for m in v)
+    else f"must be a non-empty list of {', '.join(INTERPOLATIONS)}, got {v!r}",
+    "hflip": interval(0, 1),
+    "loader": one_of("cpu", "gpu"),
 }
 
 
-def build_model(cfg: dict, num_classes: int) -> nn.Module:
-    """The network named by ``cfg["backbone"]`` with ``num_classes`` outputs; ``pretrained`` weights (a local
-    file) are loaded where names and shapes match (a different classifier size is re-initialised)."""
-    kwargs = dict(cfg.get("backbone_kwargs") or {})
-    kwargs["aux_logits"] = bool(cfg["aux_logits"])
-    model = build_backbone(cfg["backbone"], num_classes=num_classes, **kwargs)
-    if cfg.get("pretrained"):
-        load_model_weights(model, cfg["pretrained"], strict=False)
+def build_model(cfg: dict, num_classes: int, *, load_weights: bool = True) -> nn.Module:
+    """The network named by ``cfg["backbone"]`` with ``num_classes`` outputs, started from ``weights`` (a local
+    file; a different classifier size is re-initialised; any other misfit is refused unless
+    ``weights_strict: false``)."""
+    model = build_backbone(cfg["backbone"], num_classes=num_classes, **backbone_kwargs(cfg))
+    if load_weights and cfg.get("weights"):
+        load_start_weights(model, cfg["weights"], strict=bool(cfg["weights_strict"]))
     model.input_size = int(cfg["input_size"])
     return model
 
@@ -115,129 +124,115 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, precision: str =
     return {"loss": float(total[0]) / n, "acc1": float(total[1]) / n, "acc5": float(total[2]) / n, "n": int(n)}
 
 
-def _check(cfg: dict) -> None:
+class ClassificationTask(Task):
+    """Image-folder classification: cross-entropy (+ 0.3 x each aux head), 1-crop validation top-1/top-5; the
+    best epoch is the one with the best val top-1 of the averaged weights (of the raw ones without averaging)."""
+
+    name = TASK
+    score_name = "val_acc1"
+
+    def title(self) -> str:
+        return f"{self.cfg['backbone']} on {Path(self.cfg['data']).name}"
+
+    def setup(self, run: Run) -> nn.Module:
+        cfg, info, device = self.cfg, run.info, run.device
+        root = Path(cfg["data"])
+        size = int(cfg["input_size"])
+        # A dataset-level classes.txt (``gdet data synth --task classify`` writes one) fixes the label order, so
+        # that a classifier's labels match the detection labels of the same data.
+        names = read_class_file(root / "classes.txt") if (root / "classes.txt").is_file() else None
+        ck = run.resume_ckpt
+        if ck is not None and ck.get("class_names"):
+            # A resumed run keeps the label order it was trained with, whatever the folder says now.
+            if names is not None and list(names) != list(ck["class_names"]):
+                raise ConfigError(f"{cfg['resume']}: its class order differs from {root / 'classes.txt'}; "
+                                  "resuming would permute the labels")
+            names = list(ck["class_names"])
+        paths, labels, self.class_names = read_image_folder(root / cfg["train_split"], names)
+        aug = dict(scale=cfg["aug_scale"], ratio=cfg["aug_ratio"], brightness=float(cfg["aug_brightness"]),
+                   contrast=float(cfg["aug_contrast"]), saturation=float(cfg["aug_saturation"]),
+                   lighting=float(cfg["aug_lighting"]), interpolations=cfg["aug_interpolations"],
+                   hflip=float(cfg["hflip"]))
+        self.val_loader = None
+        if cfg.get("val_split"):
+            vpaths, vlabels, _ = read_image_folder(root / cfg["val_split"], self.class_names)
+            self.val_loader = build_loader(ClassificationDataset(vpaths, vlabels, EvalTransform(size)),
+                                           batch_size=int(cfg["batch_size"]), train=False, info=info,
+                                           num_workers=int(cfg["workers"]), device=device)
+        if cfg["loader"] == "gpu":
+            # Workers read compressed bytes only; decoding and the paper's augmentations run batched on the device.
+            self.loader = build_device_loader(paths, labels, BatchTrainAugment(size, **aug),
+                                              batch_size=int(cfg["batch_size"]), device=device, info=info,
+                                              num_workers=int(cfg["workers"]), seed=int(cfg["seed"]))
+        else:
+            self.loader = build_loader(ClassificationDataset(paths, labels, TrainTransform(size, **aug)),
+                                       batch_size=int(cfg["batch_size"]), train=True, info=info,
+                                       num_workers=int(cfg["workers"]), device=device, seed=int(cfg["seed"]))
+        if len(self.loader) == 0:
+            raise ConfigError(f"{root / cfg['train_split']}: fewer images ({len(paths)}) than one batch "
+                              f"({cfg['batch_size']} per process)")
+        model = build_model(cfg, len(self.class_names), load_weights=ck is None)
+        self.prepare = Normalizer(model)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg["label_smoothing"]))
+        self.aux_weight = float(cfg["aux_weight"])
+        self.meta = {"task": TASK, "class_names": self.class_names, "backbone": cfg["backbone"],
+                     "backbone_kwargs": backbone_kwargs(cfg), "preprocessing": model.preprocessing()}
+        return model
+
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def train_batches(self, epoch: int):
+        set_epoch(self.loader, epoch)
+        return self.loader
+
+    def loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
+        images, targets = batch
+        images = self.prepare(move_to_device(images, run.device, run.channels_last))
+        targets = move_to_device(targets, run.device)
+        loss, logits = compute_loss(net(images), targets, self.loss_fn, self.aux_weight)
+        with torch.no_grad():
+            (c1,) = topk_correct(logits.detach(), targets, (1,))
+        return {"loss": loss, "acc1": c1.double() / max(len(targets), 1)}
+
+    @property
+    def can_evaluate(self) -> bool:
+        return self.val_loader is not None
+
+    def evaluate(self, run: Run) -> tuple[dict[str, Any], float]:
+        kw = dict(precision=run.precision, channels_last=run.channels_last)
+        v = evaluate(run.model, self.val_loader, run.device, **kw)
+        row = {"val_loss": v["loss"], "val_acc1": v["acc1"], "val_acc5": v["acc5"]}
+        score = v["acc1"]
+        if run.ema is not None:
+            ve = evaluate(run.ema.module, self.val_loader, run.device, desc="val (averaged)", **kw)
+            row.update(ema_val_loss=ve["loss"], ema_val_acc1=ve["acc1"], ema_val_acc5=ve["acc5"])
+            score = ve["acc1"]
+        return row, score
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return self.meta
+
+
+def check(cfg: dict) -> dict:
+    """``cfg`` over :data:`DEFAULTS`, with every key's range checked (one-line :class:`ConfigError`)."""
+    cfg = {**copy.deepcopy(DEFAULTS), **cfg}
     if not cfg.get("data"):
         raise ConfigError("data: set it to an image folder with train/ and val/ sub-folders (data=PATH)")
-    if cfg["precision"] not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision {cfg['precision']!r}: use fp32, bf16 or fp16")
-    if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1:
-        raise ConfigError("epochs and batch_size must be >= 1")
+    check_config(cfg, CHECKS)
+    return cfg
 
 
 def train(cfg: dict) -> dict[str, Any]:
     """Train a classifier as ``cfg`` (see :data:`DEFAULTS`) says; launched under torchrun it runs data-parallel.
 
-    Writes to ``work_dir``: ``last.pth`` (every epoch, for ``resume=``), ``best.pth`` (best validation top-1 of
-    the averaged weights, or of the raw ones without averaging), ``metrics.jsonl`` (one line per epoch),
-    ``curves.png`` and ``config.yaml``.
+    ``batch_size`` is images per process. Writes to ``work_dir``: ``best.pth`` (best val top-1 of the averaged
+    weights, or of the raw ones without averaging), ``last.pth`` (every epoch, for ``resume=``),
+    ``metrics.jsonl`` (one line per epoch), ``curves.png`` and ``config.yaml``.
 
     Returns:
-        ``{"best_acc1", "last": <last epoch's metrics>, "work_dir", "rank"}`` (on every rank).
+        ``{"best_acc1", "best_score", "best_epoch", "last": <last epoch's metrics>, "work_dir", "rank"}``.
     """
-    cfg = {**copy.deepcopy(DEFAULTS), **cfg}
-    _check(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    import torch.distributed as dist
-
-    owner = not dist.is_initialized()  # tear down only a process group this call created
-    info = init_distributed(cfg["device"])
-    try:
-        return _train(cfg, info)
-    finally:
-        if owner:
-            cleanup()
-
-
-def _train(cfg: dict, info) -> dict[str, Any]:
-    device = resolve_device(cfg["device"], info.local_rank)
-    seed_everything(int(cfg["seed"]), info.rank)
-    work = Path(cfg["work_dir"])
-    root = Path(cfg["data"])
-    size = int(cfg["input_size"])
-    # A dataset-level classes.txt (``gdet data synth --task classify`` writes one) fixes the label order, so
-    # that a classifier's labels match the detection labels of the same data.
-    names = read_class_file(root / "classes.txt") if (root / "classes.txt").is_file() else None
-    resume_ckpt = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
-    if resume_ckpt is not None and resume_ckpt.get("class_names"):
-        # A resumed run keeps the label order it was trained with, whatever the folder says now.
-        if names is not None and list(names) != list(resume_ckpt["class_names"]):
-            raise ConfigError(f"{cfg['resume']}: its class order differs from {root / 'classes.txt'}; "
-                              "resuming would permute the labels")
-        names = list(resume_ckpt["class_names"])
-    paths, labels, class_names = read_image_folder(root / cfg["train_split"], names)
-    train_set = ClassificationDataset(paths, labels, TrainTransform(
-        size, scale=cfg["aug_scale"], ratio=cfg["aug_ratio"], brightness=float(cfg["aug_brightness"]),
-        contrast=float(cfg["aug_contrast"]), saturation=float(cfg["aug_saturation"]),
-        lighting=float(cfg["aug_lighting"]), interpolations=cfg["aug_interpolations"], hflip=float(cfg["aug_hflip"])))
-    val_loader = None
-    if cfg.get("val_split"):
-        vpaths, vlabels, _ = read_image_folder(root / cfg["val_split"], class_names)
-        val_loader = build_loader(ClassificationDataset(vpaths, vlabels, EvalTransform(size)),
-                                  batch_size=int(cfg["batch_size"]), train=False, info=info,
-                                  num_workers=int(cfg["workers"]), device=device)
-    loader = build_loader(train_set, batch_size=int(cfg["batch_size"]), train=True, info=info,
-                          num_workers=int(cfg["workers"]), device=device, seed=int(cfg["seed"]))
-    if len(loader) == 0:
-        raise ConfigError(f"{root / cfg['train_split']}: fewer images ({len(train_set)}) than one batch "
-                          f"({cfg['batch_size']} per process)")
-    steps = len(loader) if cfg["max_steps_per_epoch"] is None else min(len(loader), int(cfg["max_steps_per_epoch"]))
-
-    model = build_model(cfg, len(class_names)).to(device)
-    channels_last = bool(cfg["channels_last"]) and device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema = build_ema(model, float(cfg["ema_decay"]), bool(cfg["ema_warmup"])) if cfg["ema_decay"] else None
-    net = wrap_ddp(model, info, device)
-    if cfg["compile"]:
-        net = torch.compile(net)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, steps)
-    scaler = build_grad_scaler(device, cfg["precision"])
-
-    start, best = 0, -1.0
-    if resume_ckpt is not None:
-        ck = resume_training_state(cfg["resume"], model=model, optimizer=optimizer, scheduler=scheduler,
-                                   scaler=scaler, ema=ema)
-        start, best = int(ck["epoch"]), float(ck.get("best_acc1", -1.0))
-    if is_main_process():
-        work.mkdir(parents=True, exist_ok=True)
-        from gdet.io import atomic_write
-        import yaml
-
-        with atomic_write(work / "config.yaml") as f:
-            yaml.safe_dump(json.loads(json.dumps(cfg)), f, sort_keys=False)  # tuples -> lists
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg["label_smoothing"]))
-    recorder = EpochRecorder(work, title=f"{cfg['backbone']} on {root.name}", best_key="best_acc1", best=best,
-                             resume=start > 0,
-                             meta={"task": TASK, "class_names": class_names, "backbone": cfg["backbone"],
-                                   "backbone_kwargs": backbone_kwargs(cfg), "preprocessing": model.preprocessing()})
-    last: dict[str, Any] = {}
-    for epoch in range(start, int(cfg["epochs"])):
-        set_epoch(loader, epoch)
-        t0 = time.perf_counter()
-        tr = train_one_epoch(net, loader, optimizer, scheduler, device, scaler=scaler, precision=cfg["precision"],
-                             ema=ema, loss_fn=loss_fn, aux_weight=float(cfg["aux_weight"]),
-                             log_every=int(cfg["log_every"]), prepare=Normalizer(model),
-                             channels_last=channels_last, grad_clip=cfg["grad_clip"], max_steps=steps,
-                             epoch=epoch, desc=f"epoch {epoch + 1}/{cfg['epochs']}")
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": tr["lr"], "train_loss": tr["loss"],
-                               "train_acc1": tr["acc1"], "train_images_per_s": tr["images_per_s"]}
-        is_eval = val_loader is not None and ((epoch + 1) % max(int(cfg["eval_every"]), 1) == 0
-                                              or epoch + 1 == int(cfg["epochs"]))
-        if is_eval:
-            v = evaluate(model, val_loader, device, precision=cfg["precision"], channels_last=channels_last)
-            row.update(val_loss=v["loss"], val_acc1=v["acc1"], val_acc5=v["acc5"])
-            score = v["acc1"]
-            if ema is not None:
-                ve = evaluate(ema.module, val_loader, device, precision=cfg["precision"],
-                              channels_last=channels_last, desc="val (averaged)")
-                row.update(ema_val_loss=ve["loss"], ema_val_acc1=ve["acc1"], ema_val_acc5=ve["acc5"])
-                score = ve["acc1"]
-        else:
-            score = tr["acc1"] if val_loader is None else -1.0
-        row["time"] = time.perf_counter() - t0
-        recorder.record(row, epoch=epoch + 1, config=cfg, model=model, optimizer=optimizer, scheduler=scheduler,
-                        scaler=scaler, ema=ema, score=score)
-        last = row
-    return {"best_acc1": recorder.best, "last": last, "work_dir": str(work), "rank": info.rank}
+    cfg = check(cfg)
+    result = fit(ClassificationTask(cfg), cfg)
+    return {"best_acc1": result["best_score"] if result["best_score"] is not None else float("nan"), **result}

@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from gdet.classification.multicrop import INTERPOLATIONS, apply_crops, crop_boxes, resize
-from gdet.data import to_tensor
+from gdet.data import to_chw
 from gdet.errors import ConfigError
 
 # PCA of ImageNet RGB pixels (0-1 scale), as used by AlexNet's "lighting" noise.
@@ -93,7 +93,7 @@ class TrainTransform:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, image: np.ndarray | Tensor) -> Tensor:
-        img = _chw(image)
+        img = to_chw(image)
         top, left, h, w = self.crop_params(img.shape[1], img.shape[2])
         mode = self.interpolations[int(torch.randint(len(self.interpolations), (1,)).item())]
         x = resize(img[:, top:top + h, left:left + w].float(), (self.size, self.size), mode) / 255.0
@@ -113,10 +113,5 @@ class EvalTransform:
         self.size = int(size)
 
     def __call__(self, image: np.ndarray | Tensor) -> Tensor:
-        img = _chw(image)
+        img = to_chw(image)
         return apply_crops(img, crop_boxes(img.shape[2], img.shape[1], 1, self.size), self.size)[0]
-
-
-def _chw(image: np.ndarray | Tensor) -> Tensor:
-    """An ``[H, W, 3]`` uint8 array (or an already-CHW tensor) as ``Tensor[3, H, W]``."""
-    return image if isinstance(image, Tensor) else to_tensor(image)

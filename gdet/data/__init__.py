@@ -3,20 +3,21 @@
 Public API::
 
     DetectionSet(records, class_names, category_ids, format, root, split, stats)
-    load_detection_set(path, split="val", class_names=None, check_images=True) -> DetectionSet
-    read_voc(root, split="val", class_names=None, check_images=True) -> DetectionSet
+    load_detection_set(path, split="val", class_names=None, check_images=True, image_root=None, clip=True)
+    read_voc(root, split="val", class_names=None, check_images=True, clip=True) -> DetectionSet
     write_voc(dset, out_root, split, copy_images=True) -> Path
-    read_coco(json_path, image_root=None, check_images=True) -> DetectionSet
+    read_coco(json_path, image_root=None, check_images=True, clip=True) -> DetectionSet
     write_coco(dset, json_path, image_dir=None) -> Path ;  to_coco(dset) -> dict
     read_image_folder(root, class_names=None) -> (paths, labels, class_names)
-    read_image(path) -> np.ndarray [H, W, 3] uint8 RGB
+    read_image(path) -> np.ndarray [H, W, 3] uint8 RGB ;  image_size(path) -> (width, height)
+    to_chw(image [H, W, 3]) -> Tensor[3, H, W] (to_tensor is the same function)
     ClassificationDataset(paths, labels, transform=None), DetectionImageDataset(records, transform=None)
     collate_classification, collate_detection, to_tensor
 """
 from gdet.data.coco import read_coco, to_coco, write_coco
-from gdet.data.dataset import DataWarning, DetectionSet, image_size, load_detection_set, object_extra
+from gdet.data.dataset import load_detection_set
 from gdet.data.folder import read_image_folder
-from gdet.data.image import IMAGE_EXTENSIONS, read_image
+from gdet.data.image import IMAGE_EXTENSIONS, image_size, read_image, to_chw
 from gdet.data.loading import (
     ClassificationDataset,
     DetectionImageDataset,
@@ -24,6 +25,7 @@ from gdet.data.loading import (
     collate_detection,
     to_tensor,
 )
+from gdet.data.records import DataWarning, DetectionSet, object_extra
 from gdet.data.voc import VOC_CLASSES, read_voc, voc_splits, write_voc
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "read_image_folder",
     "read_voc",
     "to_coco",
+    "to_chw",
     "to_tensor",
     "voc_splits",
     "write_coco",

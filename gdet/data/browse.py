@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gdet.data.dataset import DetectionSet
+from gdet.data.records import DetectionSet
 from gdet.data.image import read_image
 from gdet.io import atomic_write
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from gdet.data.records import DataWarning
 from gdet.errors import DataError
 
 
@@ -17,13 +18,13 @@ def _size(value: str) -> tuple[int, int]:
     return w, h
 
 
-def _read(path: Path, split: str | None, check_images: bool = True):
+def _read(path: Path, split: str | None, check_images: bool = True, image_root: str | None = None):
     """Load a dataset, turning the clip/drop warning into a printed line (reported once, by the summary)."""
     from gdet.data import load_detection_set
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dset = load_detection_set(path, split=split, check_images=check_images)
+        warnings.simplefilter("ignore", DataWarning)
+        dset = load_detection_set(path, split=split, check_images=check_images, image_root=image_root)
     click.echo(dset.summary())
     return dset
 
@@ -70,8 +71,12 @@ def synth(out, images, seed, fmt, size, task, val_fraction, crop_size, workers):
 @click.option("--split", "splits", multiple=True,
               help="split(s) to convert (default: every VOC split / the COCO file's stem)")
 @click.option("--copy-images/--no-copy-images", default=True, show_default=True,
-              help="COCO output: copy images into OUT/images (else file_name points at the originals)")
-def convert(src_fmt, dst_fmt, src, out, splits, copy_images):
+              help="COCO output: copy images into OUT/images (else file_name is the originals' path, "
+                   "absolute when outside OUT: read it back with --image-root)")
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="COCO input: folder that file_name is relative to (default: the JSON's folder); every image "
+                   "must lie inside it")
+def convert(src_fmt, dst_fmt, src, out, splits, copy_images, image_root):
     """Convert a detection dataset between VOC and COCO (boxes, labels, difficult/crowd flags kept)."""
     from gdet.data.coco import write_coco
     from gdet.data.voc import voc_splits, write_voc
@@ -96,7 +101,7 @@ def convert(src_fmt, dst_fmt, src, out, splits, copy_images):
                 raise DataError(f"{src}: no .json files")
             jobs = [(name, src / f"{name}.json") for name in names]
     for name, path in jobs:
-        dset = _read(path, name if src_fmt == "voc" else None)
+        dset = _read(path, name if src_fmt == "voc" else None, image_root=image_root if src_fmt == "coco" else None)
         if dst_fmt == "voc":
             write_voc(dset, out, name)
         else:

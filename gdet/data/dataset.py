@@ -1,184 +1,32 @@
-"""`DetectionSet` (records + class names) and the box sanitising shared by every reader."""
+"""Reading any detection dataset: :func:`load_detection_set` picks the VOC or COCO reader from the path."""
 from __future__ import annotations
 
-import math
 import os
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from gdet.data.coco import read_coco
+from gdet.data.image import image_size
+from gdet.data.records import (
+    PER_OBJECT_KEYS,
+    BoxSanitizer,
+    DataWarning,
+    DetectionSet,
+    count_stats,
+    make_record,
+    object_extra,
+    path_inside,
+    report_fixes,
+)
+from gdet.data.voc import read_voc
 from gdet.errors import DataError
-from gdet.structures import ImageRecord
 
-# Per-object keys of ``ImageRecord.extra`` (lists parallel to ``boxes``) that readers fill and writers keep.
-#   truncated (bool)  VOC <truncated>, synthetic border truncation
-#   occluded (bool)   VOC 2010+ <occluded>, synthetic occlusion
-#   difficult (bool)  VOC <difficult> / synthetic difficult flag (``ignore`` is difficult OR iscrowd)
-#   iscrowd (bool)    COCO iscrowd
-#   area (float)      COCO area (segment area; not representable in VOC XML)
-#   visible (float)   synthetic: visible fraction of the object (0..1)
-PER_OBJECT_KEYS = ("truncated", "occluded", "difficult", "iscrowd", "area", "visible")
-
-
-class DataWarning(UserWarning):
-    """Boxes that were clipped or dropped while reading a dataset (one summary warning per read)."""
-
-
-@dataclass
-class DetectionSet:
-    """A detection dataset: one :class:`~gdet.structures.ImageRecord` per image plus its class names.
-
-    Attributes:
-        records: one record per image, in file order (VOC split file order / COCO ``images`` order).
-        class_names: names of the contiguous labels ``0..C-1``.
-        category_ids: original dataset id of each class (COCO ``category_id``; ``1..C`` for VOC), so that
-            writers and evaluators can map a contiguous label ``k`` back to ``category_ids[k]``.
-        format: ``"voc"``, ``"coco"`` or ``"synth"`` (where the records came from).
-        root: dataset root (VOC) or annotation file (COCO).
-        split: the split name, if any.
-        stats: reading statistics: ``images``, ``objects``, ``ignored``, ``clipped``, ``dropped``.
-    """
-
-    records: list[ImageRecord]
-    class_names: list[str]
-    category_ids: list[int] | None = None
-    format: str = ""
-    root: str = ""
-    split: str | None = None
-    stats: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.class_names = list(self.class_names)
-        if self.category_ids is None:
-            self.category_ids = list(range(1, len(self.class_names) + 1))
-        if len(self.category_ids) != len(self.class_names):
-            raise ValueError(f"{len(self.class_names)} class names but {len(self.category_ids)} category ids")
-        if not self.stats:
-            self.stats = count_stats(self.records)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self):
-        return iter(self.records)
-
-    def __getitem__(self, i: int) -> ImageRecord:
-        return self.records[i]
-
-    def summary(self) -> str:
-        """One line: images, objects, ignored, and clipped/dropped counts if any."""
-        s = self.stats
-        where = f"{self.root}" + (f" [{self.split}]" if self.split else "")
-        line = (f"{where}: {s.get('images', len(self))} images, {s.get('objects', 0)} objects "
-                f"({s.get('ignored', 0)} ignored), {self.num_classes} classes")
-        fixes = _fix_text(s)
-        return line + (f"; {fixes}" if fixes else "")
-
-
-def count_stats(records: list[ImageRecord]) -> dict:
-    return {
-        "images": len(records),
-        "objects": int(sum(len(r) for r in records)),
-        "ignored": int(sum(int(r.ignore.sum()) for r in records)),
-        "clipped": 0,
-        "dropped": 0,
-    }
-
-
-def _fix_text(stats: dict) -> str:
-    parts = []
-    if stats.get("clipped"):
-        parts.append(f"clipped {stats['clipped']} boxes partly outside their image")
-    if stats.get("dropped"):
-        parts.append(f"dropped {stats['dropped']} degenerate boxes (empty after clipping)")
-    return ", ".join(parts)
-
-
-def report_fixes(stats: dict, where: str) -> None:
-    """Warn once (one line, :class:`DataWarning`) if any box was clipped or dropped while reading ``where``."""
-    text = _fix_text(stats)
-    if text:
-        warnings.warn(f"{where}: {text}", DataWarning, stacklevel=3)
-
-
-class BoxSanitizer:
-    """Clips boxes to their image and drops the degenerate ones, counting both.
-
-    A box is clipped to ``[0, width] x [0, height]``; it is dropped if it is not finite or has no area
-    after clipping (``x2 <= x1`` or ``y2 <= y1``).
-    """
-
-    def __init__(self) -> None:
-        self.clipped = 0
-        self.dropped = 0
-
-    def __call__(self, box: list[float], width: int, height: int) -> list[float] | None:
-        x1, y1, x2, y2 = box
-        if not all(math.isfinite(v) for v in box):
-            self.dropped += 1
-            return None
-        c = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width),
-             min(max(y2, 0.0), height)]
-        if c[2] <= c[0] or c[3] <= c[1]:
-            self.dropped += 1
-            return None
-        if c != [x1, y1, x2, y2]:
-            self.clipped += 1
-        return c
-
-
-def make_record(image_id, path: str, width: int, height: int, objects: list[dict], extra: dict | None = None,
-                ) -> ImageRecord:
-    """Build an :class:`ImageRecord` from per-object dicts ``{"box", "label", "ignore", <PER_OBJECT_KEYS>...}``.
-
-    Per-object extras present on any object become lists in ``record.extra`` (missing values: False / 0).
-    """
-    extra = dict(extra or {})
-    keys = [k for k in PER_OBJECT_KEYS if any(k in o for o in objects)]
-    for k in keys:
-        default = 0.0 if k in ("area", "visible") else False
-        extra[k] = [o.get(k, default) for o in objects]
-    return ImageRecord(
-        image_id=image_id, path=path, width=int(width), height=int(height),
-        boxes=torch.tensor([o["box"] for o in objects], dtype=torch.float32).reshape(-1, 4),
-        labels=torch.tensor([o["label"] for o in objects], dtype=torch.int64),
-        ignore=torch.tensor([bool(o.get("ignore", False)) for o in objects], dtype=torch.bool),
-        extra=extra,
-    )
-
-
-def object_extra(record: ImageRecord, key: str, i: int, default=None):
-    """Per-object extra ``key`` of object ``i`` (``default`` when the record does not carry it)."""
-    values = record.extra.get(key)
-    if isinstance(values, (list, tuple)) and len(values) == len(record):
-        return values[i]
-    return default
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header (EXIF orientation applied)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image not found")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: cannot read image: {e}") from None
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+__all__ = ["PER_OBJECT_KEYS", "BoxSanitizer", "DataWarning", "DetectionSet", "count_stats", "image_size",
+           "load_detection_set", "make_record", "object_extra", "path_inside", "report_fixes"]
 
 
 def load_detection_set(path: str | os.PathLike, split: str | None = "val", class_names: list[str] | None = None,
-                       check_images: bool = True) -> DetectionSet:
+                       check_images: bool = True, image_root: str | os.PathLike | None = None,
+                       clip: bool = True) -> DetectionSet:
     """Read a detection dataset, detecting its format.
 
     Args:
@@ -188,26 +36,29 @@ def load_detection_set(path: str | os.PathLike, split: str | None = "val", class
             ``.json`` path. ``None``: ``"val"`` for VOC, the only ``.json`` of a COCO folder.
         class_names: VOC only: the class list (default: ``classes.txt`` in the root, else the 20 VOC classes).
         check_images: raise :class:`DataError` if an image file is missing.
+        image_root: COCO only: the folder ``file_name`` is relative to (default: the JSON file's folder);
+            every image must lie inside it.
+        clip: clip boxes to their image and drop empty ones (for training); ``False`` keeps the annotations
+            exactly as written, float64 (for evaluation, as the official tools see them).
 
     Returns:
         DetectionSet
     """
-    from gdet.data.coco import read_coco
-    from gdet.data.voc import read_voc
-
     p = Path(path)
     if p.suffix.lower() == ".json":
-        return read_coco(p, check_images=check_images)
+        return read_coco(p, image_root=image_root, check_images=check_images, clip=clip)
     if not p.exists():
         raise DataError(f"{p}: dataset not found")
     if p.is_dir():
         if (p / "Annotations").is_dir():
-            return read_voc(p, split=split or "val", class_names=class_names, check_images=check_images)
+            return read_voc(p, split=split or "val", class_names=class_names, check_images=check_images,
+                            clip=clip)
         jsons = sorted(x.name for x in p.glob("*.json") if x.name != "synth.json")
         if split is None and len(jsons) == 1:
             split = Path(jsons[0]).stem
         if (p / f"{split}.json").is_file():
-            return read_coco(p / f"{split}.json", check_images=check_images)
+            return read_coco(p / f"{split}.json", image_root=image_root, check_images=check_images,
+                             clip=clip)
         hint = f" (found {', '.join(jsons)})" if jsons else ""
         raise DataError(f"{p}: not a dataset: no Annotations/ folder (VOC) and no {split}.json (COCO){hint}")
     raise DataError(f"{p}: unknown dataset format (expected a VOC folder or a COCO .json file)")

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from gdet.data.image import IMAGE_EXTENSIONS
+from gdet.data.voc import read_class_file
 from gdet.errors import DataError
 
 
@@ -29,8 +30,6 @@ def read_image_folder(root: str | os.PathLike, class_names: list[str] | None = N
     if not found:
         raise DataError(f"{root}: no class sub-folders (expected root/<class>/<image>.jpg)")
     if class_names is None and (root / "classes.txt").is_file():
-        from gdet.data.voc import read_class_file
-
         class_names = read_class_file(root / "classes.txt")
     if class_names is None:
         class_names = found

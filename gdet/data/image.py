@@ -1,17 +1,73 @@
-"""Worker-safe image decoding to RGB uint8, with EXIF orientation, grayscale, alpha and 16-bit images handled."""
+"""Worker-safe image decoding to RGB uint8 (EXIF orientation, grayscale, alpha, 16-bit), a pixel-count limit
+against decompression bombs, and the one array -> ``Tensor[3, H, W]`` conversion."""
 from __future__ import annotations
 
 import glob
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
 
 from gdet.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+# Pillow's own error threshold (2 x Image.MAX_IMAGE_PIXELS = 2 x 89,478,485): about 13,400 x 13,400 pixels.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+MAX_PIXELS_ENV = "GDET_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) gdet decodes: ``$GDET_MAX_IMAGE_PIXELS``, default 178,956,970."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise DataError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r}: expected a positive whole number of pixels")
+    return value
+
+
+def _too_large(path: Path, width: int, height: int, limit: int) -> DataError:
+    return DataError(f"{path}: image is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
+                     f"(a decompression bomb?); to read it, set {MAX_PIXELS_ENV} to a larger number")
+
+
+def _open(path: Path, limit: int) -> Image.Image:
+    """``Image.open`` with gdet's pixel limit in place of Pillow's (whose warning would print a raw line)."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is not None and 2 * pil_limit < limit:
+        # Pillow refuses images above twice its limit before gdet can check; raise it to the user's choice.
+        Image.MAX_IMAGE_PIXELS = limit // 2 + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError:
+            im = None
+    if im is None:  # above Pillow's limit: read the size from the header alone to name it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as probe:
+                    w, h = probe.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
+        raise _too_large(path, w, h, limit)
+    w, h = im.size
+    if w * h > limit:
+        im.close()
+        raise _too_large(path, w, h, limit)
+    return im
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -20,20 +76,56 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     EXIF orientation is applied (the array is upright as a viewer shows it). Grayscale is replicated to three
     channels; an alpha channel is dropped (colour channels kept as they are, not composited); 16-bit grayscale
     is scaled to 8 bits (``round(v * 255 / 65535)``; 16-bit RGB is reduced by Pillow, ``v >> 8``); float
-    images are clipped to 0..1 and scaled. Safe to call from DataLoader workers (no global state).
+    images are clipped to 0..1 and scaled. Safe to call from DataLoader workers. Images over
+    ``$GDET_MAX_IMAGE_PIXELS`` pixels (default 178,956,970, Pillow's own error threshold) are refused before
+    decoding; a larger setting also raises Pillow's limit (``PIL.Image.MAX_IMAGE_PIXELS``) to match.
 
     Raises:
-        DataError: the file is missing, truncated or not an image.
+        DataError: the file is missing, truncated, not an image, or larger than :func:`max_image_pixels`.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image not found")
+    limit = max_image_pixels()
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
+        with _open(path, limit) as im:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = ImageOps.exif_transpose(im)
             return _to_rgb_uint8(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image: {e}") from None
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header (EXIF orientation applied; nothing decoded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+                    orientation = im.getexif().get(0x0112, 1)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read image: {e}") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def to_chw(image: np.ndarray | Tensor) -> Tensor:
+    """An ``[H, W, 3]`` array or tensor (any dtype, e.g. :func:`read_image`'s uint8) -> ``Tensor[3, H, W]``.
+
+    A tensor whose first dimension is 3 is taken as ``[3, H, W]`` already and returned as is. The values are not
+    scaled or normalised (do that on the device, after the transfer).
+    """
+    if isinstance(image, Tensor):
+        return image if image.ndim == 3 and image.shape[0] == 3 else image.permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
 
 
 def _to_rgb_uint8(im: Image.Image) -> np.ndarray:

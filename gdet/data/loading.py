@@ -3,17 +3,14 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gdet.data.image import read_image
+from gdet.data.image import read_image, to_chw
 from gdet.structures import ImageRecord
 
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """``[H, W, 3]`` uint8 RGB array -> ``Tensor[3, H, W]`` uint8 (normalise on the device, after transfer)."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+# The data loaders' default transform: ``[H, W, 3]`` uint8 RGB -> ``Tensor[3, H, W]`` uint8.
+to_tensor = to_chw
 
 
 class ClassificationDataset(Dataset):
@@ -22,7 +19,7 @@ class ClassificationDataset(Dataset):
     Args:
         paths: image files.
         labels: one int label per path.
-        transform: called on the decoded ``[H, W, 3]`` uint8 RGB array; default :func:`to_tensor`
+        transform: called on the decoded ``[H, W, 3]`` uint8 RGB array; default :func:`~gdet.data.image.to_chw`
             (``Tensor[3, H, W]`` uint8). torchvision ``transforms.v2`` pipelines can follow ``to_tensor``.
 
     Items are ``(image, label)``.
@@ -33,7 +30,7 @@ class ClassificationDataset(Dataset):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = list(map(str, paths))
         self.labels = [int(v) for v in labels]
-        self.transform = transform or to_tensor
+        self.transform = transform or to_chw
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,7 +62,7 @@ class DetectionImageDataset(Dataset):
         image = read_image(rec.path)
         if self.transform is not None:
             return self.transform(image, rec)
-        return to_tensor(image), rec
+        return to_chw(image), rec
 
 
 def collate_classification(batch):

@@ -30,6 +30,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gdet.data.coco import write_coco
+from gdet.data.records import DetectionSet, make_record
+from gdet.data.voc import write_voc
 from gdet.errors import DataError
 from gdet.io import atomic_write, save_json
 
@@ -477,10 +480,6 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, ...] 
 
 
 def _write_annotations(out: Path, split: str, results: list[dict], cfg: SynthConfig, formats) -> None:
-    from gdet.data.coco import write_coco
-    from gdet.data.dataset import DetectionSet, make_record
-    from gdet.data.voc import write_voc
-
     records = []
     for r in results:
         objs = [dict(o, ignore=o["difficult"]) for o in r["objects"]]

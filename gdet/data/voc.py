@@ -12,14 +12,16 @@ devkit. Non-integer coordinates are written as floats, so a read/write round tri
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from gdet.data.dataset import BoxSanitizer, DetectionSet, image_size, make_record, object_extra, report_fixes
+from gdet.data.image import IMAGE_EXTENSIONS, image_size
+from gdet.data.records import BoxSanitizer, DetectionSet, make_record, object_extra, path_inside, report_fixes
 from gdet.errors import DataError
-from gdet.io import atomic_write
+from gdet.io import atomic_path, atomic_write
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -56,13 +58,27 @@ def _text(node: ET.Element, tag: str, xml_path: Path, where: str, default: str |
 def _number(node: ET.Element, tag: str, xml_path: Path, where: str, default: str | None = None) -> float:
     text = _text(node, tag, xml_path, where, default)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise DataError(f"{xml_path}: {where}<{tag}> is not a number: {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise DataError(f"{xml_path}: {where}<{tag}> is not a finite number: {shown!r}")
+    return value
+
+
+def _size_value(node: ET.Element, tag: str, xml_path: Path) -> int:
+    value = _number(node, tag, xml_path, "<size>: ", default="0")
+    if value < 0 or not value.is_integer():
+        raise DataError(f"{xml_path}: <size>: <{tag}> must be a whole number of pixels, got {value:g}")
+    return int(value)
 
 
 def _flag(node: ET.Element, tag: str, xml_path: Path, where: str) -> bool:
-    return bool(int(_number(node, tag, xml_path, where, default="0")))
+    value = _number(node, tag, xml_path, where, default="0")
+    if value not in (0.0, 1.0):
+        raise DataError(f"{xml_path}: {where}<{tag}> must be 0 or 1, got {value:g}")
+    return bool(value)
 
 
 def parse_voc_xml(xml_path: str | os.PathLike) -> dict:
@@ -86,8 +102,8 @@ def parse_voc_xml(xml_path: str | os.PathLike) -> dict:
     size = root.find("size")
     width = height = 0
     if size is not None:
-        width = int(_number(size, "width", xml_path, "<size>: ", default="0"))
-        height = int(_number(size, "height", xml_path, "<size>: ", default="0"))
+        width = _size_value(size, "width", xml_path)
+        height = _size_value(size, "height", xml_path)
     out = {"filename": _text(root, "filename", xml_path, "", default=""), "width": width, "height": height,
            "objects": []}
     for i, obj in enumerate(root.findall("object")):
@@ -108,8 +124,47 @@ def parse_voc_xml(xml_path: str | os.PathLike) -> dict:
     return out
 
 
+def read_split_ids(split_file: Path) -> list[str]:
+    """Image ids of a split file, one a line, read whole (ids may contain spaces; surrounding blanks dropped).
+
+    A per-class file (``<class>_<split>.txt``, stem with ``_``) holds ``<id> <flag>`` lines (flag -1, 0 or 1);
+    its ids are the text before the flag. An id that would lead out of ``Annotations/`` (a ``/``, ``\\``, or
+    ``..``) is refused.
+    """
+    per_class = "_" in split_file.stem
+    ids = []
+    for n, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), 1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if per_class:
+            parts = image_id.rsplit(None, 1)
+            if len(parts) == 2 and parts[1] in ("-1", "0", "1"):
+                image_id = parts[0]
+        if "/" in image_id or "\\" in image_id or image_id in (".", "..") or "\x00" in image_id:
+            raise DataError(f"{split_file}: line {n}: image id {image_id!r} is not a plain file name")
+        ids.append(image_id)
+    return ids
+
+
+def _find_image(root: Path, image_id: str, filename: str, xml_path: Path) -> Path:
+    """The image of an annotation: ``JPEGImages/<filename>``, else ``JPEGImages/<id or filename stem>.<ext>``
+    for the usual extensions (a VOC-style root whose images are .png, .jpeg, .tif, ...)."""
+    folder = root / "JPEGImages"
+    first = path_inside(folder, filename, f"{xml_path}: <filename>") if filename else None
+    if first is not None and first.is_file():
+        return first
+    stems = [image_id] + ([Path(filename).stem] if filename and Path(filename).stem != image_id else [])
+    for stem in stems:
+        for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
+            p = folder / f"{stem}{ext}"
+            if p.is_file():
+                return p
+    return first if first is not None else folder / f"{image_id}.jpg"
+
+
 def read_voc(root: str | os.PathLike, split: str = "val", class_names: list[str] | None = None,
-             check_images: bool = True) -> DetectionSet:
+             check_images: bool = True, clip: bool = True) -> DetectionSet:
     """Read a PASCAL VOC split.
 
     Args:
@@ -119,11 +174,14 @@ def read_voc(root: str | os.PathLike, split: str = "val", class_names: list[str]
             name is one of them, else the sorted names found in the split. With an explicit list (or
             ``classes.txt``) an unknown name is an error.
         check_images: raise :class:`DataError` when an image file is missing.
+        clip: clip boxes partly outside the image and drop degenerate ones, with one :class:`DataWarning`
+            (training); ``False`` keeps every box as written, in float64 (evaluation, as the devkit does).
 
     Returns:
-        DetectionSet whose records have ``image_id`` = the file stem, ``ignore`` = ``difficult`` (or the gdet
-        ``<iscrowd>`` extension tag) and per-object extras ``difficult``, ``truncated`` (+ ``occluded``).
-        Boxes partly outside the image are clipped and degenerate ones dropped, with one :class:`DataWarning`.
+        DetectionSet whose records have ``image_id`` = the line of the split file, ``ignore`` = ``difficult``
+        (or the gdet ``<iscrowd>`` extension tag) and per-object extras ``difficult``, ``truncated``
+        (+ ``occluded``). The image is ``JPEGImages/<filename>``, else ``JPEGImages/<id>`` with any of
+        :data:`~gdet.data.image.IMAGE_EXTENSIONS`; a ``<filename>`` leading out of ``JPEGImages`` is refused.
     """
     root = Path(root)
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
@@ -132,7 +190,7 @@ def read_voc(root: str | os.PathLike, split: str = "val", class_names: list[str]
     if not split_file.is_file():
         known = voc_splits(root)
         raise DataError(f"{split_file}: split {split!r} not found (available: {', '.join(known) or 'none'})")
-    ids = [ln.split()[0] for ln in split_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    ids = read_split_ids(split_file)
     parsed = [parse_voc_xml(root / "Annotations" / f"{i}.xml") for i in ids]
 
     strict = class_names is not None or (root / "classes.txt").is_file()
@@ -143,17 +201,17 @@ def read_voc(root: str | os.PathLike, split: str = "val", class_names: list[str]
         class_names = list(VOC_CLASSES) if names_found <= set(VOC_CLASSES) else sorted(names_found)
     index = {n: k for k, n in enumerate(class_names)}
 
-    fix = BoxSanitizer()
+    fix = BoxSanitizer(clip=clip)
     records = []
     for image_id, p in zip(ids, parsed):
         xml_path = root / "Annotations" / f"{image_id}.xml"
-        image_path = root / "JPEGImages" / p["filename"] if p["filename"] else None
-        if image_path is None or not image_path.is_file():
-            image_path = root / "JPEGImages" / f"{image_id}.jpg"
+        image_path = _find_image(root, image_id, p["filename"], xml_path)
         if check_images and not image_path.is_file():
             raise DataError(f"{xml_path}: image not found: {image_path}")
         width, height = p["width"], p["height"]
         if width <= 0 or height <= 0:
+            if not image_path.is_file():
+                raise DataError(f"{xml_path}: no <size> and image not found: {image_path}")
             width, height = image_size(image_path)
         objects = []
         for i, o in enumerate(p["objects"]):
@@ -168,7 +226,7 @@ def read_voc(root: str | os.PathLike, split: str = "val", class_names: list[str]
             obj = {"box": box, "label": index[o["name"]], "ignore": o["difficult"] or o.get("iscrowd", False)}
             obj.update({k: v for k, v in o.items() if k not in ("name", "box")})
             objects.append(obj)
-        records.append(make_record(image_id, str(image_path), width, height, objects))
+        records.append(make_record(image_id, str(image_path), width, height, objects, exact=not clip))
     dset = DetectionSet(records, class_names, format="voc", root=str(root), split=split)
     dset.stats.update(clipped=fix.clipped, dropped=fix.dropped)
     report_fixes(dset.stats, f"{root} [{split}]")
@@ -181,11 +239,18 @@ def _fmt(v: float) -> str:
 
 
 def voc_image_ids(records) -> list[str]:
-    """File stems used for VOC: the record's string id, else the image file's stem; unique."""
+    """File stems used for VOC: the record's string id (spaces allowed), else the image file's stem; unique.
+
+    An id that is not a plain one-line file name (``/``, ``\\``, ``..``, a line break, blanks at its ends)
+    is replaced by the image file's stem, so that :func:`read_split_ids` reads back what was written.
+    """
+    def plain(i) -> bool:
+        return (isinstance(i, str) and bool(i) and i == i.strip() and i not in (".", "..")
+                and not any(c in i for c in "/\\\n\r\x00"))
+
     ids = []
     for r in records:
-        rid = r.image_id if isinstance(r.image_id, str) and r.image_id and "/" not in r.image_id else None
-        ids.append(rid or Path(r.path).stem)
+        ids.append(r.image_id if plain(r.image_id) else Path(r.path).stem)
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
         raise DataError(f"cannot write VOC: image ids {dup} are not unique")
@@ -225,10 +290,8 @@ def _copy_image(src: Path, dst: Path) -> None:
         return
     if not src.is_file():
         raise DataError(f"{src}: image not found")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def write_voc(dset: DetectionSet, out_root: str | os.PathLike, split: str, copy_images: bool = True) -> Path:

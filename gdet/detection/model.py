@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdet.backbones import Backbone, build_backbone, is_aux_key
-from gdet.data import read_image, to_tensor
+from gdet.data import read_image, to_chw
 from gdet.detection.crops import DEFAULT_CONTEXT_PAD, iter_region_chunks
 from gdet.detection.labels import decode_boxes
 from gdet.engine.checkpoint import load_checkpoint, load_model_weights
@@ -186,7 +186,7 @@ def image_to_tensor(image, device: torch.device | str = "cpu") -> Tensor:
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
     if isinstance(image, np.ndarray):
-        image = to_tensor(image)
+        image = to_chw(np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3])
     if isinstance(image, Tensor):
         t = image.to(device)
         return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
@@ -327,8 +327,8 @@ def load_detectors(paths: Sequence[str | os.PathLike], device: torch.device | st
 
 def export_detector(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True, use_ema: bool = False) -> int:
     """Write an inference-only copy of a detection training checkpoint (fp16, no aux heads, no optimizer state);
-    see :func:`gdet.detection.export.export_checkpoint`. Returns the file size in bytes."""
-    from gdet.detection.export import export_checkpoint
+    see :func:`gdet.export.checkpoint.export_checkpoint`. Returns the file size in bytes."""
+    from gdet.export.checkpoint import export_checkpoint
 
     if load_checkpoint(src).get("task") != "detect":
         raise CheckpointError(f"{src}: not a detection checkpoint")

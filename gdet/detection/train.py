@@ -1,38 +1,42 @@
-"""R-CNN detector fine-tuning and evaluation as plain functions over gdet's engine (AMP, DDP, checkpoints, logs).
+"""R-CNN detector fine-tuning as a :class:`~gdet.engine.Task` for gdet's one training loop, and detection of a
+split with its evaluation (:func:`run_detector`, :func:`evaluate_detector`).
 
-``tools/train_det.py`` is a thin wrapper over :func:`train`. Every config key is listed in :data:`DET_DEFAULTS`
+``tools/train_det.py`` is a thin wrapper over :func:`train`. Every config key is listed in :data:`DEFAULTS`
 and documented in ``README.md (detection section)``.
 """
 from __future__ import annotations
 
-import math
-import time
+import copy
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from gdet.backbones import BackboneOutput
-from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
+from gdet.backbones import BackboneOutput, list_backbones
+from gdet.config import check_config, interval, mapping, number, one_of
 from gdet.detection.crops import crop_regions
+from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
 from gdet.detection.model import Detector, build_detector, detect_image, detector_checkpoint_meta
 from gdet.detection.sampler import RegionSampler
+from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
+                                 input_size_check)
 from gdet.errors import ConfigError, GdetError
 from gdet.structures import ImageRecord
 
-__all__ = ["DET_DEFAULTS", "RegionBatches", "evaluate_detector", "load_proposal_set", "prepare_regions",
-           "train", "train_one_epoch"]
+__all__ = ["CHECKS", "DEFAULTS", "DetectionTask", "RegionBatches", "evaluate_detector", "load_proposal_set",
+           "prepare_regions", "run_detector", "train"]
 
-DET_DEFAULTS: dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
+    **copy.deepcopy(ENGINE_DEFAULTS),
     # data
     "data": None,                 # dataset root (VOC folder / folder of <split>.json) or a COCO .json
     "train_split": "train",
     "val_split": "val",
-    "proposals": "ss",            # a proposal method (computed once, cached in out/) or a .npz proposal file
+    "proposals": "ss",            # a proposal method (computed once, cached in work_dir/) or a .npz proposal file
     "val_proposals": None,        # proposal file for the val split (default: like `proposals`)
     "proposal_kwargs": {},        # options of the proposal method
     "proposal_workers": 0,        # processes computing proposals
@@ -52,55 +56,62 @@ DET_DEFAULTS: dict[str, Any] = {
     # regions and batches
     "fg_iou": 0.5,
     "bg_iou_lo": 0.0,
-    "batch_size": 128,            # regions per iteration (global, split over DDP ranks)
+    "batch_size": 128,            # regions per process per step (DDP: the global batch is this x processes)
     "fg_fraction": 0.25,          # 32 of 128
-    "iters_per_epoch": None,      # null: ceil(#foreground regions / 32)
-    "flip": True,                 # horizontal flip of half the crops
+    "iters_per_epoch": None,      # null: ceil(#foreground regions / foreground per global batch)
+    "hflip": 0.5,                 # probability of a horizontal flip of each crop
     "cache_images": True,         # keep decoded training images in memory
     "workers": 0,                 # DataLoader workers decoding images
     # optimisation (gdet.engine.optim keys)
     "epochs": 2,
-    "optimizer": "sgd",
     "lr": 0.001,
-    "momentum": 0.9,
-    "nesterov": False,
     "weight_decay": 5e-4,
-    "no_decay_norm_bias": True,
-    "lr_schedule": "step",
-    "lr_step_epochs": 8,
     "lr_gamma": 0.1,
-    "lr_milestones": [],
-    "min_lr": 0.0,
-    "warmup_epochs": 0.0,
-    "warmup_factor": 0.1,
-    "grad_clip": None,
-    "ema": False,
-    "ema_decay": 0.999,
-    # numerics and machine
-    "device": "auto",
-    "precision": "fp32",
-    "channels_last": False,
-    "seed": 0,
+    "ema_decay": 0.0,
     # evaluation
     "eval_every": 1,              # epochs between val mAP evaluations (0: never)
-    "eval_images": None,          # evaluate on the first N val images (null: all)
+    "eval_max_images": None,      # evaluate on the first N val images (null: all)
     "eval_max_proposals": None,   # proposals per val image (null: max_proposals)
     "eval_score_thr": 0.001,
-    "eval_nms": 0.3,
+    "nms_iou": 0.3,               # per-class NMS of the detections
     "eval_max_dets": 100,
     # output
-    "out": "runs/det",
-    "resume": None,
+    "work_dir": "runs/det",
     "log_every": 10,
-    "max_steps": None,            # stop each epoch after this many steps (smoke runs)
-    "export_fp16": True,          # also write out/detector_fp16.pth (inference-only, no aux heads)
+    "export_fp16": True,          # also write work_dir/detector_fp16.pth (inference-only, no aux heads)
+}
+
+CHECKS = {
+    **ENGINE_CHECKS,
+    "proposal_kwargs": mapping,
+    "proposal_workers": number(ge=0, integer=True),
+    "max_proposals": number(ge=1, integer=True),
+    "backbone": one_of(*list_backbones()),
+    "backbone_kwargs": backbone_kwargs_check(),
+    "input_size": input_size_check(),
+    "context_pad": number(ge=0),
+    "sampling_ratio": number(ge=0, integer=True),
+    "aux_weight": number(ge=0),
+    "bbox_iou": interval(0, 1, lo_open=True),
+    "bbox_loss_weight": number(ge=0),
+    "fg_iou": interval(0, 1, lo_open=True),
+    "bg_iou_lo": interval(0, 1, hi_open=True),
+    "fg_fraction": interval(0, 1, lo_open=True),
+    "iters_per_epoch": number(ge=1, integer=True, null=True),
+    "hflip": interval(0, 1),
+    "eval_max_images": number(ge=1, integer=True, null=True),
+    "eval_max_proposals": number(ge=1, integer=True, null=True),
+    "eval_score_thr": interval(0, 1),
+    "nms_iou": interval(0, 1, lo_open=True),
+    "eval_max_dets": number(ge=1, integer=True),
 }
 
 
 def load_proposal_set(spec: str, records: Sequence[ImageRecord], out_dir: Path, split: str,
-                      method_kwargs: dict | None = None, workers: int = 0):
+                      method_kwargs: dict | None = None, workers: int = 0, distributed: bool = False):
     """A :class:`~gdet.proposals.ProposalSet` for ``records``: read from a ``.npz`` file, or computed with the
-    named method and cached as ``out_dir/proposals_<method>_<split>.npz`` (resumable)."""
+    named method and cached as ``out_dir/proposals_<method>_<split>.npz`` (resumable). With ``distributed``
+    (every rank calls it) the images are shared out over the ranks and rank 0 writes the file."""
     from gdet.proposals import list_proposers, load_proposals
     from gdet.proposals.compute import compute_proposals
 
@@ -109,7 +120,7 @@ def load_proposal_set(spec: str, records: Sequence[ImageRecord], out_dir: Path, 
     elif spec in list_proposers():
         path = Path(out_dir) / f"proposals_{spec}_{split}.npz"
         compute_proposals([(r.image_id, r.path) for r in records], spec, path, method_kwargs=method_kwargs,
-                          workers=workers, meta={"split": split})
+                          workers=workers, meta={"split": split}, distributed=distributed)
         props = load_proposals(path)
     else:
         raise ConfigError(f"proposals {spec!r}: neither a .npz proposal file nor a method "
@@ -186,9 +197,10 @@ class RegionBatches(Dataset):
         }
 
 
-def crop_batch(model: Detector, batch: dict[str, Any], device: torch.device, flip: bool = False,
+def crop_batch(model: Detector, batch: dict[str, Any], device: torch.device, hflip: float = 0.0,
                channels_last: bool = False) -> tuple[Tensor, Tensor]:
-    """Warp a batch's regions on ``device``. Returns crops (Tensor[B, 3, S, S]) in batch order and the flip mask."""
+    """Warp a batch's regions on ``device`` and flip each with probability ``hflip``. Returns crops
+    (Tensor[B, 3, S, S]) in batch order and the flip mask (Tensor[B] bool)."""
     n = batch["boxes"].shape[0]
     crops = torch.empty((n, 3, model.input_size, model.input_size), device=device)
     image_of = batch["image_of"].to(device)
@@ -199,8 +211,8 @@ def crop_batch(model: Detector, batch: dict[str, Any], device: torch.device, fli
         crops[sel] = crop_regions(model.normalize(img01), boxes[sel], model.input_size, model.context_pad,
                                   model.sampling_ratio)
     flipped = torch.zeros(n, dtype=torch.bool, device=device)
-    if flip:
-        flipped = torch.rand(n).to(device) < 0.5
+    if hflip > 0:
+        flipped = torch.rand(n).to(device) < hflip
         crops = torch.where(flipped[:, None, None, None], crops.flip(-1), crops)
     if channels_last:
         crops = crops.contiguous(memory_format=torch.channels_last)
@@ -208,15 +220,19 @@ def crop_batch(model: Detector, batch: dict[str, Any], device: torch.device, fli
 
 
 def detection_loss(out, labels: Tensor, bbox_targets: Tensor, bbox_use: Tensor, flipped: Tensor,
-                   aux_weight: float = 0.3, bbox_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """Cross-entropy over C + 1 classes (+ ``aux_weight`` x each aux head's), plus smooth-L1 box regression on
-    the regions marked ``bbox_use`` (its x offset negated for flipped crops)."""
+                   aux_weight: float = 0.3, bbox_weight: float = 1.0) -> dict[str, Tensor]:
+    """The R-CNN losses of a batch of B regions.
+
+    Returns:
+        ``{"loss_cls"}``: cross-entropy over C + 1 classes (+ ``aux_weight`` x each aux head's), and with a
+        box head ``"loss_bbox"``: ``bbox_weight`` x smooth-L1 on the regions marked ``bbox_use`` (its x offset
+        negated for flipped crops), summed and divided by B.
+    """
     from gdet.engine.loop import compute_loss
 
     output = BackboneOutput(out.logits, out.aux_logits) if out.aux_logits else out.logits
     cls_loss, _ = compute_loss(output, labels, F.cross_entropy, aux_weight)
-    parts = {"loss_cls": cls_loss.detach()}
-    loss = cls_loss
+    losses = {"loss_cls": cls_loss}
     if out.bbox_deltas is not None:
         idx = torch.nonzero(bbox_use).flatten()
         if idx.numel():
@@ -226,62 +242,8 @@ def detection_loss(out, labels: Tensor, bbox_targets: Tensor, bbox_use: Tensor, 
             box_loss = F.smooth_l1_loss(pred, t, beta=1.0 / 9, reduction="sum") / max(labels.numel(), 1)
         else:
             box_loss = out.bbox_deltas.sum() * 0.0  # keeps every parameter in the graph (DDP)
-        loss = loss + bbox_weight * box_loss
-        parts["loss_bbox"] = box_loss.detach()
-    return loss, parts
-
-
-def train_one_epoch(model, loader, optimizer, scheduler, device: torch.device, *, epoch: int, cfg: dict,
-                    scaler=None, ema=None) -> dict[str, float]:
-    """One epoch of R-CNN fine-tuning. Returns loss, accuracy, foreground accuracy, regions/s, lr (all ranks)."""
-    from gdet.engine import autocast, optimizer_step, progress, reduce_sum, unwrap_model
-
-    model.train()
-    det = unwrap_model(model)
-    stats = torch.zeros(6, dtype=torch.float64, device=device)  # loss*n, correct, fg correct, fg n, n, bbox*n
-    params = [p for p in model.parameters() if p.requires_grad] if cfg["grad_clip"] else None
-    n_steps = len(loader) if cfg["max_steps"] is None else min(len(loader), int(cfg["max_steps"]))
-    bar = progress(total=n_steps, desc=f"epoch {epoch}", leave=False)
-    t0 = time.perf_counter()
-    step = 0
-    for step, batch in enumerate(loader, 1):
-        crops, flipped = crop_batch(det, batch, device, cfg["flip"], cfg["channels_last"])
-        labels = batch["labels"].to(device)
-        with autocast(device, cfg["precision"]):
-            out = model(crops)
-            loss, parts = detection_loss(out, labels, batch["bbox_targets"].to(device), batch["bbox_use"].to(device),
-                                         flipped, cfg["aux_weight"], cfg["bbox_loss_weight"])
-        optimizer_step(loss, optimizer, scaler=scaler, grad_clip=cfg["grad_clip"], parameters=params)
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update_parameters(det)
-        with torch.no_grad():
-            n = labels.numel()
-            pred = out.logits.argmax(1)
-            fg = labels > 0
-            stats += torch.stack([loss.detach().double() * n, (pred == labels).sum().double(),
-                                  (pred[fg] == labels[fg]).sum().double(), fg.sum().double(),
-                                  torch.tensor(float(n), dtype=torch.float64, device=device),
-                                  parts.get("loss_bbox", torch.zeros((), device=device)).double() * n])
-        if step % max(int(cfg["log_every"]), 1) == 0 or step == n_steps:
-            cur = float(stats[0] / stats[4].clamp(min=1))
-            if not math.isfinite(cur):
-                raise GdetError(f"training diverged at epoch {epoch} step {step} (loss {cur}); lower the lr")
-            bar.set_postfix(loss=f"{cur:.4f}", acc=f"{float(stats[1] / stats[4].clamp(min=1)):.3f}")
-        bar.update(1)
-        if step >= n_steps:
-            break
-    bar.close()
-    total = reduce_sum(stats)
-    n = float(total[4].clamp(min=1))
-    res = {"loss": float(total[0]) / n, "acc": float(total[1]) / n,
-           "fg_acc": float(total[2]) / max(float(total[3]), 1.0),
-           "regions_per_s": float(total[4]) / max(time.perf_counter() - t0, 1e-9),
-           "lr": float(optimizer.param_groups[0]["lr"]), "steps": step}
-    if det.bbox_reg:
-        res["loss_bbox"] = float(total[5]) / n
-    return res
+        losses["loss_bbox"] = bbox_weight * box_loss
+    return losses
 
 
 @torch.no_grad()
@@ -342,102 +304,148 @@ def evaluate_detector(model, records: Sequence[ImageRecord], class_names: Sequen
 def _read_split(cfg: dict, split: str):
     from gdet.data import load_detection_set
 
-    if not cfg["data"]:
-        raise ConfigError("data: no dataset given (data=PATH)")
     return load_detection_set(cfg["data"], split=split)
 
 
-def train(cfg: dict) -> dict:
-    """Fine-tune an R-CNN detector as configured (see :data:`DET_DEFAULTS`). Returns the last epoch's metrics."""
-    from gdet.engine import (EpochRecorder, barrier, build_ema, build_grad_scaler, build_optimizer, build_scheduler,
-                             init_distributed, is_main_process, resolve_device, resume_training_state,
-                             seed_everything, unwrap_model, wrap_ddp)
-    from gdet.io import save_json
+class DetectionTask(Task):
+    """R-CNN fine-tuning: batches of ``batch_size`` warped regions per process (``fg_fraction`` foreground),
+    cross-entropy over C + 1 classes (+ aux heads, + box regression); the best epoch is the one with the best
+    val VOC mAP (of the averaged weights when averaging is on)."""
 
-    info = init_distributed(cfg["device"])
-    device = resolve_device(cfg["device"], info.local_rank)
-    seed_everything(cfg["seed"], info.rank)
-    out = Path(cfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
+    name = "detect"
+    score_name = "val_voc_mAP"
+    unit = "regions"
+    hidden = ("val_per_class_ap",)
 
-    train_set = _read_split(cfg, cfg["train_split"])
-    val_set = _read_split(cfg, cfg["val_split"]) if cfg["eval_every"] else None
-    class_names = train_set.class_names
-    # Proposals: rank 0 computes (and caches) them; the others wait and read the file.
-    if is_main_process():
-        load_proposal_set(cfg["proposals"], train_set.records, out, cfg["train_split"], cfg["proposal_kwargs"],
-                          cfg["proposal_workers"])
-    barrier()
-    train_props = load_proposal_set(cfg["proposals"], train_set.records, out, cfg["train_split"],
-                                    cfg["proposal_kwargs"])
-    regions, bbox = prepare_regions(train_set.records, train_props, max_proposals=cfg["max_proposals"],
-                                    fg_iou=cfg["fg_iou"], bg_iou_lo=cfg["bg_iou_lo"], bbox_iou=cfg["bbox_iou"])
-    sampler = RegionSampler(regions, cfg["batch_size"], cfg["fg_fraction"], seed=cfg["seed"])
-    iters = int(cfg["iters_per_epoch"] or sampler.batches_per_epoch())
-    if cfg["max_steps"]:
-        iters = min(iters, int(cfg["max_steps"]))
+    def title(self) -> str:
+        return "R-CNN fine-tuning"
 
-    bb_kwargs = dict(cfg["backbone_kwargs"] or {})
-    bb_kwargs["aux_logits"] = bool(cfg["aux_logits"])
-    model = build_detector(cfg["backbone"], class_names, weights=cfg["weights"], backbone_kwargs=bb_kwargs,
-                           context_pad=cfg["context_pad"], input_size=cfg["input_size"], bbox_reg=cfg["bbox_reg"],
-                           sampling_ratio=cfg["sampling_ratio"]).to(device)
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, iters)
-    scaler = build_grad_scaler(device, cfg["precision"])
-    ema = build_ema(model, cfg["ema_decay"], device=device) if cfg["ema"] else None
-    start_epoch = 0
-    if cfg["resume"]:
-        ckpt = resume_training_state(cfg["resume"], model=model, optimizer=optimizer, scheduler=scheduler,
-                                     scaler=scaler, ema=ema)
-        start_epoch = int(ckpt["epoch"])
-    ddp = wrap_ddp(model, info, device)
-    meta = detector_checkpoint_meta(model, bb_kwargs)
-    recorder = EpochRecorder(out, title="R-CNN fine-tuning", resume=bool(cfg["resume"]), meta=meta,
-                             hidden=("val_per_class_ap",))
-    if is_main_process():
-        save_json({k: v for k, v in cfg.items()}, out / "config.json")
-        print(f"train: {len(train_set)} images, {sampler.num_fg} foreground / {sampler.num_bg} background regions, "
-              f"{iters} iterations of {cfg['batch_size']} per epoch, device {device}"
-              + (f", {info.world_size} processes" if info.distributed else ""), flush=True)
-    val_props = None
-    metrics: dict[str, Any] = {}
-    # Shared over epochs in this process (with workers, each worker process fills its own copy).
-    image_cache: dict[int, Tensor] | None = {} if cfg["cache_images"] else None
-    for epoch in range(start_epoch, int(cfg["epochs"])):
-        batches = [RegionSampler.shard(b, info.rank, info.world_size) for b in sampler.epoch(epoch, iters)]
-        data = RegionBatches(train_set.records, regions, bbox, batches, cache=image_cache)
-        loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=int(cfg["workers"]),
-                            pin_memory=device.type == "cuda")
-        metrics = train_one_epoch(ddp, loader, optimizer, scheduler, device, epoch=epoch, cfg=cfg, scaler=scaler,
-                                  ema=ema)
-        metrics["epoch"] = epoch + 1
-        if cfg["eval_every"] and ((epoch + 1) % int(cfg["eval_every"]) == 0 or epoch + 1 == int(cfg["epochs"])):
-            if val_props is None:
-                val_records = val_set.records[: cfg["eval_images"]] if cfg["eval_images"] else val_set.records
-                spec = cfg["val_proposals"] or cfg["proposals"]
-                if is_main_process():
-                    load_proposal_set(spec, val_records, out, cfg["val_split"], cfg["proposal_kwargs"],
-                                      cfg["proposal_workers"])
-                barrier()
-                val_props = load_proposal_set(spec, val_records, out, cfg["val_split"], cfg["proposal_kwargs"])
-            net = ema.module if ema is not None else unwrap_model(model)
-            res, _ = evaluate_detector(net, val_records, class_names, val_props, device=device,
-                                       score_thr=cfg["eval_score_thr"], nms_thr=cfg["eval_nms"],
-                                       max_dets=cfg["eval_max_dets"],
-                                       max_proposals=cfg["eval_max_proposals"] or cfg["max_proposals"],
-                                       precision=cfg["precision"])
-            metrics.update({k: v for k, v in res.items() if k != "per_class"})
-            metrics["val_per_class_ap"] = res["per_class"]
-            model.train()
-        recorder.record({"epoch": epoch + 1, **metrics}, epoch=epoch + 1, config=cfg, model=model,
-                        optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
-    if is_main_process() and cfg["export_fp16"] and (out / "last.pth").exists():
-        from gdet.detection.model import export_detector
+    def setup(self, run: Run) -> nn.Module:
+        from gdet.engine import is_main_process
 
-        size = export_detector(out / "last.pth", out / "detector_fp16.pth", half=True, use_ema=bool(cfg["ema"]))
-        print(f"exported {out / 'detector_fp16.pth'} ({size / 1e6:.1f} MB, fp16, no aux heads)", flush=True)
-    barrier()
-    return metrics
+        cfg, info, work = self.cfg, run.info, run.work_dir
+        self.run_info = info
+        self.train_set = _read_split(cfg, cfg["train_split"])
+        self.val_set = _read_split(cfg, cfg["val_split"]) if cfg["eval_every"] and cfg["val_split"] else None
+        class_names = self.train_set.class_names
+        ck = run.resume_ckpt
+        if ck is not None and ck.get("class_names") and list(ck["class_names"]) != list(class_names):
+            raise ConfigError(f"{cfg['resume']}: its classes differ from those of {cfg['data']}; resuming would "
+                              "permute the labels")
+        # Proposals: every rank computes its share of the images; rank 0 writes (and caches) the file.
+        props = load_proposal_set(cfg["proposals"], self.train_set.records, work, cfg["train_split"],
+                                  cfg["proposal_kwargs"], cfg["proposal_workers"], distributed=True)
+        self.regions, self.bbox = prepare_regions(self.train_set.records, props, max_proposals=cfg["max_proposals"],
+                                                  fg_iou=cfg["fg_iou"], bg_iou_lo=cfg["bg_iou_lo"],
+                                                  bbox_iou=cfg["bbox_iou"])
+        # One global batch of batch_size x processes regions per step, each rank taking its share.
+        self.sampler = RegionSampler(self.regions, int(cfg["batch_size"]) * info.world_size,
+                                     float(cfg["fg_fraction"]), seed=int(cfg["seed"]))
+        self.iters = int(cfg["iters_per_epoch"] or self.sampler.batches_per_epoch())
+        bb_kwargs = {**dict(cfg["backbone_kwargs"] or {}), "aux_logits": bool(cfg["aux_logits"])}
+        model = build_detector(cfg["backbone"], class_names, backbone_kwargs=bb_kwargs,
+                               context_pad=cfg["context_pad"], input_size=cfg["input_size"], bbox_reg=cfg["bbox_reg"],
+                               sampling_ratio=cfg["sampling_ratio"])
+        if cfg["weights"] and ck is None:  # a resumed run's weights all come from its checkpoint
+            from gdet.engine import load_start_weights
+
+            load_start_weights(model.backbone, cfg["weights"], strict=bool(cfg["weights_strict"]), reinit_head=True)
+        self.meta = detector_checkpoint_meta(model, bb_kwargs)
+        self.class_names = class_names
+        # Shared over epochs in this process (with workers, each worker process fills its own copy).
+        self.image_cache: dict[int, Tensor] | None = {} if cfg["cache_images"] else None
+        self.hflip = float(cfg["hflip"])
+        self.aux_weight, self.bbox_weight = float(cfg["aux_weight"]), float(cfg["bbox_loss_weight"])
+        self.workers, self.pin = int(cfg["workers"]), run.device.type == "cuda"
+        self.val_records = self.val_props = None
+        if is_main_process():
+            print(f"train: {len(self.train_set)} images, {self.sampler.num_fg} foreground / {self.sampler.num_bg} "
+                  f"background regions, {self.iters} iterations of {cfg['batch_size']} regions per process per "
+                  f"epoch, device {run.device}" + (f", {info.world_size} processes" if info.distributed else ""),
+                  flush=True)
+        return model
+
+    def steps_per_epoch(self) -> int:
+        return self.iters
+
+    def train_batches(self, epoch: int):
+        info = self.run_info
+        batches = [RegionSampler.shard(b, info.rank, info.world_size) for b in self.sampler.epoch(epoch, self.iters)]
+        data = RegionBatches(self.train_set.records, self.regions, self.bbox, batches, cache=self.image_cache)
+        return DataLoader(data, batch_size=None, shuffle=False, num_workers=self.workers, pin_memory=self.pin)
+
+    def loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
+        with torch.autocast(run.device.type, enabled=False):  # the warp stays in fp32
+            crops, flipped = crop_batch(run.model, batch, run.device, self.hflip, run.channels_last)
+        labels = batch["labels"].to(run.device)
+        out = net(crops)
+        losses = detection_loss(out, labels, batch["bbox_targets"].to(run.device), batch["bbox_use"].to(run.device),
+                                flipped, self.aux_weight, self.bbox_weight)
+        with torch.no_grad():
+            pred = out.logits.argmax(1)
+            fg = labels > 0
+            losses["acc"] = (pred == labels).double().mean()
+            losses["fg_acc"] = (pred[fg] == labels[fg]).double().sum() / fg.sum().clamp(min=1)
+        return losses
+
+    def count(self, batch) -> int:
+        return int(batch["labels"].numel())
+
+    @property
+    def can_evaluate(self) -> bool:
+        return self.val_set is not None
+
+    def evaluate(self, run: Run) -> tuple[dict[str, Any], float]:
+        cfg = self.cfg
+        if self.val_props is None:
+            recs = self.val_set.records
+            self.val_records = recs[: int(cfg["eval_max_images"])] if cfg["eval_max_images"] else recs
+            spec = cfg["val_proposals"] or cfg["proposals"]
+            self.val_props = load_proposal_set(spec, self.val_records, run.work_dir, cfg["val_split"],
+                                               cfg["proposal_kwargs"], cfg["proposal_workers"], distributed=True)
+        res, _ = evaluate_detector(run.eval_model(), self.val_records, self.class_names, self.val_props,
+                                   device=run.device, score_thr=float(cfg["eval_score_thr"]),
+                                   nms_thr=float(cfg["nms_iou"]), max_dets=int(cfg["eval_max_dets"]),
+                                   max_proposals=cfg["eval_max_proposals"] or cfg["max_proposals"],
+                                   precision=run.precision)
+        run.model.train()
+        row = {f"val_{k}": v for k, v in res.items() if k != "per_class"}
+        row["val_per_class_ap"] = res["per_class"]
+        return row, res["voc_mAP"]
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return self.meta
+
+    def finish(self, run: Run, result: dict[str, Any]) -> None:
+        from gdet.engine import is_main_process
+
+        last = run.work_dir / "last.pth"
+        if is_main_process() and self.cfg["export_fp16"] and last.exists():
+            from gdet.detection.model import export_detector
+
+            dst = run.work_dir / "detector_fp16.pth"
+            size = export_detector(last, dst, half=True, use_ema=run.ema is not None)
+            print(f"exported {dst} ({size / 1e6:.1f} MB, fp16, no aux heads)", flush=True)
+
+
+def check(cfg: dict) -> dict:
+    """``cfg`` over :data:`DEFAULTS`, with every key's range checked (one-line :class:`ConfigError`)."""
+    cfg = {**copy.deepcopy(DEFAULTS), **cfg}
+    if not cfg.get("data"):
+        raise ConfigError("data: no dataset given (data=PATH)")
+    check_config(cfg, CHECKS)
+    return cfg
+
+
+def train(cfg: dict) -> dict[str, Any]:
+    """Fine-tune an R-CNN detector as ``cfg`` says (see :data:`DEFAULTS`; missing keys take their defaults).
+
+    ``batch_size`` is regions per process per step. Writes to ``work_dir``: ``best.pth`` (best val VOC mAP),
+    ``last.pth`` (every epoch; ``resume=``), ``metrics.jsonl``, ``curves.png``, ``config.yaml`` and, with
+    ``export_fp16``, ``detector_fp16.pth``.
+
+    Returns:
+        ``{"best_score" (val VOC mAP), "best_epoch", "last": <last epoch's metrics>, "work_dir", "rank"}``.
+    """
+    cfg = check(cfg)
+    return fit(DetectionTask(cfg), cfg)

@@ -226,3 +226,51 @@ def resume_training_state(path_or_ckpt: str | os.PathLike | dict, *, model: nn.M
         states = ckpt.get("rng_all_ranks") or [ckpt["rng"]]
         set_rng_state(states[rank] if rank < len(states) else states[0])
     return ckpt
+
+
+# Classifier and aux-classifier parameters: a fine-tuned network re-initialises them when its class count differs.
+HEAD_PREFIXES = ("fc.", "aux.", "aux1.", "aux2.", "AuxLogits.")
+
+
+def load_start_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True, reinit_head: bool = False,
+                       head_prefixes: tuple[str, ...] = HEAD_PREFIXES, log=print) -> tuple[int, int]:
+    """Load the start weights of a training run (``weights=``) into ``model`` and say how many tensors loaded.
+
+    Classifier-head tensors (``head_prefixes``) that are missing, unexpected or of another shape are expected
+    (fine-tuning to another class count re-initialises them); with ``reinit_head`` the classifier layers among
+    them (first dimension ``model.num_classes``) are never loaded, as R-CNN replaces its classifier. Any
+    other tensor that does not fit makes the load partial: refused with ``strict`` (``weights_strict: true``),
+    loaded and reported otherwise.
+
+    Returns:
+        ``(loaded, total)``: tensors taken from the file, tensors in ``model``'s state dict.
+    """
+    ckpt = load_checkpoint(path)
+    state = _strip_prefix(_strip_prefix(ckpt["model"], "module."), "_orig_mod.")
+    own = model.state_dict()
+    head = lambda k: k.startswith(head_prefixes)  # noqa: E731
+    n_cls = getattr(model, "num_classes", None)
+    classifier = lambda k: head(k) and own[k].ndim >= 1 and own[k].shape[0] == n_cls  # noqa: E731
+    fits = {k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape
+            and not (reinit_head and classifier(k))}
+    missing = [k for k in own if k not in fits and not head(k)]
+    unexpected = [k for k in state if k not in own and not head(k)]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and not head(k) and getattr(state[k], "shape", None) != own[k].shape]
+    missing = [k for k in missing if k not in state]  # a shape mismatch is listed once, under shapes
+    name = type(model).__name__
+    if not fits:
+        arch = ckpt.get("backbone")
+        raise CheckpointError(f"{path}: no weight fits {name}{f' (checkpoint is for backbone {arch!r})' if arch else ''}")
+    if missing or unexpected or shapes:
+        parts = [f"{what} ({len(keys)}): {_short(keys, 3)}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+        problem = f"only {len(fits)}/{len(own)} tensors of {name} fit ({'; '.join(parts)})"
+        if strict:
+            raise CheckpointError(f"{path}: {problem}; set weights_strict=false to load them anyway")
+        log(f"weights: warning: {problem}")
+    model.load_state_dict(fits, strict=False)
+    reinit = [k for k in own if k not in fits and head(k)]
+    log(f"weights: loaded {len(fits)}/{len(own)} tensors from {path}"
+        + (f" ({len(reinit)} classifier-head tensors re-initialised)" if reinit else ""))
+    return len(fits), len(own)

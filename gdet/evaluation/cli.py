@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
+from gdet.errors import GdetError
 from gdet.evaluation import METRICS, build_evaluator, format_table, plot_pr_curves, read_results, save_result_json
 
 
 def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str = "voc", split: str = "val",
                    plots: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-                   use_plus_one: bool = False, compat: str = "devkit") -> dict:
+                   use_plus_one: bool = False, compat: str = "devkit",
+                   max_dets: tuple[int, int, int] = (1, 10, 100)) -> dict:
     """Evaluate a result file (see :mod:`gdet.evaluation.results`) against a dataset.
 
     Args:
@@ -23,6 +25,7 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str =
         plots: folder for ``pr_<metric>.png``.
         out: path of the JSON with every figure.
         use_plus_one, compat: VOC/ILSVRC options (see :class:`~gdet.evaluation.VOCEvaluator`).
+        max_dets: COCO: COCOeval's ``maxDets`` (see :class:`~gdet.evaluation.COCOEvaluator`).
 
     Returns:
         the evaluator's result dict, plus ``gt``, ``dets``, ``seconds``.
@@ -30,13 +33,16 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str =
     from gdet.data import load_detection_set
 
     t0 = time.perf_counter()
-    dset = load_detection_set(gt, split=split, check_images=False)
+    # the ground truth exactly as written (no clipping, float64), as the official tools read it
+    dset = load_detection_set(gt, split=split, check_images=False, clip=False)
     detections = read_results(dets, dset.records, dset.class_names, dset.category_ids)
     kwargs = {}
     if metric in ("voc07", "voc"):
         kwargs = {"use_plus_one": use_plus_one, "compat": compat}
     elif metric == "ilsvrc":
         kwargs = {"use_plus_one": use_plus_one}
+    elif metric == "coco":
+        kwargs = {"max_dets": tuple(max_dets)}
     ev = build_evaluator(metric, dset.class_names, **kwargs)
     ev.process(dset.records, detections)
     result = ev.evaluate()
@@ -63,9 +69,15 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str =
 @click.option("--plus-one", is_flag=True, help="Legacy +1 pixel widths (boxes as inclusive pixel indices).")
 @click.option("--compat", type=click.Choice(["devkit", "py-faster-rcnn"]), default="devkit", show_default=True,
               help="VOC: the official devkit's rules or its py-faster-rcnn port (IoU > 0.5, arange thresholds).")
-def eval_cmd(gt, dets, metric, split, plots, out, plus_one, compat):
+@click.option("--max-dets", default="1,10,100", show_default=True,
+              help="COCO: the three per-image detection limits of COCOeval (AR1/AR10/AR100; AP uses the last).")
+def eval_cmd(gt, dets, metric, split, plots, out, plus_one, compat, max_dets):
     """Score a detection result file (mAP per class, PR curves, JSON)."""
-    result = evaluate_files(gt, dets, metric, split, plots, out, plus_one, compat)
+    try:
+        limits = tuple(int(v) for v in max_dets.split(","))
+    except ValueError:
+        raise GdetError(f"--max-dets: expected three integers like 1,10,100, got {max_dets!r}") from None
+    result = evaluate_files(gt, dets, metric, split, plots, out, plus_one, compat, limits)
     click.echo(format_table(result))
     if plots:
         click.echo(f"wrote {Path(plots) / f'pr_{metric}.png'}")

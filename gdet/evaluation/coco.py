@@ -74,12 +74,13 @@ def coco_objects(flat: FlatData, class_names: Sequence[str], image_ids: Sequence
     return coco_gt, coco_dt
 
 
-def run_cocoeval(coco_gt, coco_dt):
+def run_cocoeval(coco_gt, coco_dt, max_dets: Sequence[int] = (1, 10, 100)):
     """``COCOeval(bbox)``: evaluate, accumulate, summarize, with its printing silenced; returns the COCOeval."""
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         E = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        E.params.maxDets = [int(m) for m in max_dets]
         E.evaluate()
         E.accumulate()
         E.summarize()
@@ -97,13 +98,20 @@ class COCOEvaluator(DetectionEvaluator):
         backend: ``"fast"`` (gdet's vectorised evaluate/accumulate, :mod:`gdet.evaluation.fast_coco`, the same
             numbers in seconds) or ``"pycocotools"`` (COCOeval's own evaluate/accumulate). Both end in
             pycocotools' ``summarize()``.
+        max_dets: COCOeval's ``params.maxDets``: three increasing detection limits per image (AR1, AR10, AR100
+            and the AP figures use the last).
     """
 
     metric = "coco"
 
-    def __init__(self, class_names: Sequence[str], backend: str = "fast"):
+    def __init__(self, class_names: Sequence[str], backend: str = "fast", max_dets: Sequence[int] = (1, 10, 100)):
         if backend not in ("fast", "pycocotools"):
             raise GdetError(f"unknown COCO backend {backend!r} (known: fast, pycocotools)")
+        md = list(max_dets)
+        if len(md) != 3 or any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 for m in md) \
+                or sorted(md) != md:
+            raise GdetError(f"COCO max_dets must be three increasing positive integers, got {max_dets!r}")
+        self.max_dets = tuple(int(m) for m in md)
         self.backend = backend
         super().__init__(class_names)
         self.cocoeval = None
@@ -118,10 +126,10 @@ class COCOEvaluator(DetectionEvaluator):
         """
         flat = self.flat()
         if self.backend == "fast":
-            E = fast_cocoeval(flat, coco_image_ids(self._image_ids), self.num_classes)
+            E = fast_cocoeval(flat, coco_image_ids(self._image_ids), self.num_classes, self.max_dets)
         else:
             coco_gt, coco_dt = coco_objects(flat, self.class_names, self._image_ids)
-            E = run_cocoeval(coco_gt, coco_dt)
+            E = run_cocoeval(coco_gt, coco_dt, self.max_dets)
         self.cocoeval = E
         summary = {n: (float(v) if v > -1 else math.nan) for n, v in zip(COCO_STAT_NAMES, E.stats)}
         prec = E.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M maxDets]

@@ -49,13 +49,15 @@ def _last_argmax(cand: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndar
     return v.shape[-1] - 1 - v.argmax(axis=-1), cand.any(axis=-1)
 
 
-def fast_cocoeval(flat: FlatData, image_ids: np.ndarray, num_classes: int):
+def fast_cocoeval(flat: FlatData, image_ids: np.ndarray, num_classes: int,
+                  max_dets: tuple[int, int, int] = (1, 10, 100)):
     """Run COCO box evaluation on ``flat``.
 
     Args:
         flat: ground truth and detections (``gt_ignore`` = crowd, ``gt_area`` = COCO area).
         image_ids (ndarray[num_images]): COCO image id of each image (sets the accumulation order).
         num_classes: K; category k is label k.
+        max_dets: COCOeval's ``params.maxDets`` (increasing; ``summarize`` reads the three of them).
 
     Returns:
         a :class:`pycocotools.cocoeval.COCOeval` whose ``eval`` and ``stats`` are filled (``evalImgs`` empty).
@@ -67,6 +69,7 @@ def fast_cocoeval(flat: FlatData, image_ids: np.ndarray, num_classes: int):
     p = E.params
     p.imgIds = sorted(int(i) for i in image_ids)
     p.catIds = list(range(1, num_classes + 1))
+    p.maxDets = [int(m) for m in max_dets]
     thr = np.minimum(np.asarray(p.iouThrs, dtype=np.float64), 1 - 1e-10)
     T, R, K, A, M = len(p.iouThrs), len(p.recThrs), num_classes, len(p.areaRng), len(p.maxDets)
     precision = -np.ones((T, R, K, A, M))

@@ -61,6 +61,14 @@ def write_results(path: str | os.PathLike, records: Sequence[ImageRecord], detec
     return len(lines)
 
 
+_NUMBER = (int, float)  # exact types: JSON true/false are Python bools, which are ints
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _bad_entry(path, entries: list, image_index: dict, cat_index: dict) -> DataError:
     """Find the first malformed entry and describe it (slow path, only on error)."""
     for i, e in enumerate(entries):
@@ -71,15 +79,23 @@ def _bad_entry(path, entries: list, image_index: dict, cat_index: dict) -> DataE
             if key not in e:
                 return DataError(f"{where}: missing {key!r}")
         bb = e["bbox"]
-        if not (isinstance(bb, list) and len(bb) == 4 and all(isinstance(v, (int, float)) for v in bb)):
-            return DataError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bb!r}")
-        if isinstance(e["score"], bool) or not isinstance(e["score"], (int, float)):
-            return DataError(f"{where}: score must be a number, got {e['score']!r}")
+        if not (isinstance(bb, list) and len(bb) == 4 and all(type(v) in _NUMBER for v in bb)):
+            return DataError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {_short(bb)}")
+        if type(e["score"]) not in _NUMBER:
+            return DataError(f"{where}: score must be a number, got {_short(e['score'])}")
+        if isinstance(e["image_id"], (bool, list, dict, float)) or e["image_id"] is None:
+            return DataError(f"{where}: image_id must be an integer or a string, got {_short(e['image_id'])}")
         if str(e["image_id"]) not in image_index:
-            return DataError(f"{where}: unknown image_id {e['image_id']!r} (not in the ground truth)")
+            return DataError(f"{where}: unknown image_id {_short(e['image_id'])} (not in the ground truth)")
         if not isinstance(e["category_id"], (int, str)) or e["category_id"] not in cat_index:
-            return DataError(f"{where}: unknown category_id {e['category_id']!r}")
+            return DataError(f"{where}: unknown category_id {_short(e['category_id'])}")
     return DataError(f"{path}: malformed result entries")
+
+
+def _id_key(image_id) -> str:
+    if isinstance(image_id, (bool, list, dict, float)) or image_id is None:
+        raise TypeError
+    return str(image_id)
 
 
 def read_results(path: str | os.PathLike, records: Sequence[ImageRecord], class_names: Sequence[str],
@@ -99,7 +115,8 @@ def read_results(path: str | os.PathLike, records: Sequence[ImageRecord], class_
         entries get empty tensors).
 
     Raises:
-        DataError: not a list, a malformed entry, or an unknown image or category (naming the entry).
+        DataError: not a list, a malformed entry (a field of the wrong JSON type, e.g. a boolean score; a
+            non-finite number; a negative width or height), or an unknown image or category (naming the entry).
     """
     entries = load_json(path)
     if not isinstance(entries, list):
@@ -114,17 +131,24 @@ def read_results(path: str | os.PathLike, records: Sequence[ImageRecord], class_
     cat_index: dict = {c: k for k, c in enumerate(cats)}
     cat_index.update({n: k for k, n in enumerate(class_names)})
     try:
-        img = np.array([image_index[str(e["image_id"])] for e in entries], dtype=np.int64)
+        img = np.array([image_index[_id_key(e["image_id"])] for e in entries], dtype=np.int64)
         lab = np.array([cat_index[e["category_id"]] for e in entries], dtype=np.int64)
         box = np.array([e["bbox"] for e in entries], dtype=np.float64).reshape(len(entries), 4)
         score = np.array([e["score"] for e in entries], dtype=np.float64).reshape(len(entries))
-        if any(isinstance(e["category_id"], bool) for e in entries):
+        # np.array takes true/false as 1/0 and "1" as 1.0: check the JSON types too
+        if not (all(type(e["score"]) in _NUMBER for e in entries)
+                and all(type(v) in _NUMBER for e in entries for v in e["bbox"])
+                and not any(isinstance(e["category_id"], bool) for e in entries)):
             raise TypeError
     except (KeyError, TypeError, ValueError):
         raise _bad_entry(path, entries, image_index, cat_index) from None
     bad = ~(np.isfinite(box).all(axis=1) & np.isfinite(score))
     if bad.any():
         raise DataError(f"{path}: entry {int(np.flatnonzero(bad)[0]) + 1}: bbox or score is not finite")
+    bad = (box[:, 2] < 0) | (box[:, 3] < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: entry {i + 1}: bbox width and height must be >= 0, got {entries[i]['bbox']!r}")
     xyxy = np.concatenate([box[:, :2], box[:, :2] + box[:, 2:]], axis=1)
     order = np.argsort(img, kind="stable")
     bounds = np.searchsorted(img[order], np.arange(len(records) + 1))

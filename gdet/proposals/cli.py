@@ -11,7 +11,7 @@ from gdet.config import parse_override
 from gdet.data import load_detection_set
 from gdet.errors import GdetError
 from gdet.proposals.combined import combine_sets
-from gdet.proposals.compute import compute_proposals
+from gdet.proposals.compute import compute_proposals, process_group_from_env
 from gdet.proposals.evaluation import evaluate_proposals, format_table, plot_recall_curves
 from gdet.proposals.files import load_proposals, save_proposals
 
@@ -50,7 +50,10 @@ def proposals():
 @click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N images.")
 @click.option("--keep-parts", is_flag=True, help="Keep the per-image files in OUT.parts/.")
 def compute_cmd(data, split, method, weights, out, workers, opts, limit, keep_parts):
-    """Compute proposals for every image of a split (resumable: finished images are not redone)."""
+    """Compute proposals for every image of a split (resumable: finished images are not redone).
+
+    Under torchrun (any number of processes and nodes) the images are shared out over the ranks and rank 0
+    writes OUT."""
     kwargs = parse_options(opts)
     if weights is not None:
         kwargs["weights"] = weights
@@ -60,10 +63,12 @@ def compute_cmd(data, split, method, weights, out, workers, opts, limit, keep_pa
     dset = load_detection_set(data, split=split)
     records = dset.records[:limit] if limit else dset.records
     items = [(r.image_id, r.path) for r in records]
-    res = compute_proposals(items, method, out, method_kwargs=kwargs, workers=workers,
-                            meta={"data": str(data), "split": split})
-    click.echo(f"{res['out']}: {res['images']} images ({res['computed']} computed, {res['reused']} reused), "
-               f"{res['boxes_per_image']:.1f} boxes per image")
+    with process_group_from_env() as info:
+        res = compute_proposals(items, method, out, method_kwargs=kwargs, workers=workers,
+                                meta={"data": str(data), "split": split}, keep_parts=keep_parts, distributed=True)
+    if info.is_main:
+        click.echo(f"{res['out']}: {res['images']} images ({res['computed']} computed, {res['reused']} reused), "
+                   f"{res['boxes_per_image']:.1f} boxes per image")
 
 
 @proposals.command("combine", context_settings=CONTEXT)

@@ -137,31 +137,72 @@ def save_proposals(path: str | os.PathLike, proposals: ProposalSet) -> None:
 
 
 def load_proposals(path: str | os.PathLike) -> ProposalSet:
-    """Read a proposal file; a missing, corrupt or foreign file raises :class:`DataError` naming it."""
+    """Read a proposal file.
+
+    Raises:
+        DataError: naming the file: missing, corrupt or foreign; no or a newer ``version``; arrays of the wrong
+            dtype or shape (e.g. 3 boxes with 1 score); offsets that do not cover the boxes; repeated image ids;
+            non-finite boxes or scores; ``meta`` that is not a JSON object.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: proposal file not found")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable proposal file ({str(e).splitlines()[0][:100]})") from None
-    if str(data.get("format", "")) != FORMAT:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise DataError(f"{path}: not a readable proposal file ({str(e).splitlines()[0][:100] if str(e) else e!r})"
+                        ) from None
+    fmt = data.get("format")
+    if fmt is None or fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
         raise DataError(f"{path}: not a gdet proposal file (no format={FORMAT!r} key)")
-    if int(data["version"]) > VERSION:
-        raise DataError(f"{path}: proposal file version {int(data['version'])} is newer than this gdet ({VERSION})")
+    version = data.get("version")
+    if version is None or version.shape != () or version.dtype.kind not in "iu":
+        raise DataError(f"{path}: proposal file has no integer 'version'")
+    if int(version) > VERSION or int(version) < 1:
+        raise DataError(f"{path}: proposal file version {int(version)} is not one this gdet reads (1..{VERSION})")
     missing = [k for k in ("image_ids", "offsets", "boxes", "scores") if k not in data]
     if missing:
         raise DataError(f"{path}: proposal file lacks {', '.join(missing)}")
-    ids: list[Any] = [str(i) for i in data["image_ids"].tolist()]
-    if str(data.get("id_type", "str")) == "int":
-        ids = [int(i) for i in ids]
-    offsets = data["offsets"]
-    if offsets.shape[0] != len(ids) + 1 or offsets[-1] != data["boxes"].shape[0] or np.any(np.diff(offsets) < 0):
+    image_ids, offsets, boxes, scores = (data[k] for k in ("image_ids", "offsets", "boxes", "scores"))
+    if image_ids.ndim != 1 or (image_ids.size and image_ids.dtype.kind != "U"):
+        raise DataError(f"{path}: image_ids must be a 1-d array of strings, got {image_ids.dtype} {image_ids.shape}")
+    if boxes.dtype.kind != "f" or boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise DataError(f"{path}: boxes must be a float array [M, 4], got {boxes.dtype} {boxes.shape}")
+    if scores.dtype.kind != "f" or scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
+        raise DataError(f"{path}: scores must be a float array [M] with one score per box, got {scores.dtype} "
+                        f"{scores.shape} for {boxes.shape[0]} boxes")
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        raise DataError(f"{path}: boxes or scores contain NaN or infinite values")
+    id_type = str(data.get("id_type", "str"))
+    ids: list[Any] = [str(i) for i in image_ids.tolist()]
+    if id_type == "int":
+        try:
+            ids = [int(i) for i in ids]
+        except ValueError:
+            raise DataError(f"{path}: id_type is 'int' but an image id is not an integer") from None
+    elif id_type != "str":
+        raise DataError(f"{path}: id_type must be 'int' or 'str', got {id_type[:40]!r}")
+    if len(set(ids)) != len(ids):
+        dup = next(i for k, i in enumerate(ids) if i in ids[:k])
+        raise DataError(f"{path}: image id {dup!r} appears more than once")
+    if offsets.dtype.kind not in "iu" or offsets.ndim != 1 or offsets.shape[0] != len(ids) + 1 \
+            or offsets[0] != 0 or offsets[-1] != boxes.shape[0] or np.any(np.diff(offsets) < 0):
         raise DataError(f"{path}: inconsistent offsets ({offsets.shape[0]} for {len(ids)} images, "
-                        f"{data['boxes'].shape[0]} boxes)")
-    meta = json.loads(str(data["meta"])) if "meta" in data else {}
-    return ProposalSet(ids, offsets, data["boxes"], data["scores"], data.get("sizes"), meta)
+                        f"{boxes.shape[0]} boxes)")
+    sizes = data.get("sizes")
+    if sizes is not None and (sizes.dtype.kind not in "iu" or sizes.shape != (len(ids), 2)):
+        raise DataError(f"{path}: sizes must be an integer array [{len(ids)}, 2], got {sizes.dtype} {sizes.shape}")
+    meta: Any = {}
+    if "meta" in data:
+        m = data["meta"]
+        try:
+            meta = json.loads(str(m)) if m.shape == () and m.dtype.kind == "U" else None
+        except (json.JSONDecodeError, RecursionError):
+            meta = None
+        if not isinstance(meta, dict):
+            raise DataError(f"{path}: meta must be a JSON object in a string")
+    return ProposalSet(ids, offsets, boxes, scores, sizes, meta)
 
 
 def merge_sets(sets: Iterable[ProposalSet], order: Sequence | None = None, meta: dict | None = None) -> ProposalSet:

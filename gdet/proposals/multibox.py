@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou, nms, remove_small_boxes
 
 from gdet.backbones import build_backbone
-from gdet.data import to_tensor
+from gdet.data import to_chw
 from gdet.engine import load_checkpoint, load_model_weights, resolve_device
 from gdet.errors import CheckpointError, GdetError
 from gdet.proposals.base import Proposer, as_rgb
@@ -303,7 +303,7 @@ def image_to_input(image: np.ndarray, size: int) -> Tensor:
     """RGB uint8 ``[H, W, 3]`` -> uint8 ``Tensor[3, size, size]`` (warped, as in training)."""
     h, w = image.shape[:2]
     interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
-    return to_tensor(cv2.resize(image, (size, size), interpolation=interp))
+    return to_chw(cv2.resize(image, (size, size), interpolation=interp))
 
 
 @torch.no_grad()

@@ -1,26 +1,26 @@
-"""MultiBox training: a plain function over gdet's engine (AMP, DDP under torchrun, exact resume, EMA)."""
+"""MultiBox training: a :class:`~gdet.engine.Task` for gdet's one training loop (AMP, DDP under torchrun, exact
+resume, averaging)."""
 from __future__ import annotations
 
 import copy
-import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from gdet.engine import (EpochRecorder, autocast, build_ema, build_grad_scaler, build_loader, build_optimizer,
-                         build_scheduler, cleanup, init_distributed, is_main_process, move_to_device,
-                         optimizer_step, progress, reduce_sum, resolve_device, resume_training_state,
-                         seed_everything, set_epoch, wrap_ddp)
-from gdet.engine.optim import OPTIM_DEFAULTS
+from gdet.backbones import list_backbones
+from gdet.config import check_config, interval, number, one_of
+from gdet.engine import autocast, build_loader, load_start_weights, move_to_device, progress, reduce_sum, set_epoch
+from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
+                                 input_size_check)
 from gdet.errors import ConfigError
 from gdet.proposals.multibox import (HEADS, TASK, MultiBox, build_multibox, build_trunk, encode_targets,
                                      grid_priors, image_to_input, kmeans_priors, multibox_loss, postprocess)
 
 # Every key a MultiBox config may set (configs/multibox_*.yaml); README.md (proposals section) explains them.
 DEFAULTS: dict[str, Any] = {
+    **copy.deepcopy(ENGINE_DEFAULTS),
     # data: anything gdet.data.load_detection_set reads (VOC root, COCO json, `gdet data synth` folder)
     "data": None,
     "train_split": "train",
@@ -30,7 +30,6 @@ DEFAULTS: dict[str, Any] = {
     # network
     "backbone": "googlenet",
     "backbone_kwargs": {},
-    "backbone_weights": None,
     "input_size": 224,
     "head": "fc",  # fc: Erhan et al.'s fully connected head; conv: convolutional priors (Szegedy et al. 2014)
     "num_priors": 200,  # fc head: k-means priors
@@ -40,27 +39,36 @@ DEFAULTS: dict[str, Any] = {
     "grid": 4,  # fc head: pooled grid side
     "dropout": 0.0,
     "alpha": 0.3,
-    "hflip": 0.5,
+    "hflip": 0.5,  # probability of a horizontal flip
     # optimisation (gdet.engine.build_optimizer / build_scheduler keys)
-    **copy.deepcopy(OPTIM_DEFAULTS),
     "epochs": 30,
-    "batch_size": 32,
+    "batch_size": 32,  # images per process
     "grad_clip": 10.0,
-    "ema_decay": 0.0,
     # evaluation: recall at IoU 0.5 of the top-k boxes on the val split
     "eval_top_k": 100,
     "nms_iou": 0.7,
     "eval_max_images": None,
     # execution
-    "device": "auto",
-    "precision": "fp32",
-    "threads": None,
-    "seed": 0,
     "work_dir": "runs/multibox",
-    "resume": None,
-    "eval_every": 1,
-    "log_every": 20,
-    "max_steps_per_epoch": None,
+}
+
+CHECKS = {
+    **ENGINE_CHECKS,
+    "backbone": one_of(*list_backbones()),
+    "backbone_kwargs": backbone_kwargs_check(trunk=True),
+    "input_size": input_size_check(trunk=True),
+    "head": one_of(*HEADS),
+    "num_priors": number(ge=1, integer=True),
+    "anchors": number(ge=1, integer=True),
+    "match_iou": number(gt=0, le=1, null=True),
+    "hidden": number(ge=1, integer=True),
+    "grid": number(ge=1, integer=True),
+    "dropout": interval(0, 1, hi_open=True),
+    "alpha": number(ge=0),
+    "hflip": interval(0, 1),
+    "eval_top_k": number(ge=1, integer=True),
+    "nms_iou": interval(0, 1, lo_open=True),
+    "eval_max_images": number(ge=1, integer=True, null=True),
 }
 
 
@@ -110,182 +118,151 @@ def feature_grid(backbone: str, backbone_kwargs: dict, size: int) -> tuple[int, 
     return int(feats.shape[-2]), int(feats.shape[-1])
 
 
-def _check(cfg: dict) -> None:
-    if not cfg.get("data"):
-        raise ConfigError("data: set it to a detection dataset (data=PATH)")
-    if cfg["precision"] not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision {cfg['precision']!r}: use fp32, bf16 or fp16")
-    if int(cfg["epochs"]) < 1 or int(cfg["batch_size"]) < 1 or int(cfg["num_priors"]) < 1 or int(cfg["anchors"]) < 1:
-        raise ConfigError("epochs, batch_size, num_priors and anchors must be >= 1")
-    if cfg["head"] not in HEADS:
-        raise ConfigError(f"head {cfg['head']!r}: use one of {', '.join(HEADS)}")
-    if cfg["match_iou"] is not None and (not isinstance(cfg["match_iou"], (int, float))
-                                         or not 0.0 < float(cfg["match_iou"]) <= 1.0):
-        raise ConfigError(f"match_iou {cfg['match_iou']!r}: use a value in (0, 1] or null")
-
-
-def train(cfg: dict) -> dict[str, Any]:
-    """Train MultiBox as ``cfg`` (see :data:`DEFAULTS`) says; data-parallel under torchrun.
-
-    Writes to ``work_dir``: ``last.pth`` (every epoch; ``resume=``), ``best.pth`` (best val recall),
-    ``metrics.jsonl``, ``curves.png``, ``config.yaml``.
-
-    Returns:
-        ``{"best_recall", "last", "work_dir"}``.
-    """
-    cfg = {**copy.deepcopy(DEFAULTS), **cfg}
-    _check(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    info = init_distributed(cfg["device"])
-    try:
-        return _train(cfg, info)
-    finally:
-        cleanup()
-
-
-def _train(cfg: dict, info) -> dict[str, Any]:
-    from gdet.data.dataset import load_detection_set
-
-    device = resolve_device(cfg["device"], info.local_rank)
-    seed_everything(int(cfg["seed"]), info.rank)
-    work = Path(cfg["work_dir"])
-    train_set = load_detection_set(cfg["data"], split=cfg["train_split"])
-    boxes = torch.cat([normalised_boxes(r) for r in train_set.records])
-    size = int(cfg["input_size"])
-    head = {"hidden": int(cfg["hidden"]), "grid": int(cfg["grid"]), "dropout": float(cfg["dropout"]),
+def _head(cfg: dict) -> dict:
+    return {"hidden": int(cfg["hidden"]), "grid": int(cfg["grid"]), "dropout": float(cfg["dropout"]),
             "kind": str(cfg["head"]), "anchors": int(cfg["anchors"])}
-    if head["kind"] == "conv":
-        priors = grid_priors(boxes, feature_grid(cfg["backbone"], cfg["backbone_kwargs"], size), head["anchors"],
-                             seed=int(cfg["seed"]))
-    else:
-        priors = kmeans_priors(boxes, int(cfg["num_priors"]), seed=int(cfg["seed"]))
-    loader = build_loader(MultiBoxDataset(train_set.records, priors, size, float(cfg["hflip"]), cfg["match_iou"]),
-                          batch_size=int(cfg["batch_size"]), train=True, info=info, num_workers=int(cfg["workers"]),
-                          device=device, seed=int(cfg["seed"]), collate_fn=collate)
-    if len(loader) == 0:
-        raise ConfigError(f"{cfg['data']}: fewer training images ({len(train_set)}) than one batch "
-                          f"({cfg['batch_size']} per process)")
-    val_loader = None
-    if cfg.get("val_split"):
-        val_records = load_detection_set(cfg.get("val_data") or cfg["data"], split=cfg["val_split"]).records
-        if cfg.get("eval_max_images"):
-            val_records = val_records[: int(cfg["eval_max_images"])]
-        val_loader = build_loader(MultiBoxDataset(val_records, priors, size, match_iou=cfg["match_iou"]),
-                                  batch_size=int(cfg["batch_size"]),
-                                  train=False, info=info, num_workers=int(cfg["workers"]), device=device,
-                                  collate_fn=collate)
-    steps = len(loader) if cfg["max_steps_per_epoch"] is None else min(len(loader), int(cfg["max_steps_per_epoch"]))
-
-    model = build_multibox(backbone=cfg["backbone"], priors=priors, backbone_kwargs=cfg["backbone_kwargs"],
-                           backbone_weights=cfg["backbone_weights"], **head).to(device)
-    ema = build_ema(model, float(cfg["ema_decay"])) if cfg["ema_decay"] else None
-    net = wrap_ddp(model, info, device)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, steps)
-    scaler = build_grad_scaler(device, cfg["precision"])
-    start, best = 0, -1.0
-    if cfg.get("resume"):
-        ck = resume_training_state(cfg["resume"], model=model, optimizer=optimizer, scheduler=scheduler,
-                                   scaler=scaler, ema=ema)
-        start, best = int(ck["epoch"]), float(ck.get("best_recall", -1.0))
-    if is_main_process():
-        import yaml
-
-        from gdet.io import atomic_write
-
-        work.mkdir(parents=True, exist_ok=True)
-        with atomic_write(work / "config.yaml") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
-    recorder = EpochRecorder(work, title=f"MultiBox ({cfg['backbone']}, {head['kind']} head)",
-                             best_key="best_recall", best=best, resume=start > 0,
-                             meta={"task": TASK, "backbone": cfg["backbone"],
-                                   "backbone_kwargs": dict(cfg["backbone_kwargs"]), "priors": priors, "head": head,
-                                   "input_size": size, "preprocessing": model.backbone.preprocessing()})
-    last: dict[str, Any] = {}
-    for epoch in range(start, int(cfg["epochs"])):
-        set_epoch(loader, epoch)
-        t0 = time.perf_counter()
-        tr = train_one_epoch(net, model, loader, optimizer, scheduler, device, cfg, steps, epoch, scaler, ema)
-        row: dict[str, Any] = {"epoch": epoch + 1, **tr}
-        is_eval = val_loader is not None and ((epoch + 1) % max(int(cfg["eval_every"]), 1) == 0
-                                              or epoch + 1 == int(cfg["epochs"]))
-        # Without a val split the lowest training loss is "best"; with one, only evaluated epochs compete.
-        score = -tr["train_loss"] if val_loader is None else None
-        if is_eval:
-            v = evaluate(ema.module if ema is not None else model, val_loader, device, cfg)
-            row.update(v)
-            score = v[f"val_recall@{cfg['eval_top_k']}"]
-        row["time"] = time.perf_counter() - t0
-        recorder.record(row, epoch=epoch + 1, config=cfg, model=model, optimizer=optimizer, scheduler=scheduler,
-                        scaler=scaler, ema=ema, score=score)
-        last = row
-    return {"best_recall": recorder.best, "last": last, "work_dir": str(work)}
 
 
-def train_one_epoch(net, model: MultiBox, loader, optimizer, scheduler, device, cfg, steps, epoch, scaler, ema):
-    net.train()
-    stats = torch.zeros(4, dtype=torch.float64, device=device)  # loss, loc, conf sums, images
-    bar = progress(total=steps, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    t0 = time.perf_counter()
-    for step, (images, targets) in enumerate(loader, 1):
-        images = move_to_device(images, device)
-        tb, tm = move_to_device(targets["boxes"], device), move_to_device(targets["matched"], device)
-        x = model.normalize(images.float() / 255.0)
-        with autocast(device, cfg["precision"]):
-            boxes, logits = net(x)
-        loss, parts = multibox_loss(boxes, logits, tb, tm, float(cfg["alpha"]))
-        optimizer_step(loss, optimizer, scaler=scaler, grad_clip=cfg["grad_clip"], parameters=params)
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        n = images.shape[0]
-        stats += torch.stack([loss.detach().double() * n, parts["loc"].double() * n, parts["conf"].double() * n,
-                              torch.tensor(float(n), dtype=torch.float64, device=device)])
-        if step % max(int(cfg["log_every"]), 1) == 0:
-            bar.set_postfix(loss=f"{float(stats[0] / stats[3]):.4f}")
-        bar.update(1)
-        if step >= steps:
-            break
-    bar.close()
-    total = reduce_sum(stats)
-    c = float(total[3].clamp(min=1))
-    if not np.isfinite(float(total[0])):
-        from gdet.errors import GdetError
+class MultiBoxTask(Task):
+    """MultiBox: matching loss (alpha x localisation + confidence) on k-means or grid priors; the best epoch is
+    the one with the best val recall at IoU 0.5 of the top ``eval_top_k`` boxes."""
 
-        raise GdetError(f"training diverged at epoch {epoch + 1}; lower the lr")
-    return {"lr": float(optimizer.param_groups[0]["lr"]), "train_loss": float(total[0]) / c,
-            "train_loc": float(total[1]) / c, "train_conf": float(total[2]) / c,
-            "train_images_per_s": float(total[3]) / max(time.perf_counter() - t0, 1e-9)}
+    name = TASK
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.score_name = f"val_recall@{int(cfg['eval_top_k'])}"
+
+    def title(self) -> str:
+        return f"MultiBox ({self.cfg['backbone']}, {self.cfg['head']} head)"
+
+    def setup(self, run: Run) -> nn.Module:
+        from gdet.data.dataset import load_detection_set
+
+        cfg, info, device = self.cfg, run.info, run.device
+        train_set = load_detection_set(cfg["data"], split=cfg["train_split"])
+        size = int(cfg["input_size"])
+        head = _head(cfg)
+        if run.resume_ckpt is not None and run.resume_ckpt.get("priors") is not None:
+            priors = run.resume_ckpt["priors"]  # the run's own priors, whatever the data says now
+        elif head["kind"] == "conv":
+            boxes = torch.cat([normalised_boxes(r) for r in train_set.records])
+            priors = grid_priors(boxes, feature_grid(cfg["backbone"], cfg["backbone_kwargs"], size), head["anchors"],
+                                 seed=int(cfg["seed"]))
+        else:
+            boxes = torch.cat([normalised_boxes(r) for r in train_set.records])
+            priors = kmeans_priors(boxes, int(cfg["num_priors"]), seed=int(cfg["seed"]))
+        self.loader = build_loader(MultiBoxDataset(train_set.records, priors, size, float(cfg["hflip"]),
+                                                   cfg["match_iou"]),
+                                   batch_size=int(cfg["batch_size"]), train=True, info=info,
+                                   num_workers=int(cfg["workers"]), device=device, seed=int(cfg["seed"]),
+                                   collate_fn=collate)
+        if len(self.loader) == 0:
+            raise ConfigError(f"{cfg['data']}: fewer training images ({len(train_set)}) than one batch "
+                              f"({cfg['batch_size']} per process)")
+        self.val_loader = None
+        if cfg.get("val_split"):
+            val_records = load_detection_set(cfg.get("val_data") or cfg["data"], split=cfg["val_split"]).records
+            if cfg.get("eval_max_images"):
+                val_records = val_records[: int(cfg["eval_max_images"])]
+            self.val_loader = build_loader(MultiBoxDataset(val_records, priors, size, match_iou=cfg["match_iou"]),
+                                           batch_size=int(cfg["batch_size"]), train=False, info=info,
+                                           num_workers=int(cfg["workers"]), device=device, collate_fn=collate)
+        model = build_multibox(backbone=cfg["backbone"], priors=priors, backbone_kwargs=cfg["backbone_kwargs"],
+                               **head)
+        if cfg.get("weights") and run.resume_ckpt is None:
+            load_start_weights(model.backbone, cfg["weights"], strict=bool(cfg["weights_strict"]))
+        self.alpha = float(cfg["alpha"])
+        self.top_k, self.nms_iou = int(cfg["eval_top_k"]), float(cfg["nms_iou"])
+        self.meta = {"task": TASK, "backbone": cfg["backbone"], "backbone_kwargs": dict(cfg["backbone_kwargs"]),
+                     "priors": priors, "head": head, "input_size": size,
+                     "preprocessing": model.backbone.preprocessing()}
+        return model
+
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def train_batches(self, epoch: int):
+        set_epoch(self.loader, epoch)
+        return self.loader
+
+    def loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
+        images, targets = batch
+        images = move_to_device(images, run.device)
+        tb, tm = move_to_device(targets["boxes"], run.device), move_to_device(targets["matched"], run.device)
+        boxes, logits = net(run.model.normalize(images.float() / 255.0))
+        with torch.autocast(run.device.type, enabled=False):
+            loss, parts = multibox_loss(boxes.float(), logits.float(), tb, tm, self.alpha)
+        # The total is alpha x loc + conf; the two parts are logged beside it.
+        return {"loss": loss, "loc": parts["loc"].detach(), "conf": parts["conf"].detach()}
+
+    @property
+    def can_evaluate(self) -> bool:
+        return self.val_loader is not None
+
+    def evaluate(self, run: Run) -> tuple[dict[str, Any], float]:
+        v = evaluate(run.eval_model(), self.val_loader, run.device, alpha=self.alpha, top_k=self.top_k,
+                     nms_iou=self.nms_iou, precision=run.precision)
+        return v, v[self.score_name]
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return self.meta
 
 
 @torch.no_grad()
-def evaluate(model: MultiBox, loader, device, cfg) -> dict[str, float]:
-    """Validation loss and recall at IoU 0.5 of the top ``eval_top_k`` boxes (after NMS), over all ranks."""
+def evaluate(model: MultiBox, loader, device, *, alpha: float = 0.3, top_k: int = 100, nms_iou: float = 0.7,
+             precision: str = "fp32") -> dict[str, float]:
+    """Validation loss and recall at IoU 0.5 of the top ``top_k`` boxes (after NMS at ``nms_iou``), over all ranks.
+
+    Returns:
+        ``{"val_loss", "val_recall@<top_k>"}``.
+    """
     from torchvision.ops import box_iou
 
+    was_training = model.training
     model.eval()
-    k = int(cfg["eval_top_k"])
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, images, hits, objects
     for images, targets in progress(loader, desc="val", leave=False):
         images = move_to_device(images, device)
         x = model.normalize(images.float() / 255.0)
-        with autocast(device, cfg["precision"]):
+        with autocast(device, precision):
             boxes, logits = model(x)
-        loss, _ = multibox_loss(boxes, logits, targets["boxes"].to(device), targets["matched"].to(device),
-                                float(cfg["alpha"]))
+        boxes, logits = boxes.float(), logits.float()
+        loss, _ = multibox_loss(boxes, logits, targets["boxes"].to(device), targets["matched"].to(device), alpha)
         n = images.shape[0]
         hits = objects = 0
         for b, lg, gt, wh in zip(boxes, logits, targets["gt"], targets["size"]):
             w, h = int(wh[0]), int(wh[1])
-            pb, _ = postprocess(b, lg, w, h, top_k=k, nms_iou=float(cfg["nms_iou"]))
+            pb, _ = postprocess(b, lg, w, h, top_k=top_k, nms_iou=nms_iou)
             g = gt.to(device) * torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
             objects += g.shape[0]
             if g.shape[0] and pb.shape[0]:
                 hits += int((box_iou(g, pb).amax(1) >= 0.5).sum())
         stats += torch.tensor([float(loss) * n, n, hits, objects], dtype=torch.float64, device=device)
+    model.train(was_training)
     total = reduce_sum(stats)
     return {"val_loss": float(total[0] / total[1].clamp(min=1)),
-            f"val_recall@{k}": float(total[2] / total[3].clamp(min=1))}
+            f"val_recall@{top_k}": float(total[2] / total[3].clamp(min=1))}
+
+
+def check(cfg: dict) -> dict:
+    """``cfg`` over :data:`DEFAULTS`, with every key's range checked (one-line :class:`ConfigError`)."""
+    cfg = {**copy.deepcopy(DEFAULTS), **cfg}
+    if not cfg.get("data"):
+        raise ConfigError("data: set it to a detection dataset (data=PATH)")
+    check_config(cfg, CHECKS)
+    return cfg
+
+
+def train(cfg: dict) -> dict[str, Any]:
+    """Train MultiBox as ``cfg`` (see :data:`DEFAULTS`) says; data-parallel under torchrun.
+
+    ``batch_size`` is images per process. Writes to ``work_dir``: ``best.pth`` (best val recall), ``last.pth``
+    (every epoch; ``resume=``), ``metrics.jsonl``, ``curves.png``, ``config.yaml``.
+
+    Returns:
+        ``{"best_recall", "best_score", "best_epoch", "last", "work_dir", "rank"}``.
+    """
+    cfg = check(cfg)
+    result = fit(MultiBoxTask(cfg), cfg)
+    return {"best_recall": result["best_score"] if result["best_score"] is not None else float("nan"), **result}

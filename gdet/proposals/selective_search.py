@@ -131,6 +131,18 @@ class SelectiveSearch(Proposer):
             cfg.update(scale=self.scale, sigma_pkg=self.sigma_pkg, min_region=self.min_region)
         return cfg
 
+    def propose(self, image: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Selective search boxes of an RGB ``uint8 [H, W, 3]`` image (see :meth:`Proposer.propose`).
+
+        An image one pixel high or wide has no regions to merge: its only box is the whole image, kept if it
+        passes ``min_size`` (so usually no box at all).
+        """
+        if isinstance(image, np.ndarray) and image.ndim in (2, 3) and image.dtype == np.uint8 \
+                and 1 <= min(image.shape[:2]) < 2:
+            h, w = image.shape[:2]
+            return filter_small(torch.tensor([[0.0, 0.0, float(w), float(h)]]), torch.ones(1), self.min_size)
+        return super().propose(image)
+
     def _propose(self, image: np.ndarray) -> tuple[Tensor, Tensor]:
         h, w = image.shape[:2]
         small, factor = resize_longer_side(image, self.max_side)

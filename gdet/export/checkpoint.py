@@ -1,15 +1,15 @@
 """Inference-only fp16 copies of training checkpoints, small enough to ship in git.
 
-``python -m gdet.detection.export SRC DST [--raw]`` keeps the weights (the Polyak-averaged ones when the checkpoint
-has them, unless ``--raw``) in fp16 without aux heads, plus the metadata the loaders need (task, backbone, class
-names, preprocessing, detector settings, config); optimizer, scheduler and RNG states are dropped. Works for
-detection checkpoints (``tools/train_det.py``), classification ones (``tools/train_cls.py``) and MultiBox ones
-(``tools/train_multibox.py``); all load as before (``gdet detect`` / ``gdet classify`` / ``--weights``), in fp32.
+``gdet export --weights SRC --format fp16 --out DST [--raw]`` keeps the weights (the Polyak-averaged ones when
+the checkpoint has them, unless ``--raw``) in fp16 without aux heads, plus the metadata the loaders need (task,
+backbone, class names, preprocessing, detector settings, config); optimizer, scheduler and RNG states are dropped.
+Works for detection checkpoints (``tools/train_det.py``), classification ones (``tools/train_cls.py``) and
+MultiBox ones (``tools/train_multibox.py``); all load as before (``gdet detect`` / ``gdet classify`` /
+``--weights``), in fp32.
 """
 from __future__ import annotations
 
 import os
-import sys
 
 from gdet.errors import CheckpointError
 
@@ -23,7 +23,14 @@ _KEEP_FP32 = ("priors",)  # buffers whose precision matters more than their size
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = True, half: bool = True) -> int:
-    """Write the inference-only copy of ``src`` to ``dst``. Returns its size in bytes."""
+    """Write the inference-only copy of ``src`` to ``dst``. Returns its size in bytes.
+
+    Args:
+        src: a detection, classification or MultiBox training checkpoint.
+        dst: the fp16 checkpoint to write (atomically).
+        use_ema: take the Polyak-averaged weights when the checkpoint has them.
+        half: store floating-point weights in fp16 (the MultiBox priors stay fp32).
+    """
     from gdet.engine.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(src)
@@ -44,24 +51,3 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, use_ema: b
                ckpt.get("ema") is not None else "raw")
     save_checkpoint(out, dst)
     return os.path.getsize(dst)
-
-
-def main(argv: list[str] | None = None) -> None:
-    import click
-
-    @click.command()
-    @click.argument("src")
-    @click.argument("dst")
-    @click.option("--raw", is_flag=True, help="Export the raw weights instead of the Polyak-averaged ones.")
-    def cli(src, dst, raw):
-        """Export SRC (a training checkpoint) to DST as an fp16 inference-only checkpoint."""
-        size = export_checkpoint(src, dst, use_ema=not raw)
-        click.echo(f"wrote {dst} ({size / 1e6:.1f} MB)")
-
-    from gdet.cli import run_guarded
-
-    run_guarded(cli.main, args=argv, standalone_mode=True)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

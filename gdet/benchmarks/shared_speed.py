@@ -1,0 +1,151 @@
+"""Network-stage time per image: R-CNN mode (the whole network on every warped proposal) vs shared-feature mode
+(trunk once per image, remaining stages per region), on the same random-initialised detector.
+
+R-CNN mode is ``Detector.score_regions`` (crops + network, in chunks of 256 regions, so its time is linear in the
+number of proposals): on a CPU it is timed on ``--rcnn-sample`` proposals and scaled to ``N`` unless
+``--rcnn-full``; the table says which. Shared mode is ``SharedDetectorNet.score_regions`` on all ``N`` proposals.
+Run: ``python -m gdet.benchmarks.shared_speed --backbones googlenet,googlenet_tv --proposals 2000,500``.
+"""
+from __future__ import annotations
+
+import time
+
+import click
+import numpy as np
+import torch
+
+VOC_CLASSES = 20
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, device: torch.device, repeats: int, clock: str = "wall") -> float:
+    """Median seconds of ``repeats`` calls; ``clock="cpu"`` counts this process's CPU time instead of wall time
+    (with one thread, a figure that other jobs on a shared machine do not inflate)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = now()
+        fn()
+        _sync(device)
+        times.append(now() - t)
+    return float(np.median(times))
+
+
+def random_boxes(n: int, width: int, height: int, seed: int = 0) -> torch.Tensor:
+    """``n`` random boxes inside a ``width x height`` image, sides 5-100% of the image (proposal stand-ins).
+
+    Returns:
+        Tensor[n, 4] (x1, y1, x2, y2) in pixels.
+    """
+    g = torch.Generator().manual_seed(seed)
+    wh = (0.05 + 0.95 * torch.rand((n, 2), generator=g)) * torch.tensor([width, height])
+    xy = torch.rand((n, 2), generator=g) * (torch.tensor([width, height]) - wh)
+    return torch.cat([xy, xy + wh], 1)
+
+
+def measure(backbone: str, proposals: list[int], *, width: int = 640, height: int = 480,
+            scales: tuple[int, ...] = (600,), max_size: int | None = 1000, pooled_size: int | None = None,
+            stage: str | None = None, sampling_ratio: int = 1,
+            rcnn_sample: int | None = 128, repeats: int = 1, device: str = "cpu", clock: str = "wall") -> list[dict]:
+    """Seconds per image of the network stage in both modes.
+
+    Args:
+        backbone: registry name; the detector is random-initialised with 20 classes (VOC) and a box head.
+        proposals: numbers of proposals per image to time.
+        width, height: image size.
+        scales, max_size, pooled_size, stage, sampling_ratio: shared-mode settings (see
+            :class:`~gdet.detection.shared.SharedDetectorNet`).
+        rcnn_sample: time R-CNN mode on this many proposals and scale linearly (None: on all of them).
+        repeats: timed calls per measurement after one small warm-up call (median reported).
+        clock: ``wall`` or ``cpu`` (process CPU time; use with one thread).
+    Returns:
+        one dict per ``N``: ``backbone, proposals, rcnn_s, rcnn_measured_on, shared_s, trunk_s, speedup``.
+    """
+    from gdet.detection.model import build_detector
+    from gdet.detection.shared import SharedDetectorNet
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    det = build_detector(backbone, [f"c{i}" for i in range(VOC_CLASSES)], bbox_reg=True,
+                         backbone_kwargs={"aux_logits": False}).to(dev).eval()
+    shared = SharedDetectorNet.from_detector(det, scales=scales, max_size=max_size, pooled_size=pooled_size,
+                                             stage=stage, sampling_ratio=sampling_ratio).eval()
+    image = torch.rand((3, height, width), generator=torch.Generator().manual_seed(1)).to(dev)
+    boxes_all = random_boxes(max(proposals), width, height).to(dev)
+    det.score_regions(image, boxes_all[:8])  # warm-up (allocator, kernels)
+    shared.score_regions(image, boxes_all[:8])
+    image_norm = det.normalize(image)
+    with torch.no_grad():
+        trunk_s = _median_time(lambda: shared.image_features(image_norm), dev, repeats, clock)
+    rows = []
+    for n in proposals:
+        boxes = boxes_all[:n]
+        m = n if not rcnn_sample else min(n, rcnn_sample)
+        t_rcnn = _median_time(lambda: det.score_regions(image, boxes[:m]), dev, repeats, clock) * n / m
+        t_shared = _median_time(lambda: shared.score_regions(image, boxes), dev, repeats, clock)
+        rows.append({"backbone": backbone, "proposals": n, "rcnn_s": t_rcnn, "rcnn_measured_on": m,
+                     "shared_s": t_shared, "trunk_s": trunk_s, "speedup": t_rcnn / t_shared})
+    return rows
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    from gdet.errors import GdetError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise GdetError(f"{option}: expected a comma list of positive integers, got {text!r}")
+    return values
+
+
+@click.command()
+@click.option("--backbones", default="googlenet,googlenet_tv", show_default=True, help="Comma list of registry names.")
+@click.option("--proposals", default="2000,500", show_default=True, help="Comma list of proposals per image.")
+@click.option("--width", default=640, show_default=True)
+@click.option("--height", default=480, show_default=True)
+@click.option("--scales", default="600", show_default=True, help="Shared mode: comma list of shorter sides.")
+@click.option("--max-size", default=1000, show_default=True, help="Shared mode: cap on the longer side.")
+@click.option("--pooled-size", default=None, type=int, help="Shared mode: pooled region side (default: the stage's "
+              "size at the backbone's input size, 14 for GoogLeNet).")
+@click.option("--stage", default=None, help="Shared mode: feature_info stage regions are pooled from (default: "
+              "the deepest stride-16 one, inception4e for GoogLeNet).")
+@click.option("--sampling-ratio", default=1, show_default=True, help="Shared mode: roi_align samples per bin and axis.")
+@click.option("--rcnn-sample", default=128, show_default=True,
+              help="Time R-CNN mode on this many proposals and scale linearly to N.")
+@click.option("--rcnn-full", is_flag=True, help="Time R-CNN mode on all N proposals (minutes per image on a CPU).")
+@click.option("--repeats", default=1, show_default=True, help="Timed calls per measurement (median).")
+@click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="cpu: process CPU time (with --threads 1, immune to other jobs on a shared machine).")
+def main(backbones, proposals, width, height, scales, max_size, pooled_size, stage, sampling_ratio, rcnn_sample,
+         rcnn_full, repeats, threads, device, clock):
+    """Per-image network-stage time, R-CNN vs shared-feature detection."""
+    if threads:
+        torch.set_num_threads(threads)
+    ns, sc = _int_list(proposals, "--proposals"), tuple(_int_list(scales, "--scales"))
+    click.echo(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, image "
+               f"{width}x{height}, shared scales {list(sc)} max {max_size}, stage {stage or 'stride 16'}, pooled "
+               f"{pooled_size or 'default'}, sampling ratio {sampling_ratio}, {clock} clock")
+    click.echo(f"{'backbone':<14} {'N':>5} {'rcnn s/img':>11} {'(timed on)':>10} {'shared s/img':>13} "
+               f"{'(trunk s)':>10} {'speed-up':>9}")
+    for name in [b.strip() for b in backbones.split(",") if b.strip()]:
+        rows = measure(name, ns, width=width, height=height, scales=sc, max_size=max_size, pooled_size=pooled_size,
+                       stage=stage, sampling_ratio=sampling_ratio, rcnn_sample=None if rcnn_full else rcnn_sample,
+                       repeats=repeats, device=device, clock=clock)
+        for r in rows:
+            click.echo(f"{r['backbone']:<14} {r['proposals']:>5} {r['rcnn_s']:>11.2f} {r['rcnn_measured_on']:>10} "
+                       f"{r['shared_s']:>13.2f} {r['trunk_s']:>10.2f} {r['speedup']:>8.1f}x")
+
+
+if __name__ == "__main__":
+    from gdet.cli import run_guarded
+
+    run_guarded(main.main, standalone_mode=True)
