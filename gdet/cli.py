@@ -92,13 +92,13 @@ class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use; listing them imports nothing.
 
     Args:
-        lazy: ``name -> (module:attribute, one-line help)``.
+        lazy: ``name -> (module:attribute, one-line help)`` (or just ``module:attribute``, shown without help).
     """
 
-    def __init__(self, *args, lazy: dict[str, tuple[str, str]] | None = None, **kwargs):
+    def __init__(self, *args, lazy: dict[str, tuple[str, str] | str] | None = None, **kwargs):
         kwargs.setdefault("context_settings", dict(CONTEXT))
         super().__init__(*args, **kwargs)
-        self.lazy = dict(lazy or {})
+        self.lazy = {name: (v, "") if isinstance(v, str) else tuple(v) for name, v in (lazy or {}).items()}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
