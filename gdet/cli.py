@@ -1,24 +1,44 @@
-"""The ``gdet`` command: a thin click group; each subcommand lives beside the module it drives."""
+"""The ``gdet`` command: a thin click group; each subcommand lives beside the module it drives.
+
+Every ``tools/*.py`` script is a thin wrapper over one of these commands, so a pip-installed gdet can train,
+test, evaluate and benchmark without the repository. Shared option names (one vocabulary):
+``--data`` dataset, ``--split``, ``--weights`` the command's own checkpoint(s), ``--proposal-weights`` the
+MultiBox checkpoint of the proposals, ``--opt KEY=VALUE`` proposal-method options, ``--out`` the command's main
+output, ``--json FILE`` machine-readable results (``-``: stdout), ``--top-k``, ``--device``, ``--precision``.
+"""
 from __future__ import annotations
 
+import difflib
 import importlib
+import json
+import os
 import sys
+from pathlib import Path
+from typing import Any, Iterable
 
 import click
 
 from gdet import __version__
 from gdet.errors import GdetError, install_warning_format
+from gdet.io import save_json
 
-# name -> "module:attribute". Commands are imported only when used, so `gdet --help` stays fast
-# and a broken optional dependency of one command cannot break the others.
-COMMANDS: dict[str, str] = {
-    "models": "gdet.backbones.cli:models",
-    "classify": "gdet.classification.cli:classify",
-    "detect": "gdet.detection.cli:detect",
-    "data": "gdet.data.cli:data",
-    "eval": "gdet.evaluation.cli:eval_cmd",
-    "proposals": "gdet.proposals.cli:proposals",
-    "demo": "gdet.demo:demo",
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+# name -> ("module:attribute", one-line help). Listing the commands imports nothing (so `gdet --help` is fast
+# and loads no torch); a command's module is imported only when that command runs or shows its own help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("gdet.benchmarks.cli:bench", "Benchmarks: classify, proposals, detect, eval."),
+    "classify": ("gdet.classification.cli:classify", "Top-k classes of images; `classify eval`: multi-crop error."),
+    "data": ("gdet.data.cli:data", "Datasets: synthetic benchmark, VOC <-> COCO, ground-truth pictures."),
+    "demo": ("gdet.demo:demo", "Detect objects in the sample image; the shipped detector's mAP."),
+    "detect": ("gdet.detection.cli:detect", "Detect objects in images (files, folders, globs)."),
+    "eval": ("gdet.evaluation.cli:eval_cmd", "Score a detection result file (mAP per class, PR curves)."),
+    "export": ("gdet.export.cli:export", "Export a checkpoint for inference."),
+    "fuse": ("gdet.detection.cli:fuse", "Fuse detection result files of the same images (NMS or WBF)."),
+    "models": ("gdet.backbones.cli:models", "Registered backbones with parameters and multiply-adds."),
+    "proposals": ("gdet.proposals.cli:proposals", "Object proposals: compute, combine, inspect, evaluate recall."),
+    "test": ("gdet.detection.cli:test", "Detect every image of a dataset split, write results, print mAP."),
+    "train": ("gdet.train_cli:train", "Train a model: train cls|det|multibox --config FILE [KEY=VALUE]."),
 }
 
 
@@ -42,35 +62,79 @@ def run_guarded(fn, *args, **kwargs):
         sys.exit(130)
 
 
-class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use; user errors print one line."""
+def run_tool(cmd: click.Command) -> None:
+    """Entry point of a ``tools/*.py`` script: run ``cmd`` as a program, bad input printed as one line."""
+    run_guarded(cmd.main, standalone_mode=True, prog_name=sys.argv[0])
 
-    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """The ``--json FILE`` option: write ``obj`` to FILE atomically, or print it when FILE is ``-``."""
+    if str(path) == "-":
+        click.echo(json.dumps(obj, indent=2))
+    else:
+        save_json(obj, path)
+
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def note_shipped_weights(paths: Iterable[str | os.PathLike]) -> None:
+    """Say once, on stderr, that the bundled ``gdet/assets/*_synth_fp16.pth`` models know only synthetic shapes."""
+    for p in paths:
+        p = Path(p)
+        if p.name.endswith("_synth_fp16.pth") and p.resolve().parent == ASSETS:
+            click.echo(f"note: {p.name} is a demonstration model trained on synthetic shapes only "
+                       "(gdet data synth); it does not recognise real-world objects", err=True)
+            return
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use; listing them imports nothing.
+
+    Args:
+        lazy: ``name -> (module:attribute, one-line help)`` (or just ``module:attribute``, shown without help).
+    """
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str] | str] | None = None, **kwargs):
+        kwargs.setdefault("context_settings", dict(CONTEXT))
         super().__init__(*args, **kwargs)
-        self.lazy = dict(lazy or {})
+        self.lazy = {name: (v, "") if isinstance(v, str) else tuple(v) for name, v in (lazy or {}).items()}
 
     def list_commands(self, ctx):
-        names = set(super().list_commands(ctx))
-        for name, target in self.lazy.items():
-            if self._load(name, target, quiet=True) is not None:
-                names.add(name)
-        return sorted(names)
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
 
     def get_command(self, ctx, name):
         cmd = super().get_command(ctx, name)
         if cmd is None and name in self.lazy:
-            cmd = self._load(name, self.lazy[name], quiet=False)
+            cmd = self._load(name, self.lazy[name][0])
         return cmd
 
+    def format_commands(self, ctx, formatter):
+        rows = [(name, self.commands[name].get_short_help_str(limit=formatter.width))
+                for name in super().list_commands(ctx)]
+        rows += [(name, help_) for name, (_, help_) in self.lazy.items() if name not in self.commands]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(sorted(rows))
+
+    def resolve_command(self, ctx, args):
+        name = click.utils.make_str(args[0]) if args else None
+        if name is not None and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
+
     @staticmethod
-    def _load(name, target, quiet):
+    def _load(name, target):
         module_name, attr = target.split(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            # Only a command whose own module is absent is skipped; a missing dependency is a real error.
-            if quiet and e.name and module_name.startswith(e.name):
-                return None
+            # Only a command whose own module is absent (not yet installed) is reported this way; a missing
+            # third-party dependency is a real error and keeps its traceback.
+            if e.name and module_name.startswith(e.name):
+                raise GdetError(f"command {name!r} is not available in this installation ({module_name})") from None
             raise
         return getattr(module, attr)
 
@@ -78,12 +142,12 @@ class LazyGroup(click.Group):
         return run_guarded(super().invoke, ctx)
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="gdet")
 def main():
     """gdet: GoogLeNet classification and R-CNN detection (Szegedy et al., 2014).
 
-    Run `gdet COMMAND --help` for each command's options.
+    Run `gdet COMMAND -h` for each command's options.
     """
 
 

@@ -162,6 +162,26 @@ def test_ensemble_averaging():
         average_probabilities([a, b], [1])
 
 
+def test_ensemble_prediction_is_the_mean_of_its_members():
+    """predict() with two networks = the average of each network's own (crop-averaged) probabilities."""
+    from gdet.backbones import build_backbone
+    from gdet.classification.model import Classifier
+
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(Classifier(build_backbone("googlenet", num_classes=4, aux_logits=False).eval(), CLASSES, 48))
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    alone = [dict(predict([image], [m], crops=10, topk=4)[0]) for m in members]
+    both = dict(predict([image], members, crops=10, topk=4)[0])
+    assert set(both) == set(CLASSES) and alone[0] != alone[1]
+    for c in CLASSES:
+        assert both[c] == pytest.approx((alone[0][c] + alone[1][c]) / 2, abs=1e-6)
+    weighted = dict(predict([image], members, crops=10, topk=4, weights=[3, 1])[0])
+    for c in CLASSES:
+        assert weighted[c] == pytest.approx(0.75 * alone[0][c] + 0.25 * alone[1][c], abs=1e-6)
+
+
 # ---------------------------------------------------------------- training: proof, resume, CLI
 
 def _cfg(data, work, **kw):
@@ -252,7 +272,7 @@ def test_cli_predict_eval_and_bad_inputs(trained, tmp_path):
     ck = str(base / "run" / "best.pth")
     runner = CliRunner()
     r = runner.invoke(gdet_main, ["classify", "--image", str(data / "val" / "cross"), "--weights", ck,
-                                  "--topk", "2", "--json", "--device", "cpu"])
+                                  "--top-k", "2", "--json", "-", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert len(out) == len(list((data / "val" / "cross").glob("*.jpg"))) and len(out[0]["top"]) == 2

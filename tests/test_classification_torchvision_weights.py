@@ -41,7 +41,7 @@ def test_cli_classify_plain_file_and_errors(tmp_path):
     names.write_text("a\nb\nc\nd\ne\n")
     runner = CliRunner()
     res = runner.invoke(gdet_main, ["classify", "--image", str(image), "--weights", str(path), "--backbone",
-                                    "googlenet_tv", "--class-names", str(names), "--topk", "2", "--json"])
+                                    "googlenet_tv", "--class-names", str(names), "--top-k", "2", "--json", "-"])
     assert res.exit_code == 0, res.output
     top = json.loads(res.output)[0]["top"]
     assert len(top) == 2 and {t["class"] for t in top} <= set("abcde") and top[0]["prob"] >= top[1]["prob"]

@@ -90,11 +90,11 @@ def test_cli_synth_convert_browse(tmp_path):
     assert r.exit_code == 0, r.output
     assert "val: 2 images" in r.output and "images/min" in r.output
 
-    r = run(gdet_main, ["data", "convert", "--from", "voc", "--to", "coco", "--src", str(tmp_path / "s"),
+    r = run(gdet_main, ["data", "convert", "--from", "voc", "--to", "coco", "--data", str(tmp_path / "s"),
                         "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "c" / "train.json").is_file() and len(list((tmp_path / "c" / "images").glob("*.jpg"))) == 4
-    r = run(gdet_main, ["data", "convert", "--from", "coco", "--to", "voc", "--src", str(tmp_path / "c"),
+    r = run(gdet_main, ["data", "convert", "--from", "coco", "--to", "voc", "--data", str(tmp_path / "c"),
                         "--out", str(tmp_path / "v")])
     assert r.exit_code == 0, r.output
     for split in ("train", "val"):
@@ -104,16 +104,17 @@ def test_cli_synth_convert_browse(tmp_path):
             assert torch.equal(x.boxes, y.boxes) and torch.equal(x.labels, y.labels)
             assert torch.equal(x.ignore, y.ignore) and x.extra["truncated"] == y.extra["truncated"]
 
-    r = run(gdet_main, ["data", "browse", str(tmp_path / "c"), "--out", str(tmp_path / "png"), "--split", "val"])
+    r = run(gdet_main, ["data", "browse", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "png"),
+                        "--split", "val"])
     assert r.exit_code == 0, r.output
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert len(pngs) == 2 and read_image(pngs[0]).shape == (64, 96, 3)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["browse", "{tmp}/nothing", "--out", "{tmp}/o"], "nothing: dataset not found"),
+    (["browse", "--data", "{tmp}/nothing", "--out", "{tmp}/o"], "nothing: dataset not found"),
     (["synth", "--out", "{tmp}/s", "--size", "big"], "--size must look like 500x375"),
-    (["convert", "--from", "voc", "--to", "coco", "--src", "{tmp}", "--out", "{tmp}/o"], "not a VOC dataset"),
+    (["convert", "--from", "voc", "--to", "coco", "--data", "{tmp}", "--out", "{tmp}/o"], "not a VOC dataset"),
 ])
 def test_cli_bad_input_is_one_line_error(tmp_path, args, message):
     r = CliRunner().invoke(gdet_main, ["data"] + [a.format(tmp=tmp_path) for a in args])
@@ -130,7 +131,7 @@ def test_cli_reports_clipped_boxes(tmp_path):
     xml = tmp_path / "Annotations" / f"{split}.xml"
     assert "<xmax>" in xml.read_text()
     xml.write_text(xml.read_text().replace("<xmax>", "<xmax>1000", 1))  # now far outside the image
-    r = CliRunner().invoke(gdet_main, ["data", "browse", str(tmp_path), "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(gdet_main, ["data", "browse", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert "clipped 1 boxes partly outside their image" in r.output
 
@@ -139,7 +140,7 @@ def test_cli_convert_synth_coco_folder(tmp_path):
     generate(SynthConfig(seed=4, images=3, width=64, height=48, val_fraction=0.0), tmp_path / "s", formats=("coco",),
              workers=0, show_progress=False)
     assert load_detection_set(tmp_path / "s", split=None).split == "train"  # the only split .json
-    r = CliRunner().invoke(gdet_main, ["data", "convert", "--from", "coco", "--to", "voc", "--src",
+    r = CliRunner().invoke(gdet_main, ["data", "convert", "--from", "coco", "--to", "voc", "--data",
                                        str(tmp_path / "s"), "--out", str(tmp_path / "v")])
     assert r.exit_code == 0, r.output  # synth.json is not mistaken for a split
     a, b = read_coco(tmp_path / "s" / "train.json"), read_voc(tmp_path / "v", "train")

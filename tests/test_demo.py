@@ -9,6 +9,9 @@ from gdet.data.synth import CLASS_NAMES
 from gdet.detection.model import Detector
 from helpers_detection import save_detector
 
+PINNED_VOC_MAP = 0.011111  # = 1/90
+PINNED_COCO_AP = 0.008889
+
 
 def test_demo_runs_and_reports_map(tmp_path):
     from gdet.cli import main
@@ -22,11 +25,16 @@ def test_demo_runs_and_reports_map(tmp_path):
                                     "--max-proposals", "20", "--score-thr", "0.0", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "mAP on 2 generated val images: VOC 2010+" in res.output
-    assert (out / "sample_detections.png").stat().st_size > 0
-    rows = json.loads((out / "sample_detections.json").read_text())["detections"]
-    assert rows and {"box", "score", "class"} <= set(rows[0])
+    # The same names as `gdet detect --out OUT --json OUT/detections.json`.
+    assert (out / "sample.png").stat().st_size > 0
+    entries = json.loads((out / "detections.json").read_text())
+    assert entries and set(entries[0]) == {"image_id", "category_id", "bbox", "score"}
+    assert {e["image_id"] for e in entries} == {"sample"} and {e["category_id"] for e in entries} <= set(CLASS_NAMES)
     summary = json.loads((out / "map.json").read_text())
-    assert summary["val_images"] == 2 and 0.0 <= summary["voc_mAP"] <= 1.0
+    # Deterministic: generated images (seed 2014), selective search, a seeded random network on the CPU.
+    assert summary["val_images"] == 2 and summary["max_proposals"] == 20
+    assert round(summary["voc_mAP"], 6) == PINNED_VOC_MAP
+    assert round(summary["coco_AP"], 6) == PINNED_COCO_AP
     assert (out / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from gdet.data.synth import CLASS_NAMES
 from gdet.detection import EnsembleDetector, build_detector, load_detector
 from gdet.detection.model import export_detector
 from gdet.errors import CheckpointError, GdetError
@@ -113,11 +114,15 @@ def test_cli_detect_table_png_json_and_bad_checkpoint(tmp_path):
                                "--proposals", str(tmp_path / "p.npz"), "--score-thr", "0", "--out",
                                str(tmp_path / "out"), "--json", str(tmp_path / "d.json")])
     assert res.exit_code == 0, res.output
-    assert "scene.png" in res.output and "detection(s)" in res.output
+    assert "scene.png" in res.output and "detection(s)" in res.output and "synthetic shapes" not in res.output
     assert (tmp_path / "out" / "scene.png").stat().st_size > 0
-    data = json.loads((tmp_path / "d.json").read_text())
-    assert data["class_names"] == CLASSES and data["images"][0]["detections"]
-    assert set(data["images"][0]["detections"][0]) == {"box", "score", "label", "class"}
+    entries = json.loads((tmp_path / "d.json").read_text())
+    assert entries and {e["image_id"] for e in entries} == {"scene"}
+    assert all(set(e) == {"image_id", "category_id", "bbox", "score"} and e["category_id"] in CLASSES
+               for e in entries)
+    # the library's numbers (cv2 wrote IMAGE as BGR; an ensemble of one model twice is that model)
+    ref = tiny_detector().detect(IMAGE[:, :, ::-1], PROPS, score_thr=0.0, nms_thr=0.3, max_dets=100)
+    assert [round(e["score"], 5) for e in entries] == [round(v, 5) for v in ref["scores"].tolist()]
     # bad checkpoint: one line, non-zero exit
     (tmp_path / "bad.pth").write_text("garbage")
     res = runner.invoke(main, ["detect", "--image", str(img_path), "--weights", str(tmp_path / "bad.pth")])
@@ -129,20 +134,24 @@ def test_cli_detect_table_png_json_and_bad_checkpoint(tmp_path):
 
 
 def test_cli_detect_passes_proposal_options(tmp_path):
-    """`--proposal-opt` reaches the proposal method (the shipped MultiBox: 200 boxes by default)."""
+    """`--opt` reaches the proposal method: with NMS off, every kept proposal gives one detection per class."""
     from gdet.cli import main
 
     root = Path(__file__).resolve().parents[1] / "gdet" / "assets"
     base = ["detect", "--image", str(root / "sample.jpg"), "--weights", str(root / "detector_synth_fp16.pth"),
-            "--proposals", "multibox", "--multibox-weights", str(root / "multibox_synth_fp16.pth"), "--score-thr", "0"]
+            "--proposals", "multibox", "--proposal-weights", str(root / "multibox_synth_fp16.pth"),
+            "--score-thr", "0", "--nms-iou", "1", "--max-dets", "100000", "--device", "cpu"]
     counts = []
-    for opts in ([], ["--proposal-opt", "top_k=37"], ["--proposal-opt", "top_k=37", "--proposal-opt", "tiles=2"]):
+    for opts in (["--opt", "top_k=3"], ["--opt", "top_k=7", "--opt", "tiles=2"]):
         res = CliRunner().invoke(main, base + opts + ["--json", str(tmp_path / "d.json")])
         assert res.exit_code == 0, res.output
-        counts.append(json.loads((tmp_path / "d.json").read_text())["images"][0]["num_proposals"])
-    assert counts == [200, 37, 37]
-    res = CliRunner().invoke(main, base + ["--proposal-opt", "tiles=x"])
+        assert res.stderr.count("trained on synthetic shapes only") == 1  # the shipped weights say what they know
+        counts.append(len(json.loads((tmp_path / "d.json").read_text())))
+    assert counts == [3 * len(CLASS_NAMES), 7 * len(CLASS_NAMES)]
+    res = CliRunner().invoke(main, base + ["--opt", "tiles=x"])
     assert res.exit_code == 1 and res.output.startswith("error: ") and "tiles" in res.output
+    res = CliRunner().invoke(main, base[:-8] + ["--proposal-weights", str(root / "nope.pth")])
+    assert res.exit_code == 1 and "nope.pth" in res.output
 
 
 def test_export_classifier_loads_in_gdet_classify(tmp_path):
@@ -164,3 +173,18 @@ def test_export_classifier_loads_in_gdet_classify(tmp_path):
     assert torch.allclose(w, ema["conv1.conv.weight"].half().float())  # the averaged weights, in fp16
     with pytest.raises(CheckpointError):
         export_checkpoint(tmp_path / "nope.pth", tmp_path / "x.pth")
+
+
+def test_one_colour_per_class_in_ground_truth_and_detection_pictures():
+    from gdet.data.browse import draw_record
+    from gdet.detection.visualize import draw_detections
+    from gdet.structures import ImageRecord
+
+    black = np.zeros((60, 80, 3), np.uint8)
+    names = [f"c{i}" for i in range(6)]
+    for label in range(6):
+        box = torch.tensor([[10.0, 20, 50, 55]])
+        gt = draw_record(black, ImageRecord("x", "x.png", 80, 60, box, torch.tensor([label])), names)
+        det = draw_detections(black, {"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([label])},
+                              names)
+        assert gt[40, 10].tolist() == det[40, 10].tolist() != [0, 0, 0], label  # the left edge, below the tag

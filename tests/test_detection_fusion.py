@@ -45,3 +45,38 @@ def test_fuse_bad_input():
         fuse_detections([A], method="vote")
     with pytest.raises(GdetError):
         fuse_detections([A, B], weights=[1.0])
+
+
+def test_gdet_fuse_of_a_file_with_itself_is_exact(tmp_path):
+    """A result file fused with itself: NMS keeps one copy of each box and suppresses same-class neighbours over
+    the IoU threshold; WBF merges each box with its copy (same box, same score). Exact expected entries."""
+    import json
+
+    from click.testing import CliRunner
+
+    from gdet.cli import main
+    from helpers_detection import make_voc
+
+    voc = make_voc(tmp_path, n_train=1, n_val=2)
+    # im001: two class-1 boxes with IoU 50/150 = 1/3 (over NMS's 0.3, under WBF's 0.55) and one class-2 box;
+    # im002: one class-1 box.
+    entries = [
+        {"image_id": "im001", "category_id": 1, "bbox": [0.0, 0.0, 10.0, 10.0], "score": 0.875},
+        {"image_id": "im001", "category_id": 1, "bbox": [5.0, 0.0, 10.0, 10.0], "score": 0.75},
+        {"image_id": "im001", "category_id": 2, "bbox": [20.0, 20.0, 8.0, 4.0], "score": 0.5},
+        {"image_id": "im002", "category_id": 1, "bbox": [1.5, 2.5, 30.0, 20.0], "score": 0.25},
+    ]
+    (tmp_path / "a.json").write_text(json.dumps(entries))
+
+    def fuse(method):
+        out = tmp_path / f"{method}.json"
+        r = CliRunner().invoke(main, ["fuse", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--data", str(voc),
+                                      "--method", method, "--out", str(out), "--metrics", "voc",
+                                      "--json", str(tmp_path / f"{method}_m.json")])
+        assert r.exit_code == 0, r.output
+        return sorted(json.loads(out.read_text()), key=lambda e: (e["image_id"], -e["score"]))
+
+    assert fuse("nms") == [entries[0], entries[2], entries[3]]
+    assert fuse("wbf") == [entries[0], entries[1], entries[2], entries[3]]
+    metrics = json.loads((tmp_path / "wbf_m.json").read_text())
+    assert metrics["inputs"] == [str(tmp_path / "a.json")] * 2 and "mAP" in metrics["voc"]

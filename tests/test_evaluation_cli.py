@@ -49,8 +49,8 @@ def data(tmp_path):
 @pytest.mark.parametrize("metric", ["voc07", "voc", "ilsvrc"])
 def test_gdet_eval_voc(data, metric):
     out = data["tmp"] / "res.json"
-    r = CliRunner().invoke(gdet_main, ["eval", "--gt", str(data["voc"]), "--dets", str(data["voc_dets"]),
-                                       "--metric", metric, "--plots", str(data["tmp"] / "plots"), "--out", str(out)])
+    r = CliRunner().invoke(gdet_main, ["eval", "--data", str(data["voc"]), "--dets", str(data["voc_dets"]),
+                                       "--metric", metric, "--plots", str(data["tmp"] / "plots"), "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert "circle" in r.output and f"mAP ({metric}) 100.0" in r.output
     res = json.loads(out.read_text())
@@ -79,7 +79,7 @@ def test_voc_data_read_back_matches_in_memory(data):
 def test_gdet_eval_bad_input(data):
     bad = data["tmp"] / "bad.json"
     bad.write_text(json.dumps([{"image_id": "999999", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}]))
-    r = CliRunner().invoke(gdet_main, ["eval", "--gt", str(data["voc"]), "--dets", str(bad)])
+    r = CliRunner().invoke(gdet_main, ["eval", "--data", str(data["voc"]), "--dets", str(bad)])
     assert r.exit_code == 1
     expected = f"error: {bad}: entry 1: unknown image_id '999999' (not in the ground truth)"
     assert r.output.strip().splitlines() == [expected]
@@ -87,7 +87,7 @@ def test_gdet_eval_bad_input(data):
 
 def test_tools_eval_map_subprocess(data):
     env = dict(os.environ, OMP_NUM_THREADS="1", GDET_NO_PROGRESS="1")
-    cmd = [sys.executable, str(ROOT / "tools" / "eval_map.py"), "--gt", str(data["coco"]), "--dets",
+    cmd = [sys.executable, str(ROOT / "tools" / "eval_map.py"), "--data", str(data["coco"]), "--dets",
            str(data["coco_dets"]), "--metric", "coco"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -1,13 +1,32 @@
-"""Smoke test of the proposal benchmark (`python tools/bench.py proposals`)."""
+"""The proposal benchmark (`gdet bench proposals`): its figures are consistent numbers, and bad input is one line."""
+import json
+
+import pytest
 from click.testing import CliRunner
 
-from gdet.benchmarks.proposals import main
+from gdet.cli import main
 
 
-def test_bench_smoke_and_bad_size():
-    r = CliRunner().invoke(main, ["--images", "2", "--size", "96x64", "--skip-package", "--cores", "1"])
+def test_bench_figures_and_bad_size(tmp_path):
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(main, ["bench", "proposals", "--images", "2", "--size", "96x64", "--skip-package",
+                                  "--cores", "1", "--json", str(out)])
     assert r.exit_code == 0, r.output
-    assert "ss (OpenCV fast)" in r.output and "multibox" in r.output and "images/s" in r.output
-    assert "1.00x" in r.output  # the peer against itself
-    r = CliRunner().invoke(main, ["--size", "big"], standalone_mode=False)
-    assert r.exception is not None and "expected WxH" in str(r.exception)
+    res = json.loads(out.read_text())
+    rows = {m["method"]: m for m in res["methods"]}
+    assert list(rows)[0] == "ss (OpenCV fast)" and any(name.startswith("multibox") for name in rows)
+    assert "selectivesearch (package)" not in rows
+    peer = rows["ss (OpenCV fast)"]["seconds_per_image"]
+    for m in rows.values():
+        assert m["seconds_per_image"] > 0 and m["boxes_per_image"] > 0
+        assert m["vs_ss"] == pytest.approx(m["seconds_per_image"] / peer, rel=1e-12)
+    assert rows["ss (OpenCV fast)"]["vs_ss"] == 1.0
+    # the random MultiBox proposes a fixed number of boxes: its top-k (200 priors) after NMS, at most
+    assert 0 < rows["multibox (random googlenet 224)"]["boxes_per_image"] <= 200
+    cores = res["all_cores"]
+    assert cores["processes"] == 1 and cores["images_per_second"] > 0
+    assert cores["speedup"] == pytest.approx(cores["images_per_second"] * peer, rel=1e-12)
+    # the printed table shows the same numbers
+    assert f"{peer:8.3f}" in r.output
+    r = CliRunner().invoke(main, ["bench", "proposals", "--size", "big"])
+    assert r.exit_code == 1 and r.output == "error: --size 'big': expected WxH, e.g. 500x375\n"

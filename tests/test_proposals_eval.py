@@ -124,7 +124,7 @@ def test_tool_smoke_and_bad_input(tmp_path):
                                    [torch.ones(len(r)) for r in recs], meta={"method": "oracle"})
     save_proposals(tmp_path / "p.npz", props)
     r = _run(["--data", str(root), "--proposals", f"gt={tmp_path / 'p.npz'}", "--counts", "1,all",
-              "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+              "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["gt"]["overall"]["all"]["recall@0.7"] == 1.0 and res["gt"]["overall"]["all"]["mabo"] == 1.0

@@ -351,7 +351,7 @@ def test_proposer_from_checkpoint_and_cli(trained):
     assert torch.unique(cb, dim=0).shape[0] == cb.shape[0]
     out = tmp / "mb.npz"
     r = CliRunner().invoke(main, ["proposals", "compute", "--data", str(root), "--split", "val", "--method",
-                                  "multibox", "--weights", str(weights), "--out", str(out), "--workers", "0"])
+                                  "multibox", "--proposal-weights", str(weights), "--out", str(out), "--workers", "0"])
     assert r.exit_code == 0, r.output
     assert len(load_proposals(out)) == 2
 

@@ -256,7 +256,7 @@ def test_cli_bad_inputs(tmp_path):
     assert "Traceback" not in r.output
     r = runner.invoke(main, ["proposals", "compute", "--data", str(tmp_path), "--method", "multibox", "--out",
                              str(tmp_path / "x.npz")])
-    assert r.exit_code == 1 and "needs --weights" in r.output
+    assert r.exit_code == 1 and "needs --proposal-weights" in r.output
     (tmp_path / "bad.npz").write_text("junk")
     r = runner.invoke(main, ["proposals", "info", str(tmp_path / "bad.npz")])
     assert r.exit_code == 1 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1

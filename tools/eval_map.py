@@ -1,13 +1,7 @@
 #!/usr/bin/env python
-"""Score a detection result file: `python tools/eval_map.py --gt DATA --dets RESULTS.json --metric voc|coco|...`.
-
-The same command as `gdet eval`; see README.md (evaluation section).
-"""
-import sys
-
-from gdet.cli import run_guarded
+"""Score a detection result file against a dataset: the same command as `gdet eval` (`-h` lists the options)."""
+from gdet.cli import run_tool
 from gdet.evaluation.cli import eval_cmd
 
 if __name__ == "__main__":
-    run_guarded(eval_cmd.main, standalone_mode=True)
-    sys.exit(0)
+    run_tool(eval_cmd)

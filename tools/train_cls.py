@@ -1,20 +1,9 @@
 #!/usr/bin/env python
-"""Train a classifier: `python tools/train_cls.py --config configs/cls_synth.yaml [key=value ...]`;
-data-parallel with `torchrun --nproc_per_node=N tools/train_cls.py --config ...`."""
-import click
-
-from gdet.cli import run_guarded
-
-
-@click.command()
-@click.option("--config", "config_path", required=True, help="configs/cls_*.yaml")
-@click.argument("overrides", nargs=-1)
-def main(config_path, overrides):
-    """Same as `gdet classify train`."""
-    from gdet.classification.cli import run_train
-
-    run_train(config_path, overrides)
-
+"""Train an image classifier: the same command as `gdet train cls`:
+`tools/train_cls.py --config configs/FILE.yaml [KEY=VALUE ...]`; data-parallel with
+`torchrun --nproc_per_node=N tools/train_cls.py --config ...` (`-h` lists the options)."""
+from gdet.cli import run_tool
+from gdet.train_cli import train_cls
 
 if __name__ == "__main__":
-    run_guarded(main.main, standalone_mode=True)
+    run_tool(train_cls)

@@ -10,6 +10,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def is_aux_key(key: str) -> bool:
+    """Whether a state-dict key belongs to an auxiliary classifier (``aux1.``, ``aux2.``, ``AuxLogits.``), with
+    or without the ``module.`` / ``backbone.`` prefixes of DDP and the detector. The one rule by which checkpoints
+    with and without aux heads are told apart and aux weights are dropped for inference."""
+    for prefix in ("module.", "_orig_mod.", "backbone."):
+        key = key.removeprefix(prefix)
+    return key.split(".", 1)[0].lower().startswith("aux")
+
+
 class BackboneOutput(NamedTuple):
     """What ``forward`` returns in training mode when aux heads exist: main logits and the aux logits in
     network order (e.g. ``(aux_4a, aux_4d)`` for GoogLeNet). In eval mode ``forward`` returns plain logits."""
@@ -52,9 +61,6 @@ class Backbone(nn.Module):
 
     def forward_head(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the main (and aux) classifiers with fresh ``num_classes``-way layers."""

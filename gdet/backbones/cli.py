@@ -1,13 +1,12 @@
 """``gdet models``: every registered backbone with its parameters and multiply-adds, counted on CPU."""
 from __future__ import annotations
 
-import json
-
 import click
 import torch
 from torch import Tensor, nn
 
 from gdet.backbones import build_backbone, count_macs, count_parameters, get_backbone_builder, list_backbones
+from gdet.cli import CONTEXT, write_json
 
 
 class _OnMeta(nn.Module):
@@ -67,10 +66,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(header), sep, *(line(row) for row in body)])
 
 
-@click.command("models")
+@click.command("models", context_settings=CONTEXT)
 @click.argument("names", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def models(names: tuple[str, ...], as_json: bool) -> None:
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the rows as a JSON list (- for stdout instead of the table).")
+def models(names: tuple[str, ...], json_path: str | None) -> None:
     """List registered backbones (or only NAMES) with parameters and multiply-adds at the default input size.
 
     Multiply-adds are counted by torch's FlopCounterMode over one eval-mode forward pass (shapes only, on the
@@ -78,7 +78,7 @@ def models(names: tuple[str, ...], as_json: bool) -> None:
     classifiers used only in training.
     """
     rows = [describe_backbone(name) for name in (names or list_backbones())]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
+    if json_path:
+        write_json(rows, json_path)
+    if json_path != "-":
         click.echo(format_table(rows))

@@ -1,1 +1,2 @@
-"""Benchmarks run by ``tools/bench.py``: each module has a click command ``main`` that prints a table."""
+"""Benchmarks run by ``gdet bench`` / ``tools/bench.py``: each module has a click command ``main`` that prints a
+table."""

@@ -1,6 +1,6 @@
 """Proposal speed: seconds per image of each method on one core, and images/s of selective search on all cores.
 
-`python tools/bench.py proposals [--images 10] [--size 500x375] [--weights MULTIBOX.pth] [--device cpu]`.
+`gdet bench proposals [--images 10] [--size 500x375] [--proposal-weights MULTIBOX.pth] [--device cpu]`.
 Images come from the synthetic benchmark's generator (textured shapes on real photographs), so the count of
 regions, which drives selective search's cost, is realistic. Ratios are against OpenCV fast mode ("ss").
 """
@@ -11,18 +11,20 @@ import os
 import time
 
 import click
+import cv2
 import numpy as np
+import torch
+
+from gdet.cli import write_json
+from gdet.data.synth import SynthConfig, generate_image
+from gdet.errors import GdetError
+from gdet.proposals import build_proposer
+from gdet.proposals.multibox import MultiBoxProposer, build_multibox
 
 
 def _images(n: int, width: int, height: int) -> list[np.ndarray]:
-    try:
-        from gdet.data.synth import SynthConfig, generate_image
-
-        cfg = SynthConfig(images=n, width=width, height=height, seed=12345)
-        return [generate_image(cfg, i)[0] for i in range(n)]
-    except ImportError:  # pragma: no cover - the data package is part of gdet
-        rng = np.random.default_rng(0)
-        return [(rng.random((height, width, 3)) * 255).astype(np.uint8) for _ in range(n)]
+    cfg = SynthConfig(images=n, width=width, height=height, seed=12345)
+    return [generate_image(cfg, i)[0] for i in range(n)]
 
 
 def _time(proposer, images: list[np.ndarray]) -> tuple[float, float]:
@@ -38,14 +40,9 @@ _POOL_PROPOSER = None
 
 
 def _pool_init():
-    import cv2
-    import torch
-
     global _POOL_PROPOSER
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    from gdet.proposals import build_proposer
-
     _POOL_PROPOSER = build_proposer("ss")
 
 
@@ -54,30 +51,23 @@ def _pool_work(image):
 
 
 def _random_multibox(device: str):
-    import torch
-
-    from gdet.proposals.multibox import MultiBoxProposer, build_multibox
-
     model = build_multibox(backbone="googlenet", priors=torch.rand(200, 4).sort(-1).values)
     return MultiBoxProposer(model, 224, device=device)
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--images", default=10, show_default=True, help="Images per method (the first is a warm-up).")
 @click.option("--size", default="500x375", show_default=True, help="Image size WxH.")
-@click.option("--weights", default=None, help="A MultiBox checkpoint (default: random googlenet at 224 px; "
-                                                "the speed does not depend on the weights).")
+@click.option("--proposal-weights", "weights", default=None, type=click.Path(dir_okay=False),
+              help="A MultiBox checkpoint (default: random googlenet at 224 px; the speed does not depend on "
+                   "the weights).")
 @click.option("--device", default="cpu", show_default=True, help="Where MultiBox runs.")
 @click.option("--skip-package", is_flag=True, help="Skip the slow pure-Python selectivesearch package.")
 @click.option("--cores", default=0, show_default=True, help="Processes for the all-cores run (0: all CPUs).")
-def main(images, size, weights, device, skip_package, cores):
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the figures as JSON (- for stdout).")
+def main(images, size, weights, device, skip_package, cores, json_path):
     """Seconds per image for each proposal method, and images/s with all CPU cores."""
-    import cv2
-    import torch
-
-    from gdet.errors import GdetError
-    from gdet.proposals import build_proposer
-
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
@@ -111,3 +101,9 @@ def main(images, size, weights, device, skip_package, cores):
         dt = time.perf_counter() - t0
     click.echo(f"ss (OpenCV fast) on {procs} processes: {len(batch) / dt:.2f} images/s "
                f"({len(batch) / dt * peer:.2f}x one core)")
+    if json_path:
+        write_json({"images": images, "size": [width, height], "device": device,
+                    "methods": [{"method": name, "seconds_per_image": t, "boxes_per_image": n, "vs_ss": t / peer}
+                                for name, t, n in rows],
+                    "all_cores": {"processes": procs, "images_per_second": len(batch) / dt,
+                                  "speedup": len(batch) / dt * peer}}, json_path)

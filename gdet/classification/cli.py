@@ -1,79 +1,77 @@
-"""``gdet classify``: predict top-k classes, ``train`` a classifier, ``eval`` with 1/10/144 crops and ensembles."""
+"""``gdet classify``: top-k classes of images; ``gdet classify eval``: 1/10/144-crop error of models and ensembles."""
 from __future__ import annotations
 
-import json
-import sys
+from pathlib import Path
 
 import click
 
-from gdet.errors import ConfigError
+from gdet.classification.model import load_classifier
+from gdet.classification.predict import evaluate_multicrop, predict
+from gdet.cli import CONTEXT, note_shipped_weights, write_json
+from gdet.data.image import expand_image_paths
+from gdet.engine import resolve_device
+from gdet.errors import ConfigError, DataError
+from gdet.train_cli import run_training
 
 
-@click.group("classify", invoke_without_command=True)
-@click.option("--image", "images", multiple=True, help="Image file or folder of images (repeatable).")
-@click.option("--weights", multiple=True, help="Classification checkpoint (repeat for an ensemble).")
-@click.option("--topk", default=5, show_default=True, type=click.IntRange(1))
+@click.group("classify", invoke_without_command=True, context_settings=CONTEXT)
+@click.option("--image", "images", multiple=True,
+              help="Image file, folder (its images, recursively) or glob pattern in quotes (repeatable).")
+@click.option("--weights", multiple=True, type=click.Path(dir_okay=False),
+              help="Classification checkpoint (repeatable: an ensemble).")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1), help="Classes shown per image.")
 @click.option("--crops", default="1", show_default=True, type=click.Choice(["1", "10", "144"]),
               help="Test crops per image (144 = the paper's).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the predictions as JSON (- for stdout instead of the text).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the Polyak-averaged ones.")
 @click.option("--backbone", default=None,
               help="Network of plain state-dict weights, e.g. googlenet_tv for torchvision's googlenet-*.pth.")
 @click.option("--class-names", "class_names_file", default=None, type=click.Path(dir_okay=False),
               help="With --backbone: a text file with one class name per line.")
 @click.pass_context
-def classify(ctx, images, weights, topk, crops, as_json, device, raw, backbone, class_names_file):
+def classify(ctx, images, weights, top_k, crops, json_path, device, raw, backbone, class_names_file):
     """Top-k classes of images; several --weights form an ensemble (softmax averaged over models and crops).
 
-    Example: gdet classify --image cat.jpg --weights runs/cls_synth/best.pth --crops 10 --topk 3
+    Example: gdet classify --image photos/ --weights runs/cls_synth/best.pth --crops 10 --top-k 3
     """
     if ctx.invoked_subcommand is not None:
         return
     if not images or not weights:
-        raise click.UsageError("give --image PATH and --weights CKPT (or a subcommand: train, eval)")
-    from gdet.classification.model import load_classifier
-    from gdet.classification.predict import expand_image_args, predict
-    from gdet.engine import resolve_device
-
+        raise click.UsageError("give --image PATH and --weights CKPT (or the subcommand eval)")
+    paths = expand_image_paths(images)
     dev = resolve_device(device)
-    paths = expand_image_args(images)
-    names = _read_class_names(class_names_file) if class_names_file else None
+    names = read_class_names(class_names_file) if class_names_file else None
     models = [load_classifier(w, dev, use_ema=not raw, backbone=backbone, class_names=names) for w in weights]
-    results = predict(paths, models, crops=int(crops), topk=topk)
-    if as_json:
-        click.echo(json.dumps([{"image": p, "top": [{"class": c, "prob": round(v, 6)} for c, v in r]}
-                               for p, r in zip(paths, results)], indent=2))
-        return
+    note_shipped_weights(weights)
+    results = predict(paths, models, crops=int(crops), topk=top_k)
+    if json_path:
+        write_json([{"image": p, "top": [{"class": c, "prob": round(v, 6)} for c, v in r]}
+                    for p, r in zip(paths, results)], json_path)
+        if json_path == "-":
+            return
     for p, r in zip(paths, results):
         click.echo(p)
         for c, v in r:
             click.echo(f"  {v:8.4f}  {c}")
 
 
-@classify.command("train")
-@click.option("--config", "config_path", required=True, help="configs/cls_*.yaml")
+@classify.command("train", hidden=True, context_settings=CONTEXT)
+@click.option("--config", type=click.Path(dir_okay=False), default=None, help="configs/cls_*.yaml")
 @click.argument("overrides", nargs=-1)
-def train_cmd(config_path, overrides):
-    """Train a classifier: gdet classify train --config configs/cls_synth.yaml epochs=3 data=DIR
-
-    Under torchrun (tools/train_cls.py) it runs data-parallel.
-    """
-    run_train(config_path, overrides)
+def train_cmd(config, overrides):
+    """Same as `gdet train cls`."""
+    run_training("cls", config, overrides)
 
 
 def run_train(config_path: str, overrides) -> dict:
-    from gdet.classification.train import DEFAULTS, train
-    from gdet.config import load_config
-
-    cfg = load_config(config_path, list(overrides), DEFAULTS)
-    result = train(cfg)
-    if result["rank"] == 0:
-        click.echo(f"best top-1 {result['best_acc1']:.4f}; checkpoints in {result['work_dir']}")
-    return result
+    """Train a classifier from a config file and ``KEY=VALUE`` overrides (``gdet train cls``)."""
+    return run_training("cls", config_path, overrides)
 
 
-def _parse_crops(value: str) -> list[int]:
+def parse_crops(value: str) -> list[int]:
+    """``--crops 1,10,144`` as a list of crop counts."""
     try:
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
@@ -84,39 +82,34 @@ def _parse_crops(value: str) -> list[int]:
     return out
 
 
-@classify.command("eval")
-@click.option("--data", required=True, help="Image folder DIR/<class>/*.jpg (e.g. the val split).")
-@click.option("--weights", multiple=True, required=True, help="Checkpoint (repeat: ensembles of the first k).")
+@classify.command("eval", context_settings=CONTEXT)
+@click.option("--data", required=True, type=click.Path(), help="Image folder DIR/<class>/*.jpg (e.g. the val split).")
+@click.option("--weights", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint (repeatable: ensembles of the first k).")
 @click.option("--crops", default="1,10,144", show_default=True, help="Comma-separated crop counts.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Image-decoding processes.")
 @click.option("--limit", default=None, type=click.IntRange(1), help="An evenly spaced subset of N images.")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the Polyak-averaged ones.")
-@click.option("--json", "as_json", is_flag=True)
-def eval_cmd(data, weights, crops, device, workers, limit, raw, as_json):
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the rows as JSON (- for stdout instead of the table).")
+def eval_cmd(data, weights, crops, device, workers, limit, raw, json_path):
     """Top-1/top-5 error for every (number of models x crops), like Table 3 of the paper."""
-    from gdet.classification.model import load_classifier
-    from gdet.classification.predict import evaluate_multicrop
-    from gdet.engine import resolve_device
-
-    schemes = _parse_crops(crops)
+    schemes = parse_crops(crops)
     dev = resolve_device(device)
     models = [load_classifier(w, dev, use_ema=not raw) for w in weights]
     rows = evaluate_multicrop(data, models, schemes, workers=workers, limit=limit)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
+    if json_path:
+        write_json(rows, json_path)
+        if json_path == "-":
+            return
     click.echo(f"{'models':>6} {'crops':>6} {'top-1 error':>12} {'top-5 error':>12}   ({rows[0]['images']} images)")
     for r in rows:
         click.echo(f"{r['models']:>6} {r['crops']:>6} {100 * r['top1_error']:>11.2f}% {100 * r['top5_error']:>11.2f}%")
-    sys.stdout.flush()
 
 
-def _read_class_names(path: str) -> list[str]:
-    from pathlib import Path
-
-    from gdet.errors import DataError
-
+def read_class_names(path: str) -> list[str]:
+    """Class names from a text file, one per line (blank lines skipped)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: class-name file not found")

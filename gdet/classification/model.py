@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gdet.backbones import build_backbone
+from gdet.backbones import build_backbone, is_aux_key
 from gdet.engine import load_checkpoint, load_model_weights, unwrap_model
 from gdet.errors import CheckpointError
 
@@ -83,7 +83,7 @@ def _load_plain(path, ckpt: dict, backbone: str, class_names: list[str] | None, 
     num_classes = int(fc.shape[0])
     if class_names is not None and len(class_names) != num_classes:
         raise CheckpointError(f"{path}: has {num_classes} classes but {len(class_names)} class names were given")
-    has_aux = any(k.startswith("aux") for k in state)
+    has_aux = any(is_aux_key(k) for k in state)
     kwargs = {"aux_logits": has_aux} if has_aux else {}
     model = build_backbone(backbone, num_classes=num_classes, **kwargs)
     _load(model, {"model": state}, False, path)

@@ -9,13 +9,40 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from gdet.classification.transforms import resize, shorter_side_size
-from gdet.errors import GdetError
+from gdet.errors import ConfigError, GdetError
 
 CROP_SCHEMES = (1, 10, 144)
+INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic")
 PAPER_SCALES = (256, 288, 320, 352)
+
+
+def resize(img: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """Resize a ``Tensor[3, H, W]`` (any dtype) to ``size = (h, w)`` with ``mode`` in :data:`INTERPOLATIONS`;
+    bilinear and bicubic are antialiased when shrinking, as a photo editor would."""
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    dtype = img.dtype
+    x = img.unsqueeze(0).float()
+    if mode in ("bilinear", "bicubic"):
+        x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+    elif mode in ("area", "nearest"):
+        x = F.interpolate(x, size=size, mode=mode)
+    else:
+        raise ConfigError(f"interpolation {mode!r}: unknown (use {', '.join(INTERPOLATIONS)})")
+    x = x[0]
+    if dtype == torch.uint8:
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+    return x
+
+
+def shorter_side_size(height: int, width: int, side: int) -> tuple[int, int]:
+    """(h, w) after resizing so that the shorter side is ``side`` (aspect kept, the long side rounded)."""
+    if width <= height:
+        return int(math.floor(height * side / width + 0.5)), side
+    return side, int(math.floor(width * side / height + 0.5))
 
 
 class Crop(NamedTuple):

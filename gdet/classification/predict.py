@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -11,10 +10,10 @@ from torch import Tensor
 
 from gdet.classification.model import Classifier
 from gdet.classification.multicrop import apply_crops, crop_boxes
-from gdet.classification.transforms import to_chw
-from gdet.data.image import IMAGE_EXTENSIONS, read_image
+from gdet.data import ClassificationDataset, read_image, read_image_folder, to_chw
+from gdet.engine import progress
 from gdet.ensemble import average_probabilities, crop_probabilities
-from gdet.errors import DataError, GdetError
+from gdet.errors import GdetError
 
 
 def check_compatible(models: Sequence[Classifier]) -> list[str]:
@@ -67,34 +66,6 @@ def predict(images: Sequence[str | os.PathLike | np.ndarray | Tensor], models: S
     return out
 
 
-def expand_image_args(items: Sequence[str]) -> list[str]:
-    """Image paths from ``--image`` arguments; a folder contributes its images (sorted, recursively)."""
-    paths: list[str] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-            if not found:
-                raise DataError(f"{p}: no images in this folder")
-            paths += found
-        elif p.is_file():
-            paths.append(str(p))
-        else:
-            raise DataError(f"{p}: image not found")
-    return paths
-
-
-class _Decode(torch.utils.data.Dataset):
-    def __init__(self, paths, labels):
-        self.paths, self.labels = paths, labels
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return to_chw(read_image(self.paths[i])), self.labels[i]
-
-
 def evaluate_multicrop(root: str | os.PathLike, models: Sequence[Classifier], crop_schemes: Sequence[int] = (1, 10, 144),
                        workers: int = 2, limit: int | None = None) -> list[dict]:
     """Top-1/top-5 error of every (first k models, crops) combination on an image folder ``root/<class>/*``,
@@ -104,15 +75,12 @@ def evaluate_multicrop(root: str | os.PathLike, models: Sequence[Classifier], cr
     Returns:
         rows ``{"models": k, "crops": n, "top1_error", "top5_error", "images"}``.
     """
-    from gdet.data.folder import read_image_folder
-    from gdet.engine import progress
-
     names = check_compatible(models)
     paths, labels, _ = read_image_folder(root, names)
     if limit and limit < len(paths):  # evenly spaced, so every class stays represented
         keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
         paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
-    loader = torch.utils.data.DataLoader(_Decode(paths, labels), batch_size=None, num_workers=workers)
+    loader = torch.utils.data.DataLoader(ClassificationDataset(paths, labels), batch_size=None, num_workers=workers)
     M, S = len(models), list(crop_schemes)
     probs = torch.zeros(len(paths), M, len(S), len(names))
     targets = torch.tensor(labels)

@@ -9,53 +9,19 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from gdet.classification.multicrop import INTERPOLATIONS, apply_crops, crop_boxes, resize
+from gdet.data import to_chw
 from gdet.errors import ConfigError
-
-INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic")
 
 # PCA of ImageNet RGB pixels (0-1 scale), as used by AlexNet's "lighting" noise.
 PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
                            [-0.5808, -0.0045, -0.8140],
                            [-0.5836, -0.6948, 0.4203]])
-
-
-def to_chw(image: np.ndarray | Tensor) -> Tensor:
-    """``[H, W, 3]`` uint8 array (or an already-CHW tensor) -> ``Tensor[3, H, W]``."""
-    if isinstance(image, Tensor):
-        return image if image.ndim == 3 and image.shape[0] == 3 else image.permute(2, 0, 1).contiguous()
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-
-
-def resize(img: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """Resize a ``Tensor[3, H, W]`` (any dtype) to ``size = (h, w)`` with ``mode`` in :data:`INTERPOLATIONS`;
-    bilinear and bicubic are antialiased when shrinking, as a photo editor would."""
-    if tuple(img.shape[-2:]) == tuple(size):
-        return img
-    dtype = img.dtype
-    x = img.unsqueeze(0).float()
-    if mode in ("bilinear", "bicubic"):
-        x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
-    elif mode in ("area", "nearest"):
-        x = F.interpolate(x, size=size, mode=mode)
-    else:
-        raise ConfigError(f"interpolation {mode!r}: unknown (use {', '.join(INTERPOLATIONS)})")
-    x = x[0]
-    if dtype == torch.uint8:
-        x = x.round_().clamp_(0, 255).to(torch.uint8)
-    return x
-
-
-def shorter_side_size(height: int, width: int, side: int) -> tuple[int, int]:
-    """(h, w) after resizing so that the shorter side is ``side`` (aspect kept, the long side rounded)."""
-    if width <= height:
-        return int(math.floor(height * side / width + 0.5)), side
-    return side, int(math.floor(width * side / height + 0.5))
 
 
 class Lighting:
@@ -147,7 +113,5 @@ class EvalTransform:
         self.size = int(size)
 
     def __call__(self, image: np.ndarray | Tensor) -> Tensor:
-        from gdet.classification.multicrop import apply_crops, crop_boxes
-
         img = to_chw(image)
         return apply_crops(img, crop_boxes(img.shape[2], img.shape[1], 1, self.size), self.size)[0]

@@ -29,7 +29,7 @@ def _read(path: Path, split: str | None, check_images: bool = True, image_root: 
     return dset
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def data():
     """Datasets: synthetic benchmark, VOC <-> COCO conversion, ground-truth pictures."""
 
@@ -66,7 +66,7 @@ def synth(out, images, seed, fmt, size, task, val_fraction, crop_size, workers):
 @data.command()
 @click.option("--from", "src_fmt", type=click.Choice(["voc", "coco"]), required=True)
 @click.option("--to", "dst_fmt", type=click.Choice(["voc", "coco"]), required=True)
-@click.option("--src", required=True, type=click.Path(), help="VOC root, COCO .json, or folder of <split>.json")
+@click.option("--data", "src", required=True, type=click.Path(), help="VOC root, COCO .json, or folder of <split>.json")
 @click.option("--out", required=True, type=click.Path(), help="output folder")
 @click.option("--split", "splits", multiple=True,
               help="split(s) to convert (default: every VOC split / the COCO file's stem)")
@@ -110,7 +110,8 @@ def convert(src_fmt, dst_fmt, src, out, splits, copy_images, image_root):
 
 
 @data.command()
-@click.argument("root", type=click.Path())
+@click.option("--data", "root", required=True, type=click.Path(),
+              help="VOC root, COCO .json, or folder of <split>.json")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the PNGs")
 @click.option("--split", default="val", show_default=True, help="split (VOC / folder of <split>.json)")
 @click.option("--max", "max_images", default=50, show_default=True, help="at most this many images (0: all)")

@@ -2,9 +2,11 @@
 against decompression bombs, and the one array -> ``Tensor[3, H, W]`` conversion."""
 from __future__ import annotations
 
+import glob
 import os
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -143,3 +145,31 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
         im = im.convert("RGB")
     a = np.asarray(im, dtype=np.uint8)
     return np.ascontiguousarray(a)
+
+
+def expand_image_paths(items: Sequence[str | os.PathLike]) -> list[str]:
+    """Image files named by command-line arguments: files, folders (their images, recursively, sorted) and glob
+    patterns (``"photos/*.jpg"``), in the order given.
+
+    Raises:
+        DataError: an argument names nothing, or a folder or pattern holds no image.
+    """
+    paths: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if not found:
+                raise DataError(f"{p}: no images in this folder")
+            paths += found
+        elif p.is_file():
+            paths.append(str(p))
+        elif glob.has_magic(str(item)):
+            found = sorted(f for f in glob.glob(str(item), recursive=True)
+                           if Path(f).is_file() and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(f"{item}: no image matches this pattern")
+            paths += found
+        else:
+            raise DataError(f"{p}: image not found")
+    return paths

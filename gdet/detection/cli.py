@@ -1,66 +1,198 @@
-"""``gdet detect``: R-CNN detection of images with one checkpoint or an ensemble, as a table, PNGs and JSON."""
+"""``gdet detect`` (images), ``gdet test`` (a dataset split, = tools/test_det.py) and ``gdet fuse`` (result files,
+= tools/fuse_dets.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+from tqdm import tqdm
+
+from gdet.cli import CONTEXT, note_shipped_weights, write_json
+from gdet.data import load_detection_set
+from gdet.data.image import expand_image_paths
+from gdet.detection.fusion import fuse_detections
+from gdet.detection.inference import (DEFAULTS, EVAL_MAX_PROPOSALS, EVAL_SCORE_THR, ProposalSource, detect_records,
+                                      detections_to_rows, format_table, image_ids_for, write_detections)
+from gdet.detection.model import load_detectors
+from gdet.detection.visualize import draw_detections, save_png
+from gdet.engine import resolve_device
+from gdet.errors import GdetError
+from gdet.evaluation import METRICS, build_evaluator, jsonable, read_results, write_results
+from gdet.evaluation import format_table as format_metrics
+from gdet.proposals.cli import parse_options
+from gdet.structures import ImageRecord
+
+PRECISIONS = ["fp32", "bf16", "fp16"]
 
 
-@click.command("detect", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--image", "images", multiple=True, required=True, type=click.Path(),
-              help="Image file (repeatable).")
-@click.option("--weights", "weights", multiple=True, required=True, type=click.Path(),
+def proposal_options(f):
+    """The proposal options shared by every command that detects."""
+    f = click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+                     help="Proposal method option (e.g. max_side=500, tiles=3; repeatable).")(f)
+    f = click.option("--proposal-weights", default=None, type=click.Path(dir_okay=False),
+                     help="MultiBox checkpoint of the multibox / combined proposals.")(f)
+    f = click.option("--proposals", default=DEFAULTS["proposals"], show_default=True,
+                     help="ss | ss_quality | selectivesearch | multibox | combined, or a .npz proposal file.")(f)
+    return f
+
+
+def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: int = DEFAULTS["max_proposals"]):
+    """Post-processing options shared by every command that detects (one set of defaults)."""
+    def wrap(f):
+        f = click.option("--max-dets", default=DEFAULTS["max_dets"], show_default=True, type=click.IntRange(min=1),
+                         help="Detections kept per image.")(f)
+        f = click.option("--nms-iou", default=DEFAULTS["nms_iou"], show_default=True, type=click.FloatRange(0, 1),
+                         help="Per-class NMS IoU threshold.")(f)
+        f = click.option("--score-thr", default=score_thr, show_default=True, type=click.FloatRange(0, 1),
+                         help="Minimum class probability kept.")(f)
+        f = click.option("--max-proposals", default=max_proposals, show_default=True,
+                         type=click.IntRange(min=1), help="Proposals scored per image (best first).")(f)
+        return f
+    return wrap
+
+
+def device_options(f):
+    f = click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS),
+                     help="Network arithmetic (crops are always cut in fp32).")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")(f)
+    return f
+
+
+@click.command("detect", context_settings=CONTEXT)
+@click.option("--image", "images", multiple=True, required=True,
+              help="Image file, folder (its images, recursively) or glob pattern in quotes (repeatable).")
+@click.option("--weights", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Detector checkpoint (repeatable: several form an ensemble, probabilities averaged).")
-@click.option("--proposals", default="ss", show_default=True,
-              help="ss | ss_quality | selectivesearch | multibox | combined, or a .npz proposal file.")
-@click.option("--multibox-weights", default=None, type=click.Path(), help="MultiBox checkpoint (multibox/combined).")
-@click.option("--proposal-opt", "proposal_opts", multiple=True, metavar="KEY=VALUE",
-              help="Proposal method option, as `gdet proposals compute --opt` (e.g. tiles=3; repeatable).")
-@click.option("--max-proposals", default=2000, show_default=True, type=click.IntRange(min=1),
-              help="Proposals kept per image (best first).")
-@click.option("--score-thr", default=0.3, show_default=True, type=click.FloatRange(0, 1),
-              help="Minimum class probability shown.")
-@click.option("--nms", "nms_thr", default=0.3, show_default=True, type=click.FloatRange(0, 1),
-              help="Per-class NMS IoU threshold.")
+@proposal_options
+@detection_options()
 @click.option("--soft-nms", type=click.Choice(["linear", "gaussian"]), default=None, help="Soft-NMS instead of NMS.")
-@click.option("--max-dets", default=100, show_default=True, type=click.IntRange(min=1), help="Detections per image.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Folder for the images with boxes drawn (PNG).")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write detections as JSON.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]))
-def detect(images, weights, proposals, multibox_weights, proposal_opts, max_proposals, score_thr, nms_thr, soft_nms,
-           max_dets, out_dir, json_path, device, precision):
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder for the images with boxes drawn (OUT/<image stem>.png).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the detections as a COCO-style result file that `gdet eval --dets` reads "
+                   "(image_id = file stem).")
+@device_options
+def detect(images, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets,
+           soft_nms, out, json_path, device, precision):
     """Detect objects: proposals -> warped crops -> softmax -> per-class NMS -> top detections.
 
-    Example: gdet detect --image street.jpg --weights gdet/assets/detector_synth_fp16.pth --out out/
+    Example: gdet detect --image photos/ --weights gdet/assets/detector_synth_fp16.pth --out drawn/ --json d.json
     """
-    from gdet.data import read_image
-    from gdet.detection.inference import ProposalSource, detections_to_rows, format_table
-    from gdet.detection.model import detect_image, load_detectors
-    from gdet.detection.visualize import draw_detections, save_png
-    from gdet.engine import resolve_device
-    from gdet.io import save_json
-    from gdet.proposals.cli import parse_options
-
+    paths = expand_image_paths(images)
+    ids = image_ids_for(paths) if json_path or out else [Path(p).stem for p in paths]  # names files
     dev = resolve_device(device)
     model = load_detectors(list(weights), dev)
-    source = ProposalSource(proposals, multibox_weights, parse_options(proposal_opts))
-    results = []
-    for path in images:
-        rgb = read_image(path)
-        boxes = source(Path(path).stem, rgb, path)
-        dets = detect_image(model, rgb, boxes, score_thr=score_thr, nms_thr=nms_thr, max_dets=max_dets,
-                            soft_nms=soft_nms, max_proposals=max_proposals, precision=precision, device=dev)
-        rows = detections_to_rows(dets, model.class_names)
-        click.echo(format_table(str(path), rows))
-        results.append({"image": str(path), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
-                        "num_proposals": int(min(len(boxes), max_proposals)), "detections": rows})
-        if out_dir:
-            png = Path(out_dir) / f"{Path(path).stem}.png"
-            save_png(draw_detections(rgb, dets, model.class_names), png)
-            click.echo(f"  drawn: {png}")
+    source = ProposalSource(proposals, proposal_weights, parse_options(opts))
+    note_shipped_weights(weights)
+    records = [ImageRecord(image_id=i, path=p, width=0, height=0) for i, p in zip(ids, paths)]
+
+    def show(index, rgb, dets):
+        tqdm.write(format_table(paths[index], detections_to_rows(dets, model.class_names)))  # above the bar
+        if out:
+            save_png(draw_detections(rgb, dets, model.class_names), Path(out) / f"{ids[index]}.png")
+
+    dets = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,
+                          max_dets=max_dets, soft_nms=soft_nms, max_proposals=max_proposals, precision=precision,
+                          on_image=show)
+    if out:
+        click.echo(f"drew {len(paths)} image(s) in {out}")
     if json_path:
-        save_json({"weights": [str(w) for w in weights], "proposals": proposals, "score_thr": score_thr,
-                   "nms": nms_thr, "class_names": model.class_names, "images": results}, json_path)
-        click.echo(f"wrote {json_path}")
+        n = write_detections(json_path, ids, dets, model.class_names)
+        click.echo(f"wrote {json_path}: {n} detections on {len(paths)} image(s)")
+
+
+def _metrics(names: str) -> list[str]:
+    """``--metrics voc,coco`` as a list, checked before any long computation."""
+    out = [m.strip() for m in names.split(",") if m.strip()]
+    bad = [m for m in out if m not in METRICS]
+    if bad:
+        raise GdetError(f"--metrics: unknown metric {bad[0]!r} (known: {', '.join(METRICS)})")
+    return out
+
+
+def _score(records, dets, class_names, metrics: list[str]) -> dict:
+    """Evaluate detections with each metric; print the tables; return ``{metric: result}``."""
+    results = {}
+    for metric in metrics:
+        ev = build_evaluator(metric, class_names)
+        ev.reset()
+        ev.process(records, dets)
+        results[metric] = ev.evaluate()
+        click.echo(format_metrics(results[metric]))
+    return results
+
+
+@click.command("test", context_settings=CONTEXT)
+@click.option("--data", required=True, type=click.Path(), help="Dataset: VOC root, COCO .json, or a "
+              "`gdet data synth` folder.")
+@click.option("--split", default="val", show_default=True, help="Split to detect.")
+@click.option("--weights", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Detector checkpoint (repeatable: ensemble).")
+@proposal_options
+@detection_options(EVAL_SCORE_THR, EVAL_MAX_PROPOSALS)
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N images.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Result file (COCO-style JSON list; `gdet eval --dets`, `gdet fuse`).")
+@click.option("--metrics", default="voc,coco", show_default=True,
+              help="Metrics printed (voc07, voc, coco, ilsvrc; empty for none).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the metrics as JSON (- for stdout).")
+@device_options
+def test(data, split, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets, limit,
+         out, metrics, json_path, device, precision):
+    """Detect every image of a dataset split, write COCO-format results and print their mAP."""
+    metric_list = _metrics(metrics)
+    dset = load_detection_set(data, split=split)
+    records = dset.records[:limit] if limit else dset.records
+    dev = resolve_device(device)
+    model = load_detectors(list(weights), dev)
+    if list(model.class_names) != list(dset.class_names):
+        raise GdetError(f"{weights[0]}: trained for classes {model.class_names}, but {data} has {dset.class_names}")
+    source = ProposalSource(proposals, proposal_weights, parse_options(opts))
+    dets = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,
+                          max_dets=max_dets, max_proposals=max_proposals, precision=precision)
+    n = write_results(out, records, dets, dset.class_names, dset.category_ids)
+    click.echo(f"wrote {out}: {n} detections on {len(records)} images")
+    results = _score(records, dets, dset.class_names, metric_list)
+    if json_path:
+        write_json(jsonable({"data": str(data), "split": split, "weights": [str(w) for w in weights],
+                             "dets": str(out), "images": len(records), **results}), json_path)
+
+
+def _score_weights(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise GdetError(f"--score-weights {text!r}: expected comma-separated numbers") from None
+
+
+@click.command("fuse", context_settings=CONTEXT)
+@click.argument("dets", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(),
+              help="The ground-truth dataset the results refer to (for image ids and classes).")
+@click.option("--split", default="val", show_default=True)
+@click.option("--method", type=click.Choice(["nms", "wbf"]), default="nms", show_default=True,
+              help="nms: concatenate, per-class NMS; wbf: weighted boxes fusion.")
+@click.option("--iou", "iou_thr", type=click.FloatRange(0, 1), default=None,
+              help="NMS IoU (default 0.3) or WBF cluster IoU (0.55).")
+@click.option("--score-weights", default=None, help="Comma-separated score weight per file (default: equal).")
+@click.option("--max-dets", default=DEFAULTS["max_dets"], show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Fused result file (COCO-style JSON).")
+@click.option("--metrics", default="", help="Metrics to print for the fused result (e.g. voc,coco).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the metrics as JSON (- for stdout).")
+def fuse(dets, data, split, method, iou_thr, score_weights, max_dets, out, metrics, json_path):
+    """Fuse COCO-style detection result files of the same images (offline ensembling)."""
+    dset = load_detection_set(data, split=split, check_images=False)
+    per_model = [read_results(p, dset.records, dset.class_names, dset.category_ids) for p in dets]
+    fused = fuse_detections(per_model, method=method, iou_thr=iou_thr, weights=_score_weights(score_weights),
+                            max_dets=max_dets)
+    n = write_results(out, dset.records, fused, dset.class_names, dset.category_ids)
+    click.echo(f"wrote {out}: {n} detections fused from {len(dets)} files ({method})")
+    metric_list = _metrics(metrics)
+    results = _score(dset.records, fused, dset.class_names, metric_list)
+    if json_path:
+        write_json(jsonable({"data": str(data), "split": split, "inputs": [str(d) for d in dets], "method": method,
+                             "out": str(out), **results}), json_path)

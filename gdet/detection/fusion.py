@@ -1,4 +1,4 @@
-"""Offline fusion of detection results from several models or runs (``tools/fuse_dets.py``).
+"""Offline fusion of detection results from several models or runs (``gdet fuse``, ``tools/fuse_dets.py``).
 
 Two methods, both per image and per class, on detections already post-processed by each model:
 

@@ -1,49 +1,83 @@
-"""Inference helpers shared by ``gdet detect``, ``tools/test_det.py`` and the demo: proposal sources, JSON rows."""
+"""Detection over many images, shared by ``gdet detect``, ``gdet test`` (``tools/test_det.py``), ``gdet demo`` and
+training-time evaluation: where proposals come from, detecting a split, and the files and tables written."""
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
+from gdet.data import read_image
+from gdet.detection.model import Detector, EnsembleDetector, detect_image
+from gdet.engine import progress
 from gdet.errors import GdetError
+from gdet.io import atomic_write
+from gdet.proposals import ProposalSet, build_proposer, list_proposers, load_proposals
+from gdet.structures import ImageRecord
 
-__all__ = ["ProposalSource", "detections_to_rows", "format_table"]
+__all__ = ["DEFAULTS", "EVAL_MAX_PROPOSALS", "EVAL_SCORE_THR", "ProposalSource", "detect_records", "detections_to_rows",
+           "format_table", "image_ids_for", "write_detections"]
+
+# Defaults of the commands that detect and draw (gdet detect, gdet demo): R-CNN's per-class NMS at IoU 0.3; 300
+# proposals, what the shipped detector is measured with; the score threshold is for what is shown.
+DEFAULTS: dict[str, Any] = {"proposals": "ss", "max_proposals": 300, "score_thr": 0.5, "nms_iou": 0.3,
+                            "max_dets": 100}
+# Scoring a split (gdet test, the demo's mAP) keeps low-scoring detections too, and uses R-CNN's 2000 proposals.
+EVAL_SCORE_THR = 0.001
+EVAL_MAX_PROPOSALS = 2000
+METHODS_WITH_WEIGHTS = ("multibox", "combined")
 
 
 class ProposalSource:
-    """Where the proposals of an image come from: a method computed on the fly, or a proposal file.
+    """Where the proposals of an image come from: a method run on the image, or a proposal file.
+
+    The one place where a proposal spec becomes boxes.
 
     Args:
-        spec: ``ss`` | ``ss_quality`` | ``selectivesearch`` | ``multibox`` | ``combined`` (methods of
-            :func:`gdet.proposals.build_proposer`), or the path of a ``.npz`` proposal file.
-        multibox_weights: MultiBox checkpoint for ``multibox`` and ``combined``.
-        options: extra method options (e.g. ``{"max_side": 500}``).
+        spec: a method of :func:`gdet.proposals.build_proposer` (``ss``, ``ss_quality``, ``selectivesearch``,
+            ``multibox``, ``combined``), the path of a ``.npz`` proposal file, or a loaded
+            :class:`~gdet.proposals.ProposalSet`.
+        weights: the MultiBox checkpoint of ``multibox`` and ``combined``.
+        options: method options (e.g. ``{"max_side": 500}``; ``--opt KEY=VALUE`` on the command line).
     """
 
-    def __init__(self, spec: str, multibox_weights: str | None = None, options: dict | None = None):
-        from gdet.proposals import build_proposer, list_proposers, load_proposals
-
-        self.spec = str(spec)
+    def __init__(self, spec: str | os.PathLike | ProposalSet, weights: str | os.PathLike | None = None,
+                 options: dict | None = None):
         self.proposer = None
-        self.file = None
-        if self.spec.endswith(".npz") or os.path.isfile(self.spec):
-            self.file = load_proposals(self.spec)
-        elif self.spec in list_proposers():
+        self.file: ProposalSet | None = None
+        if isinstance(spec, ProposalSet):
+            self.spec, self.file = "proposal set", spec
+        elif str(spec) in list_proposers():
+            self.spec = str(spec)
             kw = dict(options or {})
-            if self.spec in ("multibox", "combined"):
-                if not multibox_weights:
-                    raise GdetError(f"proposals {self.spec!r} need a MultiBox checkpoint (--multibox-weights)")
-                kw["weights"] = multibox_weights
+            if self.spec in METHODS_WITH_WEIGHTS:
+                if not weights:
+                    raise GdetError(f"proposals {self.spec!r} need a MultiBox checkpoint (--proposal-weights)")
+                kw["weights"] = str(weights)
             self.proposer = build_proposer(self.spec, **kw)
+        elif str(spec).endswith(".npz") or os.path.isfile(spec):
+            self.spec = str(spec)
+            if options:
+                raise GdetError(f"{spec}: proposal options ({', '.join(options)}) apply to a method, not to a file")
+            self.file = load_proposals(spec)
         else:
-            raise GdetError(f"proposals {self.spec!r}: not a proposal file and not a method "
+            raise GdetError(f"proposals {str(spec)!r}: not a proposal file and not a method "
                             f"({', '.join(list_proposers())})")
 
-    def __call__(self, image_id: Any, rgb: np.ndarray, path: str | None = None) -> Tensor:
-        """Proposals (Tensor[N, 4]) of one image, best first."""
+    def __call__(self, image_id: Any, rgb: np.ndarray, path: str | os.PathLike | None = None) -> Tensor:
+        """Proposals of one image, best first.
+
+        Args:
+            image_id: the dataset's id (looked up in a proposal file; the file stem and name are tried next).
+            rgb: the image, uint8 [H, W, 3] (used by a method).
+        Returns:
+            Tensor[N, 4] float boxes (x1, y1, x2, y2) in pixels.
+        """
         if self.proposer is not None:
             return self.proposer.propose(rgb)[0]
         keys = [image_id]
@@ -55,8 +89,84 @@ class ProposalSource:
         raise GdetError(f"{self.spec}: no proposals for image {image_id!r}")
 
 
+@torch.no_grad()
+def detect_records(model: Detector | EnsembleDetector, records: Sequence[ImageRecord],
+                   proposals: ProposalSource | ProposalSet, *, device: torch.device | str | None = None,
+                   score_thr: float = EVAL_SCORE_THR, nms_iou: float = DEFAULTS["nms_iou"],
+                   max_dets: int = DEFAULTS["max_dets"], max_proposals: int | None = DEFAULTS["max_proposals"],
+                   soft_nms: str | None = None, precision: str = "fp32", rank: int = 0, world_size: int = 1,
+                   desc: str = "detect", leave: bool = True,
+                   on_image: Callable[[int, np.ndarray, dict], None] | None = None) -> list[dict[str, Tensor]]:
+    """Detect objects in every image of a split (the one loop used by test, demo and training-time evaluation).
+
+    Args:
+        model: a detector or an ensemble.
+        records: the images (``image_id``, ``path``).
+        proposals: a :class:`ProposalSource` or a :class:`~gdet.proposals.ProposalSet` holding every record.
+        score_thr, nms_iou, max_dets, soft_nms: post-processing (see :func:`gdet.nms.postprocess`).
+        max_proposals: proposals kept per image (best first).
+        rank, world_size: detect only ``records[rank::world_size]`` (data-parallel evaluation; gather the
+            lists of every rank and interleave them to restore record order).
+        on_image: called as ``on_image(index, rgb, dets)`` after each image (e.g. to draw it).
+    Returns:
+        per detected record, ``{"boxes": Tensor[K, 4], "scores": Tensor[K], "labels": Tensor[K]}`` on the CPU.
+    """
+    source = proposals if isinstance(proposals, ProposalSource) else ProposalSource(proposals)
+    out = []
+    indices = range(rank, len(records), world_size)
+    bar = progress(indices, desc=desc, unit="img", leave=leave)
+    for i in bar:
+        t0 = time.perf_counter()
+        rec = records[i]
+        rgb = read_image(rec.path)
+        boxes = source(rec.image_id, rgb, rec.path)
+        dets = detect_image(model, rgb, boxes, score_thr=score_thr, nms_thr=nms_iou, max_dets=max_dets,
+                            soft_nms=soft_nms, max_proposals=max_proposals, precision=precision, device=device)
+        out.append(dets)
+        if on_image is not None:
+            on_image(i, rgb, dets)
+        bar.set_postfix_str(f"{time.perf_counter() - t0:.2f} s/img, {len(dets['scores'])} dets", refresh=False)
+    return out
+
+
+def image_ids_for(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Image ids of loose image files: the file stem, as VOC and the synthetic benchmark name their images.
+
+    Raises:
+        GdetError: two files share a stem (their detections could not be told apart).
+    """
+    ids = [Path(p).stem for p in paths]
+    seen: dict[str, str] = {}
+    for i, p in zip(ids, paths):
+        if i in seen:
+            raise GdetError(f"{p}: same image id {i!r} as {seen[i]} (image ids are file stems and must be unique)")
+        seen[i] = str(p)
+    return ids
+
+
+def write_detections(path: str | os.PathLike, image_ids: Sequence[Any], detections: Sequence[dict],
+                     class_names: Sequence[str]) -> int:
+    """Write a COCO-style result list that ``gdet eval --dets`` reads, atomically.
+
+    Entries are ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``; ``category_id`` is the class
+    name, which is unambiguous whatever numeric ids the ground truth uses (``gdet test`` writes the dataset's ids).
+
+    Returns:
+        the number of entries written.
+    """
+    lines = []
+    for iid, det in zip(image_ids, detections):
+        boxes = torch.as_tensor(det["boxes"]).double().reshape(-1, 4).tolist()
+        for (x1, y1, x2, y2), s, lab in zip(boxes, det["scores"].tolist(), det["labels"].tolist()):
+            lines.append(json.dumps({"image_id": iid, "category_id": class_names[int(lab)],
+                                     "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}))
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write("[\n" + ",\n".join(lines) + ("\n]\n" if lines else "]\n"))
+    return len(lines)
+
+
 def detections_to_rows(dets: dict, class_names: Sequence[str]) -> list[dict]:
-    """Per-image detections as JSON-ready rows ``{"box": [x1, y1, x2, y2], "score", "label", "class"}``."""
+    """Per-image detections as rows ``{"box": [x1, y1, x2, y2], "score", "label", "class"}`` (for tables)."""
     rows = []
     for b, s, lab in zip(dets["boxes"].tolist(), dets["scores"].tolist(), dets["labels"].tolist()):
         rows.append({"box": [round(v, 2) for v in b], "score": round(float(s), 5), "label": int(lab),

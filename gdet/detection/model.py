@@ -13,10 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gdet.backbones import Backbone, build_backbone
+from gdet.backbones import Backbone, build_backbone, is_aux_key
+from gdet.data import read_image, to_chw
 from gdet.detection.crops import DEFAULT_CONTEXT_PAD, iter_region_chunks
 from gdet.detection.labels import decode_boxes
+from gdet.engine.checkpoint import load_checkpoint, load_model_weights
 from gdet.engine.device import autocast
+from gdet.ensemble import average_probabilities
 from gdet.errors import CheckpointError, GdetError
 from gdet.nms import postprocess
 
@@ -163,8 +166,6 @@ class EnsembleDetector:
     def score_regions(self, image01: Tensor, boxes: Tensor, precision: str = "fp32",
                       channels_last: bool = False) -> tuple[Tensor, Tensor | None]:
         """Averaged probabilities (Tensor[N, C+1]) and, when every member regresses boxes, averaged deltas."""
-        from gdet.ensemble import average_probabilities
-
         outs = [m.score_regions(image01, boxes, precision, channels_last) for m in self.members]
         probs = average_probabilities([p for p, _ in outs])
         deltas = None
@@ -179,28 +180,16 @@ class EnsembleDetector:
         return len(self.members)
 
 
-def image_to_tensor(image, device: torch.device | str = "cpu") -> tuple[Tensor, np.ndarray | None]:
-    """Accept a path, an RGB ``uint8 [H, W, 3]`` array, or a ``Tensor[3, H, W]`` (uint8 or 0-1 float).
-
-    Returns:
-        (Tensor[3, H, W] float 0-1 on ``device``, the uint8 RGB array or None when given a tensor).
-    """
+def image_to_tensor(image, device: torch.device | str = "cpu") -> Tensor:
+    """A path, an RGB ``uint8 [H, W, 3]`` array or a ``Tensor[3, H, W]`` (uint8 or 0-1 float) as the detector's
+    input: Tensor[3, H, W] float 0-1 on ``device``."""
     if isinstance(image, (str, os.PathLike)):
-        from gdet.data import read_image
-
         image = read_image(image)
     if isinstance(image, np.ndarray):
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        arr = np.ascontiguousarray(image[:, :, :3])
-        if not arr.flags.writeable:
-            arr = arr.copy()
-        t = torch.from_numpy(arr).to(device).permute(2, 0, 1).float().div_(255.0)
-        return t, arr
+        image = to_chw(np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3])
     if isinstance(image, Tensor):
         t = image.to(device)
-        t = t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
-        return t, None
+        return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
     raise TypeError(f"expected an image path, array or tensor, got {type(image).__name__}")
 
 
@@ -213,7 +202,7 @@ def detect_image(model: Detector | EnsembleDetector, image, proposals, *, score_
     Args:
         model: a :class:`Detector` or :class:`EnsembleDetector`.
         image: a path, an RGB ``uint8 [H, W, 3]`` array or a ``Tensor[3, H, W]``.
-        proposals: ``Tensor[N, 4]`` boxes in pixels, or a proposer with ``propose(rgb_uint8) -> (boxes, scores)``.
+        proposals: Tensor[N, 4] boxes in pixels, best first (see :func:`gdet.detection.inference.resolve_proposals`).
         score_thr, nms_thr, max_dets, soft_nms: see :func:`gdet.nms.postprocess`.
         max_proposals: keep only the first (best-ranked) proposals.
         precision, channels_last: network numerics.
@@ -224,12 +213,8 @@ def detect_image(model: Detector | EnsembleDetector, image, proposals, *, score_
     if device is None:
         first = model.members[0] if isinstance(model, EnsembleDetector) else model
         device = next(first.parameters()).device
-    image01, arr = image_to_tensor(image, device)
+    image01 = image_to_tensor(image, device)
     h, w = image01.shape[1:]
-    if hasattr(proposals, "propose"):
-        if arr is None:
-            arr = (image01.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        proposals, _ = proposals.propose(arr)
     boxes = torch.as_tensor(proposals, dtype=torch.float32).reshape(-1, 4)
     if max_proposals:
         boxes = boxes[:max_proposals]
@@ -264,15 +249,13 @@ def build_detector(backbone: str, class_names: Sequence[str], *, weights: str | 
     kw = dict(backbone_kwargs or {})
     num_cls = len(class_names) + 1
     if weights is not None:
-        from gdet.engine.checkpoint import load_checkpoint, load_model_weights
-
         ckpt = load_checkpoint(weights)
         n_src = _classifier_size(ckpt["model"])
         net = build_backbone(backbone, num_classes=n_src or num_cls, **kw)
         # The checkpoint may have been trained with or without aux heads; load what fits, then report the rest.
         state = ckpt["model"]
         own = net.state_dict()
-        missing = [k for k in own if k not in state and not _is_aux(k)]
+        missing = [k for k in own if k not in state and not is_aux_key(k)]
         if missing:
             raise CheckpointError(f"{weights}: weights do not fit backbone {backbone!r}: missing keys "
                                   f"({len(missing)}): {', '.join(missing[:5])}")
@@ -282,10 +265,6 @@ def build_detector(backbone: str, class_names: Sequence[str], *, weights: str | 
         net = build_backbone(backbone, num_classes=num_cls, **kw)
     return Detector(net, class_names, context_pad=context_pad, input_size=input_size, bbox_reg=bbox_reg,
                     sampling_ratio=sampling_ratio, chunk_size=chunk_size)
-
-
-def _is_aux(key: str) -> bool:
-    return key.startswith(("aux1.", "aux2.", "AuxLogits.", "aux"))
 
 
 def _classifier_size(state: dict[str, Tensor]) -> int | None:
@@ -310,19 +289,16 @@ def detector_checkpoint_meta(model: Detector, backbone_kwargs: dict | None = Non
 
 def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", use_ema: bool = False,
                   chunk_size: int = 256) -> Detector:
-    """Load a detector written by ``tools/train_det.py`` (or its fp16 export), in eval mode on ``device``.
+    """Load a detector written by ``gdet train det`` (or its fp16 export), in eval mode on ``device``.
 
     Aux heads are dropped (inference never uses them). A classification checkpoint or a foreign file raises a
     one-line :class:`~gdet.errors.CheckpointError`.
     """
-    from gdet.engine.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path)
     if ckpt.get("task") != "detect" or "detector" not in ckpt:
         what = ckpt.get("task") or "not a gdet detector"
-        raise CheckpointError(f"{path}: not a detection checkpoint ({what}); train one with tools/train_det.py")
+        raise CheckpointError(f"{path}: not a detection checkpoint ({what}); train one with gdet train det")
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     kw = dict(ckpt.get("backbone_kwargs") or {})
     kw["aux_logits"] = False
     meta = ckpt["detector"]
@@ -331,15 +307,10 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", u
     model = Detector(net, names, context_pad=meta["context_pad"], input_size=meta["input_size"],
                      bbox_reg=meta.get("bbox_reg", False), sampling_ratio=meta.get("sampling_ratio", 1),
                      chunk_size=chunk_size)
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if not _is_aux(k.removeprefix("backbone."))}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(f"{path}: weights do not fit the detector (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}, shape mismatch {bad[:3]})")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    try:  # fp16 exports are cast to the model's fp32 on loading
+        load_model_weights(model, {k: v for k, v in state.items() if not is_aux_key(k)})
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {str(e).removeprefix('state dict: ')}") from None
     pre = ckpt.get("preprocessing")
     if pre:
         net.mean, net.std = tuple(pre["mean"]), tuple(pre["std"])
@@ -358,7 +329,6 @@ def export_detector(src: str | os.PathLike, dst: str | os.PathLike, half: bool =
     """Write an inference-only copy of a detection training checkpoint (fp16, no aux heads, no optimizer state);
     see :func:`gdet.export.checkpoint.export_checkpoint`. Returns the file size in bytes."""
     from gdet.export.checkpoint import export_checkpoint
-    from gdet.engine.checkpoint import load_checkpoint
 
     if load_checkpoint(src).get("task") != "detect":
         raise CheckpointError(f"{src}: not a detection checkpoint")

@@ -1,22 +1,18 @@
-"""Drawing detections (boxes, class names, scores) on an image with OpenCV, and writing it as PNG atomically."""
+"""Drawing detections (boxes, class names, scores) on an image with OpenCV, and writing it as PNG atomically.
+
+A class has the same colour here as in the ground-truth pictures of ``gdet data browse``."""
 from __future__ import annotations
 
-import colorsys
 import os
 from typing import Sequence
 
+import cv2
 import numpy as np
 
+from gdet.data.browse import class_colour
 from gdet.io import atomic_path
 
 __all__ = ["class_colour", "draw_detections", "save_png"]
-
-
-def class_colour(label: int) -> tuple[int, int, int]:
-    """A distinct, saturated RGB colour per class (golden-ratio hue steps)."""
-    h = (label * 0.618033988749895) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(h, 0.85, 1.0)
-    return int(r * 255), int(g * 255), int(b * 255)
 
 
 def draw_detections(image: np.ndarray, dets: dict, class_names: Sequence[str], thickness: int | None = None,
@@ -27,8 +23,6 @@ def draw_detections(image: np.ndarray, dets: dict, class_names: Sequence[str], t
         dets: ``{"boxes": Tensor[K, 4], "scores": Tensor[K], "labels": Tensor[K]}``; drawn lowest score first so
             that the best boxes end on top.
     """
-    import cv2
-
     out = np.ascontiguousarray(image.copy())
     h, w = out.shape[:2]
     t = thickness or max(1, round(max(h, w) / 300))
@@ -50,8 +44,6 @@ def draw_detections(image: np.ndarray, dets: dict, class_names: Sequence[str], t
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
     """Write an RGB ``uint8`` image as PNG, atomically."""
-    import cv2
-
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise OSError(f"{path}: could not write PNG")

@@ -56,14 +56,16 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str =
     return result
 
 
-@click.command("eval")
-@click.option("--gt", required=True, type=click.Path(), help="VOC root, COCO .json, or folder with <split>.json.")
-@click.option("--dets", required=True, type=click.Path(), help="COCO-style result .json (gdet detect/test_det.py).")
+@click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", "gt", required=True, type=click.Path(),
+              help="Ground truth: VOC root, COCO .json, or folder with <split>.json.")
+@click.option("--dets", required=True, type=click.Path(),
+              help="COCO-style result .json (gdet detect --json, gdet test --out, gdet fuse --out).")
 @click.option("--metric", type=click.Choice(METRICS), default="voc", show_default=True,
               help="voc07: 11-point; voc: VOC2010+ all-point; coco: pycocotools; ilsvrc: size-aware IoU.")
 @click.option("--split", default="val", show_default=True, help="Split of a VOC root / synthetic folder.")
 @click.option("--plots", type=click.Path(), default=None, help="Folder for the precision-recall PNG.")
-@click.option("--out", type=click.Path(), default=None, help="Write every figure to this JSON.")
+@click.option("--json", "out", type=click.Path(dir_okay=False), default=None, help="Write every figure to this JSON.")
 @click.option("--plus-one", is_flag=True, help="Legacy +1 pixel widths (boxes as inclusive pixel indices).")
 @click.option("--compat", type=click.Choice(["devkit", "py-faster-rcnn"]), default="devkit", show_default=True,
               help="VOC: the official devkit's rules or its py-faster-rcnn port (IoU > 0.5, arange thresholds).")

@@ -13,36 +13,29 @@ from typing import Any, Callable
 
 from gdet.errors import GdetError
 from gdet.proposals.base import Proposer
+from gdet.proposals.combined import build_combined
 from gdet.proposals.files import ProposalSet, load_proposals, save_proposals
+from gdet.proposals.multibox import MultiBoxProposer
+from gdet.proposals.selective_search import SelectiveSearch
 
 
 def _ss(**kw) -> Proposer:
-    from gdet.proposals.selective_search import SelectiveSearch
-
     return SelectiveSearch(backend="opencv", **{"mode": "fast", **kw})
 
 
 def _ss_quality(**kw) -> Proposer:
-    from gdet.proposals.selective_search import SelectiveSearch
-
     return SelectiveSearch(backend="opencv", **{"mode": "quality", **kw})
 
 
 def _selectivesearch(**kw) -> Proposer:
-    from gdet.proposals.selective_search import SelectiveSearch
-
     return SelectiveSearch(backend="selectivesearch", **kw)
 
 
 def _multibox(**kw) -> Proposer:
-    from gdet.proposals.multibox import MultiBoxProposer
-
     return MultiBoxProposer.from_checkpoint(**kw)
 
 
 def _combined(**kw) -> Proposer:
-    from gdet.proposals.combined import build_combined
-
     return build_combined(**kw)
 
 

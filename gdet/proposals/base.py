@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -83,8 +84,6 @@ def filter_small(boxes: Tensor, scores: Tensor, min_size: float) -> tuple[Tensor
 def resize_longer_side(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
     """Resize so the longer side is ``max_side`` pixels (up or down). Returns the image and the scale factor
     (new / old); ``max_side`` None or 0 leaves the image alone (scale 1)."""
-    import cv2
-
     h, w = image.shape[:2]
     if not max_side or max(h, w) == max_side:
         return image, 1.0

@@ -11,6 +11,8 @@ from torchvision.ops import box_iou
 from gdet.errors import DataError
 from gdet.proposals.base import Proposer, dedupe_boxes
 from gdet.proposals.files import ProposalSet
+from gdet.proposals.multibox import MultiBoxProposer
+from gdet.proposals.selective_search import SelectiveSearch
 
 
 class CombinedProposer(Proposer):
@@ -76,9 +78,6 @@ def build_combined(*, weights: str, top_k: int = 200, dup_iou: float = 0.9, supe
                    multibox_kwargs: dict | None = None, **ss_kwargs) -> CombinedProposer:
     """Build the combination from a MultiBox checkpoint ``weights`` (``tiles``, ``tile_overlap``: see
     :class:`~gdet.proposals.multibox.MultiBoxProposer`); other keywords go to selective search."""
-    from gdet.proposals.multibox import MultiBoxProposer
-    from gdet.proposals.selective_search import SelectiveSearch
-
     ss = SelectiveSearch(backend="opencv", mode=ss_mode, superpixel_scale=superpixel_scale, **ss_kwargs)
     mb = MultiBoxProposer.from_checkpoint(weights=weights, device=device,
                                           **{"top_k": top_k, "tiles": tiles, "tile_overlap": tile_overlap,

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from gdet.io import atomic_path
+
 AR_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 DEFAULT_COUNTS: tuple[int | None, ...] = (100, 500, 1000, 2000, None)  # None = all
 CURVE_COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000)
@@ -167,8 +169,6 @@ def plot_recall_curves(results: dict[str, dict], png_path, title: str | None = N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from gdet.io import atomic_path
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, key, label in zip(axes, ("recall@0.5", "recall@0.7", "ar"),

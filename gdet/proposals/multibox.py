@@ -22,15 +22,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torchvision.ops import nms, remove_small_boxes
+from torchvision.ops import box_iou, nms, remove_small_boxes
 
+from gdet.backbones import build_backbone
+from gdet.data import to_chw
+from gdet.engine import load_checkpoint, load_model_weights, resolve_device
 from gdet.errors import CheckpointError, GdetError
-from gdet.proposals.base import Proposer
+from gdet.proposals.base import Proposer, as_rgb
 
 TASK = "multibox"
 
@@ -137,8 +141,6 @@ def encode_targets(priors: Tensor, gt: Tensor, match_iou: float | None = None) -
     target = priors.clone()
     matched = torch.zeros(priors.shape[0], dtype=torch.bool)
     if match_iou is not None and gt.shape[0]:
-        from torchvision.ops import box_iou
-
         best, arg = box_iou(priors, gt.to(priors.dtype)).max(1)
         extra = best >= match_iou
         target[extra] = gt[arg[extra]].to(target.dtype)
@@ -262,8 +264,6 @@ class MultiBox(nn.Module):
 
 def build_trunk(backbone: str, backbone_kwargs: dict | None = None, num_classes: int = 1000) -> nn.Module:
     """Registry backbone ``backbone`` with its aux heads off (``backbone_kwargs`` may already say so)."""
-    from gdet.backbones import build_backbone
-
     kw = dict(backbone_kwargs or {})
     kw.setdefault("aux_logits", False)
     try:
@@ -280,21 +280,17 @@ def build_multibox(*, backbone: str, priors: Tensor, backbone_kwargs: dict | Non
     classification checkpoint to start from)."""
     net = build_trunk(backbone, backbone_kwargs)
     if backbone_weights:
-        from gdet.engine import load_model_weights
-
         load_model_weights(net, backbone_weights, strict=False)
     return MultiBox(net, priors, hidden=hidden, grid=grid, dropout=dropout, kind=kind, anchors=anchors)
 
 
 def load_multibox(path: str | os.PathLike, device: torch.device | str = "cpu", use_ema: bool = True) -> tuple[MultiBox, dict]:
-    """Rebuild a MultiBox network from a ``tools/train_multibox.py`` checkpoint. Returns (model in eval mode,
+    """Rebuild a MultiBox network from a ``gdet train multibox`` checkpoint. Returns (model in eval mode,
     checkpoint dict)."""
-    from gdet.engine import load_checkpoint, load_model_weights
-
     ckpt = load_checkpoint(path)
     if ckpt.get("task") != TASK or "priors" not in ckpt:
         raise CheckpointError(f"{path}: not a MultiBox checkpoint (task={ckpt.get('task')!r}); "
-                              f"train one with tools/train_multibox.py")
+                              f"train one with gdet train multibox")
     head = ckpt.get("head", {})
     model = build_multibox(backbone=ckpt["backbone"], priors=ckpt["priors"],
                            backbone_kwargs=ckpt.get("backbone_kwargs"), **head)
@@ -305,11 +301,9 @@ def load_multibox(path: str | os.PathLike, device: torch.device | str = "cpu", u
 # ------------------------------------------------------------------------------------------------- inference
 def image_to_input(image: np.ndarray, size: int) -> Tensor:
     """RGB uint8 ``[H, W, 3]`` -> uint8 ``Tensor[3, size, size]`` (warped, as in training)."""
-    import cv2
-
     h, w = image.shape[:2]
     interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
-    return torch.from_numpy(np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=interp))).permute(2, 0, 1)
+    return to_chw(cv2.resize(image, (size, size), interpolation=interp))
 
 
 @torch.no_grad()
@@ -378,9 +372,7 @@ class MultiBoxProposer(Proposer):
     @classmethod
     def from_checkpoint(cls, *, weights: str | os.PathLike | None = None, device: str = "cpu", **kwargs) -> "MultiBoxProposer":
         if not weights:
-            raise GdetError("method 'multibox' needs weights=PATH (a checkpoint from tools/train_multibox.py)")
-        from gdet.engine import resolve_device
-
+            raise GdetError("method 'multibox' needs weights=PATH (a checkpoint from gdet train multibox)")
         dev = resolve_device(device)
         model, ckpt = load_multibox(weights, dev)
         return cls(model, int(ckpt.get("input_size", 224)), device=dev, weights=str(weights), **kwargs)
@@ -393,8 +385,6 @@ class MultiBoxProposer(Proposer):
     @torch.no_grad()
     def propose_batch(self, images: list[np.ndarray]) -> list[tuple[Tensor, Tensor]]:
         """Propose for several images in one forward pass (same results as :meth:`propose` one by one)."""
-        from gdet.proposals.base import as_rgb
-
         images = [as_rgb(im) for im in images]
         regions = [tile_regions(im.shape[1], im.shape[0], self.tiles, self.tile_overlap) for im in images]
         x = torch.stack([image_to_input(np.ascontiguousarray(im[y0:y1, x0:x1]), self.input_size)

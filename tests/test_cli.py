@@ -1,0 +1,144 @@
+"""The `gdet` front door: a fast, torch-free `--help`, every command and tools/ script reachable with `-h`,
+suggestions for misspelt commands and options, and one `error:` line with exit code 1 on bad input."""
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from gdet.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = sorted((ROOT / "tools").glob("*.py"))
+
+
+def test_help_lists_every_command_without_importing_torch():
+    code = ("import sys\nfrom gdet.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+            "print(sorted(m for m in sys.modules if m.startswith('gdet')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "NO-TORCH" in r.stdout
+    assert r.stdout.splitlines()[-1] == str(["gdet", "gdet.cli", "gdet.errors", "gdet.io"])
+    for name, (_, help_) in COMMANDS.items():
+        assert f"  {name} " in r.stdout, name
+        assert help_.split()[0] in r.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_resolves_to_its_name_and_has_short_help(name):
+    target, help_ = COMMANDS[name]
+    module = target.split(":")[0]
+    if module == "gdet.export.cli" and not (ROOT / "gdet" / "export" / "cli.py").is_file():
+        r = CliRunner().invoke(main, [name, "-h"])
+        assert r.exit_code == 1 and r.output.startswith("error: command 'export' is not available")
+        return
+    ctx = click.Context(main)
+    cmd = main.get_command(ctx, name)
+    assert isinstance(cmd, click.Command) and cmd.name == name
+    assert len(help_) <= 70
+    r = CliRunner().invoke(main, [name, "-h"])
+    assert r.exit_code == 0 and r.output.startswith(f"Usage: main {name}"), r.output
+
+
+@pytest.mark.parametrize("script", TOOLS, ids=lambda p: p.name)
+def test_every_tool_script_answers_dash_h(script, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(script), "-h"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(script), run_name="__main__")
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: ") and "-h, --help" in out
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["detct"], "Did you mean 'detect'?"),
+    (["proposals", "evl"], "Did you mean 'eval'?"),
+    (["train", "dett"], "Did you mean 'det'?"),
+    (["detect", "--imag", "x"], "Did you mean '--image'?"),
+    (["eval", "--gt", "x"], "--data"),
+    (["classify", "--topk", "3"], "--top-k"),
+])
+def test_misspelt_commands_and_options_get_a_suggestion(args, hint):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and hint in r.output, r.output
+
+
+def test_shared_vocabulary_across_commands():
+    """The same idea has one option name in every command that has it."""
+    ctx = click.Context(main)
+    names = {}
+    for cmd_path in (["detect"], ["test"], ["demo"], ["fuse"], ["eval"], ["classify"], ["classify", "eval"],
+                     ["models"], ["proposals", "compute"], ["proposals", "eval"], ["data", "convert"],
+                     ["data", "browse"], ["bench", "proposals"]):
+        cmd = main
+        for part in cmd_path:
+            cmd = cmd.get_command(ctx, part)
+        names[" ".join(cmd_path)] = {o for p in cmd.params for o in getattr(p, "opts", [])}
+    every = set().union(*names.values())
+    for old in ("--gt", "--src", "--multibox-weights", "--proposal-opt", "--topk", "--nms"):
+        assert old not in every, old
+    for cmd in ("detect", "test", "proposals compute"):
+        assert "--opt" in names[cmd] and "--proposal-weights" in names[cmd], cmd
+    for cmd in ("test", "fuse", "eval", "proposals compute", "proposals eval", "data convert", "data browse",
+                "classify eval"):
+        assert "--data" in names[cmd], cmd
+    for cmd in ("detect", "test", "fuse", "eval", "classify", "classify eval", "models", "proposals eval",
+                "bench proposals"):
+        assert "--json" in names[cmd], cmd
+    for cmd in ("detect", "test", "demo"):
+        assert {"--max-proposals", "--score-thr", "--nms-iou", "--max-dets", "--device", "--precision"} <= names[cmd]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["detect", "--image", "{tmp}/none.jpg", "--weights", "{tmp}/w.pth"], "none.jpg: image not found"),
+    (["detect", "--image", "{tmp}/*.png", "--weights", "{tmp}/w.pth"], "no image matches this pattern"),
+    (["test", "--data", "{tmp}/nothing", "--weights", "{tmp}/w.pth", "--out", "{tmp}/d.json"], "nothing"),
+    (["test", "--data", "{tmp}", "--weights", "{tmp}/w.pth", "--out", "{tmp}/d.json", "--metrics", "map"],
+     "unknown metric 'map'"),
+    (["fuse", "{tmp}/a.json", "--data", "{tmp}/nothing", "--out", "{tmp}/f.json"], "nothing"),
+    (["eval", "--data", "{tmp}/nothing", "--dets", "{tmp}/a.json"], "nothing"),
+    (["proposals", "eval", "--data", "{tmp}/nothing", "--proposals", "{tmp}/p.npz"], "nothing"),
+    (["proposals", "eval", "--data", "{tmp}", "--proposals", "{tmp}/p.npz", "--counts", "ten"], "--counts"),
+    (["proposals", "info", "{tmp}/p.npz"], "p.npz"),
+    (["classify", "--image", "{tmp}/none.jpg", "--weights", "{tmp}/w.pth"], "none.jpg: image not found"),
+    (["classify", "eval", "--data", "{tmp}", "--weights", "{tmp}/w.pth", "--crops", "7"], "1, 10 or 144"),
+    (["models", "no_such_net"], "no_such_net"),
+    (["demo", "--weights", "{tmp}/w.pth", "--out", "{tmp}/o"], "w.pth: detector checkpoint not found"),
+    (["train", "cls", "--config", "{tmp}/none.yaml"], "none.yaml"),
+    (["train", "det", "no_such_key=1"], "no_such_key"),
+    (["train", "multibox", "epochz=3"], "epochz"),
+    (["bench", "proposals", "--size", "big"], "expected WxH"),
+    (["data", "browse", "--data", "{tmp}/nothing", "--out", "{tmp}/o"], "nothing"),
+])
+def test_bad_input_is_one_error_line_and_exit_1(tmp_path, args, needle):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1, (args, r.output)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (args, r.output)
+
+
+def test_classify_files_folders_globs_and_json_file(tmp_path):
+    """`gdet classify` takes what `gdet detect` takes (one helper); --json FILE holds what the text shows."""
+    import json
+    import shutil
+
+    assets = ROOT / "gdet" / "assets"
+    (tmp_path / "imgs").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(assets / "sample.jpg", tmp_path / "imgs" / name)
+    r = CliRunner().invoke(main, ["classify", "--image", str(tmp_path / "imgs"), "--image",
+                                  str(tmp_path / "imgs" / "a*.jpg"), "--weights",
+                                  str(assets / "classifier_synth_fp16.pth"), "--top-k", "2", "--device", "cpu",
+                                  "--json", str(tmp_path / "c.json")])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("trained on synthetic shapes only") == 1
+    rows = json.loads((tmp_path / "c.json").read_text())
+    assert [Path(row["image"]).name for row in rows] == ["a.jpg", "b.jpg", "a.jpg"]
+    assert rows[0]["top"] == rows[1]["top"] == rows[2]["top"] and len(rows[0]["top"]) == 2
+    first = rows[0]["top"][0]
+    assert f"{first['prob']:8.4f}  {first['class']}" in r.stdout

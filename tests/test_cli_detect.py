@@ -1,0 +1,69 @@
+"""`gdet detect` -> `gdet eval` and `gdet test` -> `gdet eval` on a tiny VOC set: the detect result file is a result
+file, and both paths give the same mAP as the metrics `gdet test` prints."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gdet.cli import main
+from gdet.data import load_detection_set
+from helpers_detection import make_proposals, make_voc, save_detector, tiny_detector
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_det")
+    voc = make_voc(root, n_train=1, n_val=2)
+    records = load_detection_set(voc, "train").records + load_detection_set(voc, "val").records
+    props = make_proposals(records, root / "props.npz", per_image=12)
+    ckpt = save_detector(tiny_detector(), root / "det.pth")
+    return root, voc, props, ckpt
+
+
+def _run(args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_detect_json_is_read_by_eval_and_matches_test(tiny, tmp_path):
+    root, voc, props, ckpt = tiny
+    common = ["--weights", ckpt, "--proposals", props, "--score-thr", "0.001", "--max-proposals", "2000",
+              "--device", "cpu"]
+    out = _run(["test", "--data", voc, "--split", "val", *common, "--out", tmp_path / "t.json",
+                "--metrics", "voc", "--json", tmp_path / "m.json"])
+    assert "wrote" in out and "mAP" in out
+    # A glob of the val images (im001, im002; im000 is the train image).
+    _run(["detect", "--image", f"{voc}/JPEGImages/im00[12].png", *common, "--json", tmp_path / "d.json"])
+    maps = []
+    for dets in ("t.json", "d.json"):
+        _run(["eval", "--data", voc, "--split", "val", "--dets", tmp_path / dets, "--metric", "voc",
+              "--json", tmp_path / f"e_{dets}"])
+        maps.append(json.loads((tmp_path / f"e_{dets}").read_text())["mAP"])
+    tested = json.loads((tmp_path / "m.json").read_text())
+    assert tested["images"] == 2 and tested["dets"] == str(tmp_path / "t.json")
+    assert maps[0] == maps[1] == pytest.approx(tested["voc"]["mAP"], abs=1e-12)
+    # Same detections, different id conventions: detect writes class names, test the dataset's category ids.
+    d = json.loads((tmp_path / "d.json").read_text())
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert len(d) == len(t) > 0 and {e["category_id"] for e in d} <= {"square", "disc"}
+    assert [(e["image_id"], round(e["score"], 6)) for e in d] == [(e["image_id"], round(e["score"], 6)) for e in t]
+
+
+def test_detect_folder_progress_and_duplicate_ids(tiny, tmp_path):
+    root, voc, props, ckpt = tiny
+    out = _run(["detect", "--image", voc / "JPEGImages", "--weights", ckpt, "--proposals", props,
+                "--score-thr", "0", "--out", tmp_path / "png", "--device", "cpu"])
+    assert out.count("detection(s)") == 3 and sorted(p.name for p in (tmp_path / "png").iterdir()) == [
+        "im000.png", "im001.png", "im002.png"]
+    # Two files with one stem cannot both be image "im001" in a result file.
+    (tmp_path / "dup").mkdir()
+    (tmp_path / "dup" / "im001.png").write_bytes((voc / "JPEGImages" / "im001.png").read_bytes())
+    r = CliRunner().invoke(main, ["detect", "--image", str(voc / "JPEGImages" / "im001.png"), "--image",
+                                  str(tmp_path / "dup"), "--weights", str(ckpt), "--json", str(tmp_path / "x.json")])
+    assert r.exit_code == 1 and r.output.startswith("error: ") and "same image id 'im001'" in r.output
+    # A proposal file lacking an image names it.
+    val_only = make_proposals(load_detection_set(voc, "val").records, tmp_path / "val.npz", per_image=12)
+    r = CliRunner().invoke(main, ["test", "--data", str(voc), "--split", "train", "--weights", str(ckpt),
+                                  "--proposals", str(val_only), "--out", str(tmp_path / "t.json"), "--device", "cpu"])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1].startswith("error: ") and "im000" in r.output
