@@ -192,9 +192,9 @@ def _decode_cpu(data: Tensor, path: str) -> Tensor:
     except (RuntimeError, ValueError):
         pass
     from gdet.data.image import read_image
-    from gdet.data.loading import to_tensor
+    from gdet.data.image import to_chw
 
-    return to_tensor(read_image(path))
+    return to_chw(read_image(path))
 
 
 def decode_batch(data: Sequence[Tensor], device: torch.device | str, paths: Sequence[str] | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gdet.backbones.base import is_aux_key
 from gdet.errors import CheckpointError
 from gdet.io import atomic_path
 
@@ -94,8 +95,8 @@ def load_model_weights(model: nn.Module, path_or_state: str | os.PathLike | dict
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     state = _strip_prefix(_strip_prefix(state, "module."), "_orig_mod.")
     own = model.state_dict()
-    if not any(k.startswith("aux") for k in own):
-        state = {k: v for k, v in state.items() if not k.startswith("aux")}
+    if not any(is_aux_key(k) for k in own):
+        state = {k: v for k, v in state.items() if not is_aux_key(k)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own

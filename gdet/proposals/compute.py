@@ -12,26 +12,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from gdet.data.image import read_image
 from gdet.errors import DataError, GdetError
 from gdet.io import atomic_path, load_json, save_json
 from gdet.parallel import rank_world, shard
 from gdet.proposals.files import ProposalSet, load_proposals, save_proposals
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8 ``[H, W, 3]`` (gdet.data's reader when present)."""
-    try:
-        from gdet.data import read_image  # the data package's reader (clear errors, EXIF, gray/alpha handling)
-    except ImportError:
-        read_image = None
-    if read_image is not None:
-        return np.asarray(read_image(path))
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{path}: not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -60,7 +45,7 @@ def _init_worker(method: str, kwargs: dict, parts: str, threads: int) -> None:
 def _work(task: tuple) -> tuple[Any, int, str | None]:
     image_id, path = task
     try:
-        image = read_rgb(path)
+        image = np.asarray(read_image(path))
         boxes, scores = _WORKER["proposer"].propose(image)
         with atomic_path(_WORKER["parts"] / _part_name(image_id)) as tmp:
             with open(tmp, "wb") as f:
