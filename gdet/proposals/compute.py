@@ -13,9 +13,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from gdet.data.image import read_image
+from gdet.engine import progress
+from gdet.engine.distributed import all_gather_objects, cleanup, init_distributed
 from gdet.errors import DataError, GdetError
 from gdet.io import atomic_path, load_json, save_json
 from gdet.parallel import rank_world, shard
+from gdet.proposals import build_proposer
 from gdet.proposals.files import ProposalSet, load_proposals, save_proposals
 
 
@@ -37,7 +40,6 @@ def _init_worker(method: str, kwargs: dict, parts: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
-    from gdet.proposals import build_proposer
 
     _WORKER.update(proposer=build_proposer(method, **kwargs), parts=Path(parts))
 
@@ -66,7 +68,6 @@ def _read_part(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
 def _all_gather(obj, world: int) -> list:
     if world == 1:
         return [obj]
-    from gdet.engine.distributed import all_gather_objects
 
     return all_gather_objects(obj)
 
@@ -91,7 +92,6 @@ def process_group_from_env() -> Iterator:
 
     Yields a :class:`~gdet.engine.distributed.DistInfo`; without torchrun it is a single process and nothing is
     initialised."""
-    from gdet.engine.distributed import cleanup, init_distributed
 
     info = init_distributed("cpu")
     try:
@@ -126,7 +126,6 @@ def _prepare(out: Path, parts: Path, settings: dict, read_previous: bool) -> Pro
 def _compute(todo: list, method: str, method_kwargs: dict, parts: Path, workers: int, threads: int,
              desc: str) -> str | None:
     """Compute ``todo`` into ``parts``; returns the first error message (finished images stay in ``parts``)."""
-    from gdet.engine import progress
 
     bar = progress(total=len(todo), desc=desc, unit="img")
     error = None
@@ -183,7 +182,6 @@ def compute_proposals(items: Sequence[tuple[Any, str]], method: str, out: str | 
         ``{"images", "computed", "reused", "boxes_per_image", "out", "rank_computed"}`` (the same on every
         rank but ``rank_computed``, this rank's share).
     """
-    from gdet.proposals import build_proposer
 
     out = Path(out)
     if out.suffix != ".npz":
