@@ -18,8 +18,8 @@ from gdet.backbones.inception_v3 import InceptionA, InceptionC, InceptionD, Ince
 from gdet.backbones.inception_v4 import InceptionA4, InceptionB4, InceptionC4, Mixed5b, _Branches, _Residual
 from gdet.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["ConvAct", "FusedBranches", "FusedResidual", "fold_batch_norm", "fold_conv_bn", "fuse_parallel_1x1",
-           "fp32_lrn", "rewrite"]
+__all__ = ["ConvAct", "FusedBranches", "FusedResidual", "OneDNNConvAct", "fold_batch_norm", "fold_conv_bn",
+           "fuse_blocks", "fuse_parallel_1x1", "fp32_lrn", "onednn_available", "rewrite", "use_onednn"]
 
 
 class ConvAct(nn.Module):
@@ -253,6 +253,49 @@ class Fp32LRN(nn.Module):
 def fp32_lrn(model: nn.Module) -> nn.Module:
     """Wrap every ``nn.LocalResponseNorm`` of ``model`` in :class:`Fp32LRN`, in place. Returns ``model``."""
     return _replace_children(model, lambda m: Fp32LRN(m) if isinstance(m, nn.LocalResponseNorm) else m)
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's fused convolution (``torch.ops.mkldnn._convolution_pointwise``)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class OneDNNConvAct(nn.Module):
+    """A :class:`ConvAct` run by oneDNN on the CPU with its weight pre-packed once in oneDNN's blocked layout and
+    the ReLU applied inside the convolution kernel (the same values: ReLU of the same sums). fp32 CPU only.
+
+    The plain ``conv`` stays attached (state dict, inspection); only the packed copy is used in ``forward``.
+    """
+
+    def __init__(self, m: ConvAct):
+        super().__init__()
+        c = m.conv
+        self.conv, self.relu = c, m.relu
+        self._args = (list(c.padding), list(c.stride), list(c.dilation), c.groups)
+        with torch.no_grad():
+            self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(c.weight.detach().to_mkldnn(), *self._args)
+        self._attr = "relu" if m.relu else "none"
+
+    def forward(self, x: Tensor) -> Tensor:
+        padding, stride, dilation, groups = self._args
+        return torch.ops.mkldnn._convolution_pointwise(x, self._packed, self.conv.bias, padding, stride, dilation,
+                                                       groups, self._attr, [], "")
+
+
+def use_onednn(model: nn.Module) -> nn.Module:
+    """Replace every fp32 CPU :class:`ConvAct` of ``model`` by :class:`OneDNNConvAct`, in place. Returns ``model``
+    (or its replacement). Call after the model reached its final device and dtype."""
+
+    def fn(m: nn.Module) -> nn.Module:
+        if isinstance(m, ConvAct) and m.conv.weight.device.type == "cpu" and m.conv.weight.dtype == torch.float32 \
+                and m.conv.padding_mode == "zeros" and isinstance(m.conv.padding, tuple):
+            return OneDNNConvAct(m)
+        return m
+
+    return _replace_children(model, fn)
 
 
 class ChannelAffine(nn.Module):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gdet.errors import GdetError
-from gdet.runtime.fuse import rewrite
+from gdet.runtime.fuse import onednn_available, rewrite, use_onednn
 
 __all__ = ["Runner", "chunk_spans", "optimize", "resolve_precision"]
 
@@ -177,7 +177,8 @@ def _inference_only(module: nn.Module, args):
 
 def optimize(model: nn.Module, *, device: torch.device | str = "cpu", precision: str = "auto",
              channels_last: bool | None = None, fuse: bool = True, compile: bool = False,
-             cuda_graphs: bool = False, chunk_size: int | None = None, inplace: bool = False) -> nn.Module:
+             cuda_graphs: bool = False, chunk_size: int | None = None, onednn: bool | None = None,
+             inplace: bool = False) -> nn.Module:
     """The fastest exact inference form of a gdet network: a backbone, a :class:`~gdet.detection.model.Detector`,
     an :class:`~gdet.detection.model.EnsembleDetector` (each member), or any module built from gdet's blocks
     (e.g. a MultiBox network).
@@ -202,6 +203,8 @@ def optimize(model: nn.Module, *, device: torch.device | str = "cpu", precision:
             Ignored on other devices.
         chunk_size: with ``cuda_graphs``, the fixed chunk (e.g. the detector's ``chunk_size``; 1 for batch-1
             classification). Default: the model's ``chunk_size`` attribute if any, else none (one graph per shape).
+        onednn: on a CPU in fp32 without ``compile``, run convolutions through oneDNN with pre-packed weights
+            and fused ReLU (default: when this torch build has oneDNN).
         inplace: rewrite ``model`` itself instead of a deep copy.
     Returns:
         the optimized module (with ``inplace``, ``model`` itself unless ``model`` is a single rewritten block).
@@ -226,6 +229,12 @@ def optimize(model: nn.Module, *, device: torch.device | str = "cpu", precision:
     net.to(device=device, dtype=dtype)
     if cl:
         net.to(memory_format=torch.channels_last)
+    # On the CPU, oneDNN with pre-packed weights and ReLU inside the convolution (measured 1.3-1.8x per layer);
+    # torch.compile does its own packing, so it gets the plain layers.
+    onednn = (onednn if onednn is not None else True) and device.type == "cpu" and dtype == torch.float32 \
+        and not compile and onednn_available()
+    if onednn:
+        net = use_onednn(net)
     fmt = torch.channels_last if cl else torch.contiguous_format
 
     def prepare(module, args):
@@ -257,5 +266,5 @@ def optimize(model: nn.Module, *, device: torch.device | str = "cpu", precision:
         # An instance attribute shadows the class's forward; hooks and methods (score_regions...) still apply.
         net.forward = forward
     net.runtime_info = {"device": str(device), "precision": prec, "channels_last": cl, "fused": fuse,
-                        "compiled": bool(compile), "cuda_graphs": bool(cuda_graphs and device.type == "cuda")}
+                        "compiled": bool(compile), "onednn": onednn, "cuda_graphs": bool(cuda_graphs and device.type == "cuda")}
     return net
