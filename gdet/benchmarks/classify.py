@@ -71,15 +71,14 @@ def build_candidates(device: torch.device, precision: str, classes: int, compile
     paper = build_backbone("googlenet", num_classes=classes, aux_logits=False).eval()
     if cl:
         tv = tv.to(memory_format=torch.channels_last)
-    prec = "fp16" if precision == "fp16" else precision
     out = {TV: _user_call(tv, device, precision, cl)}
     if compile_what in ("torchvision", "all"):
         out[TV_COMPILE] = _user_call(torch.compile(tv), device, precision, cl)
-    out[GDET] = _runtime_call(optimize(gd, device=device, precision=prec))
+    out[GDET] = _runtime_call(optimize(gd, device=device, precision=precision))
     if compile_what == "all":
-        out[GDET_COMPILE] = _runtime_call(optimize(gd, device=device, precision=prec, compile=True))
+        out[GDET_COMPILE] = _runtime_call(optimize(gd, device=device, precision=precision, compile=True))
     out[PAPER_EAGER] = _user_call(paper.to(device), device, precision, cl)
-    out[PAPER] = _runtime_call(optimize(paper, device=device, precision=prec))
+    out[PAPER] = _runtime_call(optimize(paper, device=device, precision=precision))
     return out
 
 
