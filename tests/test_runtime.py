@@ -217,3 +217,20 @@ def test_compile_path_on_a_tiny_network():
     assert out.shape == (2, 12, 12, 12) and _rel_err(out, ref) < 1e-5
     with torch.no_grad():
         assert _rel_err(fast(x + 1), model(x + 1)) < 1e-5  # a second call reuses the compiled code
+
+
+def test_exactness_report_on_cpu():
+    from click.testing import CliRunner
+
+    from gdet.runtime.check import exactness_rows, format_rows, main, relative_error
+
+    rows = exactness_rows("cpu", ("fp32", "bf16"), names=["googlenet_tv"])
+    assert [(r["network"], r["precision"]) for r in rows] == [
+        ("googlenet_tv", "fp32"), ("googlenet_tv", "bf16"),
+        ("detector (googlenet_tv, bbox_reg)", "fp32"), ("detector (googlenet_tv, bbox_reg)", "bf16")]
+    assert all(r["ok"] and 0 <= r["rel_err"] <= r["tol"] for r in rows)
+    assert rows[0]["rel_err"] < 1e-5 < rows[1]["rel_err"]  # bf16 is close, not exact
+    assert relative_error(torch.tensor([1.0, -2.0]), torch.tensor([1.0, -4.0])) == pytest.approx(0.5)
+    assert len(format_rows(rows)) == 5
+    bad = CliRunner().invoke(main, ["--device", "cpu", "--precisions", "fp8"])
+    assert bad.exit_code != 0

@@ -9,7 +9,6 @@ OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$OUT/inductor_cache}
 status=0
 run() {  # run NAME TIMEOUT CMD...: stdout+stderr to $OUT/NAME.txt, time and exit code appended
   local name=$1 limit=$2; shift 2
