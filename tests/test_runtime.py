@@ -234,3 +234,37 @@ def test_exactness_report_on_cpu():
     assert len(format_rows(rows)) == 5
     bad = CliRunner().invoke(main, ["--device", "cpu", "--precisions", "fp8"])
     assert bad.exit_code != 0
+
+
+def _lrn_reference(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """AlexNet's formula written out: x / (k + alpha / n * sum of squares over a window of n channels) ** beta."""
+    c = x.shape[1]
+    sq = x.double() ** 2
+    out = torch.empty_like(sq)
+    for i in range(c):
+        lo, hi = max(0, i - size // 2), min(c, i + (size - 1) // 2 + 1)
+        out[:, i] = x[:, i].double() / (k + alpha / size * sq[:, lo:hi].sum(1)) ** beta
+    return out
+
+
+def test_lrn_rewrite_equals_the_formula_and_torch():
+    x = (torch.randn(2, 11, 6, 5) * 30).contiguous(memory_format=torch.channels_last)
+    lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+    fast = Fp32LRN(lrn)
+    out = fast(x)
+    assert torch.equal(out, lrn(x))  # same sums, divisions and power
+    assert (out.double() - _lrn_reference(x)).abs().max() < 1e-5
+    assert torch.equal(fast(x.contiguous()), lrn(x.contiguous()))  # NCHW input takes torch's own path
+
+
+def test_onednn_option_is_exact():
+    from gdet.runtime.fuse import OneDNNConvAct, onednn_available
+
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN")
+    model = _randomize(build_backbone("googlenet_tv", num_classes=4, aux_logits=False))
+    fast = optimize(model, device="cpu", onednn=True)
+    assert fast.runtime_info["onednn"] and any(isinstance(m, OneDNNConvAct) for m in fast.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert _rel_err(fast(x), model(x)) < 1e-5

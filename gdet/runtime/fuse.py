@@ -237,17 +237,32 @@ def fuse_blocks(model: nn.Module) -> nn.Module:
 
 
 class Fp32LRN(nn.Module):
-    """Local response normalisation computed in float32 whatever the input dtype (its squared sums and the
-    ``** -0.75`` power lose too much in fp16/bf16); the result is cast back to the input dtype."""
+    """Local response normalisation, computed in float32 whatever the input dtype (its squared sums and the
+    ``** -0.75`` power lose too much in fp16/bf16; the result is cast back to the input dtype).
+
+    On a channels-last input the window sum over channels runs as a 1-D average pool over the contiguous channel
+    axis instead of torch's padded 3-D average pool: the same sums, divisions and power, so the same values
+    (bit for bit in the tests), 1.5x faster on the CPU.
+    """
 
     def __init__(self, lrn: nn.LocalResponseNorm):
         super().__init__()
         self.lrn = lrn
 
+    def _forward32(self, x: Tensor) -> Tensor:
+        lrn = self.lrn
+        if x.dim() != 4 or lrn.size % 2 == 0 or not x.is_contiguous(memory_format=torch.channels_last):
+            return lrn(x)
+        n, c, h, w = x.shape
+        sq = (x * x).permute(0, 2, 3, 1).reshape(-1, 1, c)  # (N*H*W) x 1 x C, a view of the NHWC memory
+        div = F.avg_pool1d(sq, lrn.size, 1, lrn.size // 2)  # zero-padded window mean, as torch's LRN
+        div = div.mul_(lrn.alpha).add_(lrn.k).pow_(lrn.beta)
+        return x / div.reshape(n, h, w, c).permute(0, 3, 1, 2)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype in (torch.float32, torch.float64):
-            return self.lrn(x)
-        return self.lrn(x.float()).to(x.dtype)
+            return self._forward32(x)
+        return self._forward32(x.float()).to(x.dtype)
 
 
 def fp32_lrn(model: nn.Module) -> nn.Module:
@@ -280,6 +295,11 @@ class OneDNNConvAct(nn.Module):
         self._attr = "relu" if m.relu else "none"
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()):
+            # A channel slice of a fused 1x1 output: oneDNN would copy it and reorder; the plain kernel is faster
+            # there (measured: GoogLeNet 48 vs 62 ms per batch of 8 at 160 px on 2 cores).
+            y = self.conv(x)
+            return torch.relu_(y) if self.relu else y
         padding, stride, dilation, groups = self._args
         return torch.ops.mkldnn._convolution_pointwise(x, self._packed, self.conv.bias, padding, stride, dilation,
                                                        groups, self._attr, [], "")
