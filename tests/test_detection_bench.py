@@ -25,10 +25,10 @@ def test_bench_detect_numbers():
     times = dict(r["stages"])
     assert all(math.isfinite(v) and v > 0 for v in times.values())
     assert times["sum of stages"] == pytest.approx(sum(v for k, v in r["stages"][:4]))
-    nets = {k: (t, w) for k, t, w in r["network"]}
+    nets = {k: (t, w, lo, hi) for k, t, w, lo, hi in r["network"]}
     assert list(nets) == [NET_RUNTIME, NET_EAGER, NET_TV]
     assert nets[NET_RUNTIME][0] == times["network (gdet runtime)"]
-    assert all(t > 0 and w > 0 for t, w in nets.values())
+    assert all(w > 0 and 0 < lo <= t <= hi for t, w, lo, hi in nets.values())
     assert r["serial_s"] > 0 and r["overlap_s"] > 0 and r["images"] == 1
 
 

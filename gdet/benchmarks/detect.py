@@ -122,7 +122,8 @@ def run_benchmark(device: str = "auto", n_props: int = 2000, input_size: int | N
     """Time every stage on one image and the whole pipeline over ``n_images``.
 
     Returns:
-        ``{"device", "header", "stages": [(name, s/image)], "network": [(name, s/image, warm-up s)],
+        ``{"device", "header", "stages": [(name, s/image)], "network": [(name, median s/image, warm-up s, min s,
+        max s)],
         "serial_s", "overlap_s", "workers", "props_s"}``; network times cover all proposals of one image.
     """
     from gdet.backbones import build_backbone
@@ -194,17 +195,22 @@ def run_benchmark(device: str = "auto", n_props: int = 2000, input_size: int | N
     nets[NET_TV] = user_net(tv)
     if compile_what in ("torchvision", "all"):
         nets[NET_TV_COMPILE] = user_net(torch.compile(tv))
-    network = []
-    probs = None
+    warm, times = {}, {k: [] for k in nets}
     for name, fn in nets.items():
         _sync(dev)
         t0 = time.perf_counter()
-        fn()  # warm-up: compilation, graph capture, autotuning
-        warm = time.perf_counter() - t0
-        t, out = _timed(fn, dev, repeats)
-        if name == NET_RUNTIME:
-            probs = out
-        network.append((name, t, warm))
+        fn()  # warm-up: compilation, graph capture, autotuning, oneDNN primitive caches
+        warm[name] = time.perf_counter() - t0
+        fn()
+    probs = nets[NET_RUNTIME]()
+    for _ in range(repeats):  # interleaved, so a change of load on a shared machine hits every network alike
+        for name, fn in nets.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            times[name].append(time.perf_counter() - t0)
+    network = [(name, float(np.median(times[name])), warm[name], min(times[name]), max(times[name])) for name in nets]
     t_net = network[0][1]
     t_nms, _ = _timed(lambda: postprocess(boxes, probs, 0.05, 0.3, 100), dev, repeats)
 
@@ -261,10 +267,11 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
     for k, v in r["stages"]:
         click.echo(f"{k:<36} {1000 * v:>10.1f}")
     t_net = r["network"][0][1]
-    click.echo(f"{'network, same crops':<36} {'ms/image':>10} {'vs runtime':>10} {'warm-up s':>10}")
-    for k, v, warm in r["network"]:
-        click.echo(f"{k:<36} {1000 * v:>10.1f} {v / t_net:>9.2f}x {warm:>10.1f}")
-    tv = dict((k, v) for k, v, _ in r["network"])
+    click.echo(f"{'network, same crops (interleaved)':<36} {'ms/image':>10} {'vs runtime':>10} {'warm-up s':>10} "
+               f"{'min-max ms':>17}")
+    for k, v, warm, lo, hi in r["network"]:
+        click.echo(f"{k:<36} {1000 * v:>10.1f} {v / t_net:>9.2f}x {warm:>10.1f} {1000 * lo:>8.1f}-{1000 * hi:<8.1f}")
+    tv = {k: v for k, v, *_ in r["network"]}
     click.echo(f"gdet runtime is {tv[NET_TV] / t_net:.2f}x faster than torchvision googlenet eager"
                + (f", {tv[NET_TV_COMPILE] / t_net:.2f}x than torchvision + compile" if NET_TV_COMPILE in tv else ""))
     wk = max(r["workers"], 1)

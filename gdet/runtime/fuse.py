@@ -10,13 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gdet.backbones.base import ConvBNReLU, ConvReLU
+from gdet.backbones.base import IMAGENET_MEAN, IMAGENET_STD, ConvBNReLU, ConvReLU
 from gdet.backbones.bn_inception import InceptionV2Block
 from gdet.backbones.googlenet import Inception
 from gdet.backbones.googlenet_tv import GoogLeNetTV, InceptionBN
 from gdet.backbones.inception_v3 import InceptionA, InceptionC, InceptionD, InceptionE, InceptionV3
 from gdet.backbones.inception_v4 import InceptionA4, InceptionB4, InceptionC4, Mixed5b, _Branches, _Residual
-from gdet.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ConvAct", "FusedBranches", "FusedResidual", "OneDNNConvAct", "fold_batch_norm", "fold_conv_bn",
            "fuse_blocks", "fuse_parallel_1x1", "fp32_lrn", "onednn_available", "rewrite", "use_onednn"]

