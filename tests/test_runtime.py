@@ -268,3 +268,17 @@ def test_onednn_option_is_exact():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert _rel_err(fast(x), model(x)) < 1e-5
+
+
+def test_holders_of_networks_are_optimized_by_copy():
+    from gdet.classification.model import Classifier
+
+    net = _randomize(build_backbone("googlenet_tv", num_classes=3, aux_logits=False))
+    clf = Classifier(model=net, class_names=["a", "b", "c"], input_size=64, path="x.pth")
+    fast = optimize(clf, device="cpu")
+    assert isinstance(fast, Classifier) and fast.class_names == clf.class_names and fast.path == "x.pth"
+    assert fast.model is not net and clf.model is net and fast.model.runtime_info["fused"]
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    assert _rel_err(fast.logits(images), clf.logits(images)) < 1e-5
+    with pytest.raises(TypeError, match="needs a module"):
+        optimize(object(), device="cpu")

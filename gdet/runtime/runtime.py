@@ -169,8 +169,10 @@ def optimize(model: nn.Module, *, device: torch.device | str = "cpu", precision:
              cuda_graphs: bool = False, chunk_size: int | None = None, onednn: bool = False,
              inplace: bool = False) -> nn.Module:
     """The fastest exact inference form of a gdet network: a backbone, a :class:`~gdet.detection.model.Detector`,
-    an :class:`~gdet.detection.model.EnsembleDetector` (each member), or any module built from gdet's blocks
-    (e.g. a MultiBox network).
+    any module built from gdet's blocks (e.g. a MultiBox network), or a holder of such networks: an
+    :class:`~gdet.detection.model.EnsembleDetector` (each member), a
+    :class:`~gdet.classification.model.Classifier` or a ``MultiBoxProposer`` (its ``.model``; a shallow copy is
+    returned).
 
     Rewrites (exact in fp32): batch norm folded into the convolutions, each Inception block's parallel 1x1
     convolutions fused into one (fused conv -> ReLU -> split), aux heads dropped, transform_input inlined, LRN in
@@ -203,12 +205,19 @@ def optimize(model: nn.Module, *, device: torch.device | str = "cpu", precision:
     if isinstance(device, str):
         device = resolve_device(device)
     prec = resolve_precision(precision, device)
-    members = getattr(model, "members", None)
-    if members is not None and not isinstance(model, nn.Module):  # EnsembleDetector: a plain container
+    if not isinstance(model, nn.Module):
+        # Plain holders of networks: an EnsembleDetector (``members``), a Classifier or a MultiBoxProposer
+        # (``model``). A shallow copy keeps their other fields; the networks inside are optimized.
+        kw = dict(device=device, precision=precision, channels_last=channels_last, fuse=fuse, compile=compile,
+                  cuda_graphs=cuda_graphs, chunk_size=chunk_size, onednn=onednn, inplace=inplace)
         out = model if inplace else copy.copy(model)
-        out.members = [optimize(m, device=device, precision=precision, channels_last=channels_last, fuse=fuse,
-                                compile=compile, cuda_graphs=cuda_graphs, chunk_size=chunk_size, inplace=inplace)
-                       for m in members]
+        if isinstance(getattr(model, "members", None), list):
+            out.members = [optimize(m, **kw) for m in model.members]
+        elif isinstance(getattr(model, "model", None), nn.Module):
+            out.model = optimize(model.model, **kw)
+        else:
+            raise TypeError(f"optimize() needs a module, or an object holding one in .model or .members; got "
+                            f"{type(model).__name__}")
         return out
     net = model if inplace else copy.deepcopy(model)
     net = rewrite(net.eval(), fuse=fuse).eval()  # the new blocks are built in training mode
