@@ -24,6 +24,20 @@ from gdet.io import save_json
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
+# Network arithmetic of every inference command (gdet.runtime.optimize): auto = fp16 channels-last on CUDA,
+# fp32 (channels-last) on CPU.
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+
+
+def device_options(f):
+    """``--device``, ``--precision`` and ``--compile``: the same three options on every command that runs a network."""
+    f = click.option("--compile", "compile_", is_flag=True,
+                     help="torch.compile the network (pays on long jobs; the first batch compiles).")(f)
+    f = click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
+                     help="Network arithmetic: auto = fp16 on CUDA, fp32 on CPU.")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")(f)
+    return f
+
 # name -> ("module:attribute", one-line help). Listing the commands imports nothing (so `gdet --help` is fast
 # and loads no torch); a command's module is imported only when that command runs or shows its own help.
 COMMANDS: dict[str, tuple[str, str]] = {

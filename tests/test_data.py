@@ -11,10 +11,7 @@ from PIL import Image
 from gdet.data import (
     ClassificationDataset,
     DataWarning,
-    DetectionImageDataset,
     DetectionSet,
-    collate_classification,
-    collate_detection,
     load_detection_set,
     read_coco,
     read_image,
@@ -297,7 +294,7 @@ def test_image_folder_and_classification_dataset(tmp_path):
     ds = ClassificationDataset(paths, labels)
     img, y = ds[1]
     assert img.shape == (3, 12, 16) and img.dtype == torch.uint8 and y == 1
-    x, ys = collate_classification([ds[i] for i in range(3)])
+    x, ys = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
     assert x.shape == (3, 3, 12, 16) and ys.tolist() == [0, 1, 1]
     (tmp_path / "f" / "classes.txt").write_text("b_cls\na_cls\nc_cls\n")  # an explicit order wins
     assert read_image_folder(tmp_path / "f")[1:] == ([0, 0, 1], ["b_cls", "a_cls", "c_cls"])
@@ -305,13 +302,3 @@ def test_image_folder_and_classification_dataset(tmp_path):
         read_image_folder(tmp_path / "f", class_names=["a_cls"])
     with pytest.raises(DataError, match="image folder not found"):
         read_image_folder(tmp_path / "none")
-
-
-def test_detection_dataset_with_loader(voc):
-    d = read_voc(voc, "val")
-    ds = DetectionImageDataset(d.records)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_detection, num_workers=1)
-    images, records = next(iter(loader))
-    assert len(images) == 2 and images[0].shape == (3, 48, 64) and records[0].image_id == "a"
-    flip = DetectionImageDataset(d.records, transform=lambda im, r: (im[:, ::-1].copy(), r))
-    assert flip[0][0].shape == (48, 64, 3)

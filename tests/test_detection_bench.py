@@ -1,8 +1,11 @@
-"""`tools/bench.py detect` smoke test with random stand-in proposals (no OpenCV ximgproc needed)."""
+"""`tools/bench.py detect` with random stand-in proposals (no OpenCV ximgproc needed)."""
+import math
+
+import pytest
 import torch
 from click.testing import CliRunner
 
-from gdet.benchmarks.detect import _random_boxes, main
+from gdet.benchmarks.detect import NET_EAGER, NET_RUNTIME, NET_TV, _random_boxes, main, run_benchmark
 
 
 def test_random_boxes_are_valid_and_inside_the_image():
@@ -13,9 +16,31 @@ def test_random_boxes_are_valid_and_inside_the_image():
     assert torch.equal(b, _random_boxes(500, 120, 80, seed=3))
 
 
-def test_bench_detect_tiny_random_source():
-    r = CliRunner().invoke(main, ["--device", "cpu", "--source", "random", "--proposals", "16", "--input-size", "32",
-                                  "--chunk", "8", "--images", "1", "--workers", "1", "--repeats", "1"])
+def test_bench_detect_numbers():
+    r = run_benchmark("cpu", n_props=12, input_size=32, chunk=5, n_images=1, workers=1, repeats=1, source="random",
+                      compile_what="none")
+    names = [k for k, _ in r["stages"]]
+    assert names == ["proposals (random stand-in)", "crops (roi_align)", "network (gdet runtime)",
+                     "NMS (postprocess)", "sum of stages"]
+    times = dict(r["stages"])
+    assert all(math.isfinite(v) and v > 0 for v in times.values())
+    assert times["sum of stages"] == pytest.approx(sum(v for k, v in r["stages"][:4]))
+    nets = {k: (t, w, lo, hi) for k, t, w, lo, hi in r["network"]}
+    assert list(nets) == [NET_RUNTIME, NET_EAGER, NET_TV]
+    assert nets[NET_RUNTIME][0] == times["network (gdet runtime)"]
+    assert all(w > 0 and 0 < lo <= t <= hi for t, w, lo, hi in nets.values())
+    assert r["serial_s"] > 0 and r["overlap_s"] > 0 and r["images"] == 1
+
+
+def test_bench_detect_cli_tiny_random_source():
+    r = CliRunner().invoke(main, ["--device", "cpu", "--source", "random", "--proposals", "8", "--input-size", "32",
+                                  "--chunk", "8", "--images", "1", "--workers", "1", "--repeats", "1",
+                                  "--compile", "none"])
     assert r.exit_code == 0, r.output
-    assert "16 proposals (random boxes)" in r.output and "proposals (random stand-in)" in r.output
-    assert "network gdet / torchvision time ratio" in r.output and "img/s" in r.output.splitlines()[-1]
+    lines = r.output.splitlines()
+    assert "8 proposals (random boxes)" in lines[0]
+    rows = {ln[:36].strip(): ln[36:].split() for ln in lines if ln.startswith(("gdet ", "torchvision "))}
+    t_rt, t_tv = float(rows[NET_RUNTIME][0]), float(rows[NET_TV][0])
+    assert t_rt > 0 and t_tv > 0
+    assert float(rows[NET_TV][1].rstrip("x")) == pytest.approx(t_tv / t_rt, rel=0.02, abs=0.01)
+    assert "img/s" in lines[-1]

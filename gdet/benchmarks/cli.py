@@ -10,7 +10,9 @@ AREAS: dict[str, tuple[str, str]] = {
     "classify": ("gdet.benchmarks.classify:main", "Classification throughput: gdet vs torchvision GoogLeNet."),
     "proposals": ("gdet.benchmarks.proposals:main", "Proposal speed: seconds per image of each method."),
     "detect": ("gdet.benchmarks.detect:main", "Detection pipeline: crops, network and proposals per image."),
-    "eval": ("gdet.benchmarks.eval:main", "mAP evaluation speed: gdet's evaluators vs pycocotools."),
+    "eval": ("gdet.benchmarks.eval:main", "mAP evaluation speed: gdet's evaluators vs pycocotools and faster-coco-eval."),
+    "loader": ("gdet.benchmarks.loader:main", "Training input: per-image CPU workers vs batched decode + augmentation."),
+    "shared": ("gdet.benchmarks.shared_speed:main", "Detection network stage: R-CNN crops vs shared features."),
 }
 
 

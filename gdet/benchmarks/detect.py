@@ -3,9 +3,10 @@
 Measured on synthetic 500 x 375 images with 2,000 proposals each (selective search's own boxes, topped up with
 jittered copies when it finds fewer). The network is a random-initialised GoogLeNet detector (21 classes, as
 VOC) at ``--input-size`` (224 as the paper on GPU; the shipped detector's 48 px on CPU by default, since 2,000
-crops at 224 take minutes on a CPU). Peers, measured in the same run: torchvision's ``googlenet`` on the same crops
-(network stage), and the serial pipeline (proposals then detection) for the overlapped one, where DataLoader
-workers compute the next images' proposals while the network runs.
+crops at 224 take minutes on a CPU), run by gdet's runtime (:func:`gdet.runtime.optimize`). Peers on the same
+crops, same run: the detector's eager network, torchvision's ``googlenet`` eager and under ``torch.compile``;
+and the serial pipeline (proposals then detection) for the overlapped one, where DataLoader workers compute the
+next images' proposals while the network runs.
 """
 from __future__ import annotations
 
@@ -99,40 +100,57 @@ class _ProposalImages(torch.utils.data.Dataset):
         return torch.from_numpy(img), _top_up(boxes, self.n_props, img.shape[1], img.shape[0])
 
 
-@click.command()
-@click.option("--device", default="auto", show_default=True)
-@click.option("--proposals", "n_props", default=2000, show_default=True, help="Proposals per image.")
-@click.option("--input-size", default=None, type=int, help="Crop side (default: 224 on GPU, 48 on CPU).")
-@click.option("--precision", default=None, help="fp32 | bf16 | fp16 (default: fp16 channels-last on GPU, fp32 on CPU).")
-@click.option("--chunk", default=None, type=int, help="Crops per network call (default 500 on GPU, 250 on CPU).")
-@click.option("--images", "n_images", default=4, show_default=True, help="Images for the pipeline throughput.")
-@click.option("--workers", default=None, type=int, help="Proposal workers for the overlapped run (default: CPUs).")
-@click.option("--repeats", default=3, show_default=True)
-@click.option("--source", type=click.Choice(["ss", "random"]), default="ss", show_default=True,
-              help="Proposals: selective search, or random boxes (no OpenCV ximgproc needed; proposal time ~0).")
-def main(device, n_props, input_size, precision, chunk, n_images, workers, repeats, source):
-    """Per-image detection time by stage, and images/s serial vs overlapped."""
+NET_RUNTIME = "gdet runtime"
+NET_GRAPHS = "gdet runtime + CUDA graphs"
+NET_EAGER = "gdet eager"
+NET_TV = "torchvision googlenet eager"
+NET_TV_COMPILE = "torchvision googlenet + compile"
+
+
+def _tv_googlenet(classes: int, device: torch.device, channels_last: bool):
     import torchvision
 
+    tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False, transform_input=False,
+                                      num_classes=classes).to(device).eval()
+    return tv.to(memory_format=torch.channels_last) if channels_last else tv
+
+
+def run_benchmark(device: str = "auto", n_props: int = 2000, input_size: int | None = None,
+                  precision: str | None = None, chunk: int | None = None, n_images: int = 4,
+                  workers: int | None = None, repeats: int = 3, source: str = "ss", backbone: str = "googlenet",
+                  compile_what: str = "torchvision") -> dict:
+    """Time every stage on one image and the whole pipeline over ``n_images``.
+
+    Returns:
+        ``{"device", "header", "stages": [(name, s/image)], "network": [(name, median s/image, warm-up s, min s,
+        max s)],
+        "serial_s", "overlap_s", "workers", "props_s"}``; network times cover all proposals of one image.
+    """
     from gdet.backbones import build_backbone
     from gdet.detection.model import Detector, detect_image
     from gdet.engine import autocast, resolve_device
+    from gdet.errors import GdetError
     from gdet.nms import postprocess
+    from gdet.runtime import optimize, resolve_precision
 
     dev = resolve_device(device)
     gpu = dev.type == "cuda"
     size = input_size or (224 if gpu else 48)
-    precision = precision or ("fp16" if gpu else "fp32")
-    channels_last = gpu
+    precision = resolve_precision(precision or "auto", dev)
+    cl = gpu and precision != "fp32"  # how a GPU user with AMP runs a plain network
     chunk = chunk or (500 if gpu else 250)
+    if chunk < 1 or n_props < 1 or repeats < 1:
+        raise GdetError("--chunk, --proposals and --repeats must be >= 1")
     workers = (os.cpu_count() or 1) if workers is None else workers
     opts = {"max_side": 500}
     torch.manual_seed(0)
     classes = [f"c{i}" for i in range(20)]
-    det = Detector(build_backbone("googlenet", num_classes=21, aux_logits=False), classes, input_size=size,
+    kw = {"aux_logits": False} if backbone in ("googlenet", "googlenet_tv", "inception_v3") else {}
+    if backbone in ("googlenet_tv", "inception_v3"):
+        kw["transform_input"] = False
+    det = Detector(build_backbone(backbone, num_classes=21, **kw), classes, input_size=size,
                    context_pad=max(1, round(16 * size / 224)), chunk_size=chunk).to(dev).eval()
-    if channels_last:
-        det = det.to(memory_format=torch.channels_last)
+    fast = optimize(det, device=dev, precision=precision)
     imgs = _images(max(n_images, 1))
     img = imgs[0]
     h, w = img.shape[:2]
@@ -148,30 +166,59 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
 
     t_crops, chunks = _timed(crops, dev, repeats)
 
-    @torch.no_grad()
-    def network(model):
-        outs = []
-        for c in chunks:
-            if channels_last:
-                c = c.contiguous(memory_format=torch.channels_last)
-            with autocast(dev, precision):
-                outs.append(torch.softmax(model(c).float() if not hasattr(model, "bbox_head") else
-                                          model(c).logits.float(), 1))
-        return torch.cat(outs)
+    def user_net(model):
+        @torch.inference_mode()
+        def run():
+            outs = []
+            for c in chunks:
+                if cl:
+                    c = c.contiguous(memory_format=torch.channels_last)
+                with autocast(dev, precision):
+                    out = model(c)
+                outs.append(torch.softmax((out.logits if hasattr(out, "logits") else out).float(), 1))
+            return torch.cat(outs)
 
-    t_net, probs = _timed(lambda: network(det), dev, repeats)
-    tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False, num_classes=21).to(dev).eval()
-    if channels_last:
-        tv = tv.to(memory_format=torch.channels_last)
-    t_tv, _ = _timed(lambda: network(tv), dev, repeats)
+        return run
+
+    def runtime_net(model):
+        @torch.inference_mode()
+        def run():
+            return torch.cat([torch.softmax(model(c).logits, 1) for c in chunks])
+
+        return run
+
+    nets = {NET_RUNTIME: runtime_net(fast)}
+    if gpu:
+        nets[NET_GRAPHS] = runtime_net(optimize(det, device=dev, precision=precision, cuda_graphs=True))
+    nets[NET_EAGER] = user_net(det.to(memory_format=torch.channels_last) if cl else det)
+    tv = _tv_googlenet(21, dev, cl)
+    nets[NET_TV] = user_net(tv)
+    if compile_what in ("torchvision", "all"):
+        nets[NET_TV_COMPILE] = user_net(torch.compile(tv))
+    warm, times = {}, {k: [] for k in nets}
+    for name, fn in nets.items():
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()  # warm-up: compilation, graph capture, autotuning, oneDNN primitive caches
+        warm[name] = time.perf_counter() - t0
+        fn()
+    probs = nets[NET_RUNTIME]()
+    for _ in range(repeats):  # interleaved, so a change of load on a shared machine hits every network alike
+        for name, fn in nets.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            times[name].append(time.perf_counter() - t0)
+    network = [(name, float(np.median(times[name])), warm[name], min(times[name]), max(times[name])) for name in nets]
+    t_net = network[0][1]
     t_nms, _ = _timed(lambda: postprocess(boxes, probs, 0.05, 0.3, 100), dev, repeats)
 
-    # Whole pipeline over several images: serial vs proposals in DataLoader workers.
+    # Whole pipeline over several images: serial vs proposals in DataLoader workers, on the runtime's network.
     def serial():
         for im in imgs:
             b, _ = proposer.propose(im)
-            detect_image(det, im, _top_up(b, n_props, w, h), precision=precision, channels_last=channels_last,
-                         device=dev)
+            detect_image(fast, im, _top_up(b, n_props, w, h), device=dev)
 
     t0 = time.perf_counter()
     serial()
@@ -180,21 +227,55 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
                                          num_workers=max(workers, 1), prefetch_factor=2)
     t0 = time.perf_counter()
     for im, b in loader:
-        detect_image(det, im.numpy(), b, precision=precision, channels_last=channels_last, device=dev)
+        detect_image(fast, im.numpy(), b, device=dev)
     t_overlap = (time.perf_counter() - t0) / len(imgs)
 
     name = torch.cuda.get_device_name(dev) if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     origin = (f"selective search found {n_ss}; {'first kept' if n_ss >= n_props else 'topped up with jittered copies'}"
               if source == "ss" else "random boxes")
-    click.echo(f"detect benchmark on {name}: {w}x{h} images, {n_props} proposals ({origin}), GoogLeNet at {size} px, {precision}{' channels-last' if channels_last else ''}, "
-               f"chunks of {chunk}")
-    click.echo(f"{'stage':<34} {'ms/image':>10}")
-    rows = [("proposals (selective search, CPU)" if source == "ss" else "proposals (random stand-in)", t_props), ("crops (roi_align)", t_crops),
-            ("network (gdet GoogLeNet)", t_net), ("  peer: torchvision googlenet", t_tv),
-            ("NMS (postprocess)", t_nms), ("sum of stages", t_props + t_crops + t_net + t_nms)]
-    for k, v in rows:
-        click.echo(f"{k:<34} {1000 * v:>10.1f}")
-    click.echo(f"network gdet / torchvision time ratio: {t_net / t_tv:.2f}")
-    click.echo(f"pipeline over {len(imgs)} images: serial {1 / t_serial:.3f} img/s, overlapped ({workers} proposal "
-               f"workers) {1 / t_overlap:.3f} img/s, speed-up x{t_serial / t_overlap:.2f}; slower stage bound "
-               f"{1 / max(t_props / max(workers, 1), t_crops + t_net + t_nms):.3f} img/s")
+    header = (f"detect benchmark on {name}, torch {torch.__version__}: {w}x{h} images, {n_props} proposals "
+              f"({origin}), {backbone} at {size} px, {precision}, chunks of {chunk}")
+    stages = [("proposals (selective search, CPU)" if source == "ss" else "proposals (random stand-in)", t_props),
+              ("crops (roi_align)", t_crops), ("network (gdet runtime)", t_net), ("NMS (postprocess)", t_nms),
+              ("sum of stages", t_props + t_crops + t_net + t_nms)]
+    return {"device": name, "header": header, "stages": stages, "network": network, "serial_s": t_serial,
+            "overlap_s": t_overlap, "workers": workers, "props_s": t_props, "images": len(imgs)}
+
+
+@click.command()
+@click.option("--device", default="auto", show_default=True)
+@click.option("--proposals", "n_props", default=2000, show_default=True, help="Proposals per image.")
+@click.option("--input-size", default=None, type=int, help="Crop side (default: 224 on GPU, 48 on CPU).")
+@click.option("--precision", default=None, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Network precision (default auto: fp16 channels-last on GPU, fp32 on CPU).")
+@click.option("--chunk", default=None, type=int, help="Crops per network call (default 500 on GPU, 250 on CPU).")
+@click.option("--images", "n_images", default=4, show_default=True, help="Images for the pipeline throughput.")
+@click.option("--workers", default=None, type=int, help="Proposal workers for the overlapped run (default: CPUs).")
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--source", type=click.Choice(["ss", "random"]), default="ss", show_default=True,
+              help="Proposals: selective search, or random boxes (no OpenCV ximgproc needed; proposal time ~0).")
+@click.option("--backbone", default="googlenet", show_default=True,
+              help="Detector backbone (googlenet_tv is torchvision's network, layer for layer).")
+@click.option("--compile", "compile_what", type=click.Choice(["none", "torchvision"]), default="torchvision",
+              show_default=True, help="Also time torchvision's googlenet under torch.compile.")
+def main(device, n_props, input_size, precision, chunk, n_images, workers, repeats, source, backbone, compile_what):
+    """Per-image detection time by stage, the network against its peers, and images/s serial vs overlapped."""
+    r = run_benchmark(device, n_props, input_size, precision, chunk, n_images, workers, repeats, source, backbone,
+                      compile_what)
+    click.echo(r["header"])
+    click.echo(f"{'stage':<36} {'ms/image':>10}")
+    for k, v in r["stages"]:
+        click.echo(f"{k:<36} {1000 * v:>10.1f}")
+    t_net = r["network"][0][1]
+    click.echo(f"{'network, same crops (interleaved)':<36} {'ms/image':>10} {'vs runtime':>10} {'warm-up s':>10} "
+               f"{'min-max ms':>17}")
+    for k, v, warm, lo, hi in r["network"]:
+        click.echo(f"{k:<36} {1000 * v:>10.1f} {v / t_net:>9.2f}x {warm:>10.1f} {1000 * lo:>8.1f}-{1000 * hi:<8.1f}")
+    tv = {k: v for k, v, *_ in r["network"]}
+    click.echo(f"gdet runtime is {tv[NET_TV] / t_net:.2f}x faster than torchvision googlenet eager"
+               + (f", {tv[NET_TV_COMPILE] / t_net:.2f}x than torchvision + compile" if NET_TV_COMPILE in tv else ""))
+    wk = max(r["workers"], 1)
+    net_stages = sum(v for k, v in r["stages"][1:4])
+    click.echo(f"pipeline over {r['images']} images: serial {1 / r['serial_s']:.3f} img/s, overlapped ({r['workers']} "
+               f"proposal workers) {1 / r['overlap_s']:.3f} img/s, speed-up x{r['serial_s'] / r['overlap_s']:.2f}; "
+               f"slower stage bound {1 / max(r['props_s'] / wk, net_stages):.3f} img/s")

@@ -7,10 +7,11 @@ import click
 
 from gdet.classification.model import load_classifier
 from gdet.classification.predict import evaluate_multicrop, predict
-from gdet.cli import CONTEXT, note_shipped_weights, write_json
+from gdet.cli import CONTEXT, device_options, note_shipped_weights, write_json
 from gdet.data.image import expand_image_paths
 from gdet.engine import resolve_device
 from gdet.errors import ConfigError, DataError
+from gdet.runtime import optimize
 from gdet.train_cli import run_training
 
 
@@ -24,14 +25,15 @@ from gdet.train_cli import run_training
               help="Test crops per image (144 = the paper's).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write the predictions as JSON (- for stdout instead of the text).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@device_options
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the Polyak-averaged ones.")
 @click.option("--backbone", default=None,
               help="Network of plain state-dict weights, e.g. googlenet_tv for torchvision's googlenet-*.pth.")
 @click.option("--class-names", "class_names_file", default=None, type=click.Path(dir_okay=False),
               help="With --backbone: a text file with one class name per line.")
 @click.pass_context
-def classify(ctx, images, weights, top_k, crops, json_path, device, raw, backbone, class_names_file):
+def classify(ctx, images, weights, top_k, crops, json_path, device, precision, compile_, raw, backbone,
+             class_names_file):
     """Top-k classes of images; several --weights form an ensemble (softmax averaged over models and crops).
 
     Example: gdet classify --image photos/ --weights runs/cls_synth/best.pth --crops 10 --top-k 3
@@ -43,7 +45,8 @@ def classify(ctx, images, weights, top_k, crops, json_path, device, raw, backbon
     paths = expand_image_paths(images)
     dev = resolve_device(device)
     names = read_class_names(class_names_file) if class_names_file else None
-    models = [load_classifier(w, dev, use_ema=not raw, backbone=backbone, class_names=names) for w in weights]
+    models = [optimize(load_classifier(w, dev, use_ema=not raw, backbone=backbone, class_names=names), device=dev,
+                       precision=precision, compile=compile_) for w in weights]
     note_shipped_weights(weights)
     results = predict(paths, models, crops=int(crops), topk=top_k)
     if json_path:
@@ -87,17 +90,18 @@ def parse_crops(value: str) -> list[int]:
 @click.option("--weights", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Checkpoint (repeatable: ensembles of the first k).")
 @click.option("--crops", default="1,10,144", show_default=True, help="Comma-separated crop counts.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@device_options
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Image-decoding processes.")
 @click.option("--limit", default=None, type=click.IntRange(1), help="An evenly spaced subset of N images.")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the Polyak-averaged ones.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write the rows as JSON (- for stdout instead of the table).")
-def eval_cmd(data, weights, crops, device, workers, limit, raw, json_path):
+def eval_cmd(data, weights, crops, device, precision, compile_, workers, limit, raw, json_path):
     """Top-1/top-5 error for every (number of models x crops), like Table 3 of the paper."""
     schemes = parse_crops(crops)
     dev = resolve_device(device)
-    models = [load_classifier(w, dev, use_ema=not raw) for w in weights]
+    models = [optimize(load_classifier(w, dev, use_ema=not raw), device=dev, precision=precision, compile=compile_)
+              for w in weights]
     rows = evaluate_multicrop(data, models, schemes, workers=workers, limit=limit)
     if json_path:
         write_json(rows, json_path)

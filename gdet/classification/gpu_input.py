@@ -32,6 +32,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gdet.classification.transforms import INTERPOLATIONS, PCA_EIGVAL, PCA_EIGVEC, resize
+from gdet.data.image import read_image, to_chw
+from gdet.engine import build_loader
+from gdet.engine.distributed import DistInfo
 from gdet.errors import ConfigError, DataError
 
 JPEG_MAGIC = b"\xff\xd8"
@@ -191,10 +194,8 @@ def _decode_cpu(data: Tensor, path: str) -> Tensor:
             return img
     except (RuntimeError, ValueError):
         pass
-    from gdet.data.image import read_image
-    from gdet.data.loading import to_tensor
 
-    return to_tensor(read_image(path))
+    return to_chw(read_image(path))
 
 
 def decode_batch(data: Sequence[Tensor], device: torch.device | str, paths: Sequence[str] | None = None,
@@ -688,8 +689,6 @@ def build_device_loader(paths: Sequence[str], labels: Sequence[int], augment: Ba
         seed: sampler order and augmentation seed.
         channels_last, dtype, prefetch: see :class:`DeviceBatchLoader`.
     """
-    from gdet.engine import build_loader
-    from gdet.engine.distributed import DistInfo
 
     info = info or DistInfo()
     inner = build_loader(EncodedImageDataset(paths, labels), batch_size=batch_size, train=True, info=info,

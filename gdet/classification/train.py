@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from gdet.engine import (autocast, build_loader, compute_loss, load_start_weight
 from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
                                  input_size_check)
 from gdet.errors import ConfigError
+from gdet.runtime import optimize
 
 # Every key a classification config may set (configs/cls_*.yaml); README.md (classification section) explains each.
 DEFAULTS: dict[str, Any] = {
@@ -200,12 +202,14 @@ class ClassificationTask(Task):
         return self.val_loader is not None
 
     def evaluate(self, run: Run) -> tuple[dict[str, Any], float]:
-        kw = dict(precision=run.precision, channels_last=run.channels_last)
-        v = evaluate(run.model, self.val_loader, run.device, **kw)
+        # The inference runtime's exact rewrite (folded BN, fused 1x1 convolutions) in the run's precision.
+        fast = partial(optimize, device=run.device, precision=run.precision)
+        kw = dict(precision="fp32", channels_last=run.channels_last)
+        v = evaluate(fast(run.model), self.val_loader, run.device, **kw)
         row = {"val_loss": v["loss"], "val_acc1": v["acc1"], "val_acc5": v["acc5"]}
         score = v["acc1"]
         if run.ema is not None:
-            ve = evaluate(run.ema.module, self.val_loader, run.device, desc="val (averaged)", **kw)
+            ve = evaluate(fast(run.ema.module), self.val_loader, run.device, desc="val (averaged)", **kw)
             row.update(ema_val_loss=ve["loss"], ema_val_acc1=ve["acc1"], ema_val_acc5=ve["acc5"])
             score = ve["acc1"]
         return row, score

@@ -10,21 +10,14 @@ Public API::
     write_coco(dset, json_path, image_dir=None) -> Path ;  to_coco(dset) -> dict
     read_image_folder(root, class_names=None) -> (paths, labels, class_names)
     read_image(path) -> np.ndarray [H, W, 3] uint8 RGB ;  image_size(path) -> (width, height)
-    to_chw(image [H, W, 3]) -> Tensor[3, H, W] (to_tensor is the same function)
-    ClassificationDataset(paths, labels, transform=None), DetectionImageDataset(records, transform=None)
-    collate_classification, collate_detection, to_tensor
+    to_chw(image [H, W, 3]) -> Tensor[3, H, W] uint8
+    ClassificationDataset(paths, labels, transform=None)
 """
 from gdet.data.coco import read_coco, to_coco, write_coco
 from gdet.data.dataset import load_detection_set
 from gdet.data.folder import read_image_folder
 from gdet.data.image import IMAGE_EXTENSIONS, image_size, read_image, to_chw
-from gdet.data.loading import (
-    ClassificationDataset,
-    DetectionImageDataset,
-    collate_classification,
-    collate_detection,
-    to_tensor,
-)
+from gdet.data.loading import ClassificationDataset
 from gdet.data.records import DataWarning, DetectionSet, object_extra
 from gdet.data.voc import VOC_CLASSES, read_voc, voc_splits, write_voc
 
@@ -33,10 +26,7 @@ __all__ = [
     "VOC_CLASSES",
     "ClassificationDataset",
     "DataWarning",
-    "DetectionImageDataset",
     "DetectionSet",
-    "collate_classification",
-    "collate_detection",
     "image_size",
     "load_detection_set",
     "object_extra",
@@ -46,7 +36,6 @@ __all__ = [
     "read_voc",
     "to_coco",
     "to_chw",
-    "to_tensor",
     "voc_splits",
     "write_coco",
     "write_voc",

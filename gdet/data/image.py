@@ -125,7 +125,8 @@ def to_chw(image: np.ndarray | Tensor) -> Tensor:
     """
     if isinstance(image, Tensor):
         return image if image.ndim == 3 and image.shape[0] == 3 else image.permute(2, 0, 1).contiguous()
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
+    # "W": a read-only decode (1x1 images transpose without a copy) must not become a read-only tensor.
+    return torch.from_numpy(np.require(np.asarray(image).transpose(2, 0, 1), requirements=["C", "W"]))
 
 
 def _to_rgb_uint8(im: Image.Image) -> np.ndarray:

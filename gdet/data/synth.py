@@ -490,8 +490,3 @@ def _write_annotations(out: Path, split: str, results: list[dict], cfg: SynthCon
         write_voc(dset, out, split, copy_images=False)
     if "coco" in formats:
         write_coco(dset, out / f"{split}.json")
-
-
-def read_summary(root: str | os.PathLike) -> dict:
-    """The ``synth.json`` written by :func:`generate`."""
-    return json.loads((Path(root) / "synth.json").read_text())

@@ -19,7 +19,7 @@ Pieces (``loop``, ``loader``): ``move_to_device``, ``compute_loss`` (aux heads x
 ``topk_correct``; ``build_loader(dataset, batch_size=, train=, info=, ...)`` (DistributedSampler /
 ShardSampler, pinned memory), ``set_epoch``.
 
-Distributed, devices, logs: ``init_distributed`` -> ``DistInfo``, ``wrap_ddp``, ``unwrap_model``, ``reduce_mean``,
+Distributed, devices, logs: ``init_distributed`` -> ``DistInfo``, ``wrap_ddp``, ``unwrap_model``,
 ``reduce_sum``, ``all_gather_objects``, ``barrier``, ``is_main_process``, ``seed_everything``; ``resolve_device``,
 ``autocast``; ``MetricLogger`` (JSONL), ``plot_curves`` (PNG), ``progress`` (tqdm on rank 0).
 """
@@ -27,7 +27,7 @@ from gdet.engine.checkpoint import (load_checkpoint, load_model_weights, load_st
                                     rng_state, save_checkpoint, save_training_state, set_rng_state, training_state)
 from gdet.engine.device import autocast, resolve_device
 from gdet.engine.distributed import (DistInfo, all_gather_objects, barrier, cleanup, init_distributed,
-                                     is_main_process, reduce_mean, reduce_sum, seed_everything, unwrap_model,
+                                     is_main_process, reduce_sum, seed_everything, unwrap_model,
                                      wrap_ddp)
 from gdet.engine.ema import EmaUpdate, build_ema, ema_state, load_ema_state
 from gdet.engine.loader import ShardSampler, build_loader, set_epoch
@@ -69,7 +69,6 @@ __all__ = [
     "param_groups",
     "plot_curves",
     "progress",
-    "reduce_mean",
     "reduce_sum",
     "resolve_device",
     "resume_training_state",

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from gdet.backbones.base import is_aux_key
+from gdet.engine.distributed import all_gather_objects, barrier, is_main_process, unwrap_model
+from gdet.engine.ema import ema_state, load_ema_state
 from gdet.errors import CheckpointError
 from gdet.io import atomic_path
 
@@ -94,8 +97,8 @@ def load_model_weights(model: nn.Module, path_or_state: str | os.PathLike | dict
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     state = _strip_prefix(_strip_prefix(state, "module."), "_orig_mod.")
     own = model.state_dict()
-    if not any(k.startswith("aux") for k in own):
-        state = {k: v for k, v in state.items() if not k.startswith("aux")}
+    if not any(is_aux_key(k) for k in own):
+        state = {k: v for k, v in state.items() if not is_aux_key(k)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
@@ -164,8 +167,6 @@ def training_state(*, model: nn.Module, optimizer=None, scheduler=None, scaler=N
     Must be called on **every** rank when distributed (RNG states are gathered); ``extra`` adds task keys
     (``task``, ``class_names``, ``backbone``, ``backbone_kwargs``, ``preprocessing``, metrics, ...).
     """
-    from gdet.engine.distributed import all_gather_objects, unwrap_model
-    from gdet.engine.ema import ema_state
 
     rngs = all_gather_objects(rng_state())
     ckpt: dict[str, Any] = {
@@ -187,7 +188,6 @@ def training_state(*, model: nn.Module, optimizer=None, scheduler=None, scaler=N
 def save_training_state(path: str | os.PathLike, **kwargs) -> dict[str, Any] | None:
     """Build :func:`training_state` on every rank and write it atomically from rank 0 only (then a barrier).
     Returns the dict on rank 0, ``None`` elsewhere."""
-    from gdet.engine.distributed import barrier, is_main_process
 
     ckpt = training_state(**kwargs)
     if is_main_process():
@@ -202,8 +202,6 @@ def resume_training_state(path_or_ckpt: str | os.PathLike | dict, *, model: nn.M
     this rank's RNG state. Returns the checkpoint; training continues at epoch ``ckpt["epoch"]``."""
     import torch.distributed as dist
 
-    from gdet.engine.distributed import unwrap_model
-    from gdet.engine.ema import load_ema_state
 
     ckpt = load_checkpoint(path_or_ckpt) if not isinstance(path_or_ckpt, dict) else path_or_ckpt
     name = path_or_ckpt if not isinstance(path_or_ckpt, dict) else "checkpoint"

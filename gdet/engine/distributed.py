@@ -53,15 +53,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def reduce_mean(value: torch.Tensor | float, device: torch.device | str = "cpu") -> float:
-    """Average a scalar over all ranks (identity when not distributed)."""
-    t = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
-    return float(t)
-
-
 def reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all ranks (identity when not distributed)."""
     if dist.is_initialized():

@@ -3,17 +3,19 @@ devices, DDP, optimizer, schedule, AMP, Polyak averaging, exact resume, checkpoi
 from __future__ import annotations
 
 import copy
-import glob
+import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+import yaml
 from torch import Tensor, nn
 
+from gdet.backbones import build_backbone, list_backbones
+from gdet.backbones.registry import get_backbone_builder
 from gdet.config import interval, number, one_of
 from gdet.engine.checkpoint import load_checkpoint, resume_training_state, save_checkpoint, training_state
 from gdet.engine.device import autocast, resolve_device
@@ -24,6 +26,7 @@ from gdet.engine.logger import MetricLogger, plot_curves, progress
 from gdet.engine.loop import build_grad_scaler
 from gdet.engine.optim import OPTIM_DEFAULTS, SCHEDULES, build_optimizer, build_scheduler
 from gdet.errors import CheckpointError, GdetError
+from gdet.io import atomic_write, remove_stale_temps
 
 # The keys every trainer shares, with one name each (a task's DEFAULTS start from these and may change values).
 ENGINE_DEFAULTS: dict[str, Any] = {
@@ -207,33 +210,12 @@ class Task:
 
 
 def remove_orphan_temps(folder: Path, names: Iterable[str] = _FILES) -> list[Path]:
-    """Delete the temp files an atomic write killed half-way left beside ``names`` in ``folder`` (through
-    ``gdet.io.remove_stale_temps`` where it exists). Returns the paths removed here (empty when gdet.io did it)."""
-    import gdet.io as gio
-
-    removed: list[Path] = []
-    if hasattr(gio, "remove_stale_temps"):
-        for name in names:
-            gio.remove_stale_temps(folder, name)
-        return removed
-    for name in names:
-        stem, suffix = os.path.splitext(name)
-        # gdet.io's temp names: ".<name>.XXXX.tmp" (atomic_write) and ".<stem>.XXXX<suffix>" (atomic_path).
-        for pattern in (f".{glob.escape(name)}.*", f".{glob.escape(stem)}.*{suffix}"):
-            for p in Path(folder).glob(pattern):
-                if p.is_file() and p.name != name:
-                    p.unlink(missing_ok=True)
-                    removed.append(p)
-    return removed
+    """Delete the temp files that an atomic write killed half-way left beside ``names`` in ``folder``.
+    Returns the removed paths."""
+    return [p for name in names for p in remove_stale_temps(folder, name)]
 
 
 def _save_config(cfg: dict, path: Path) -> None:
-    import json
-
-    import yaml
-
-    from gdet.io import atomic_write
-
     with atomic_write(path) as f:
         yaml.safe_dump(json.loads(json.dumps(cfg, default=str)), f, sort_keys=False)  # tuples -> lists
 
@@ -340,9 +322,6 @@ def _repair_outputs(work: Path, ckpt: dict, resume_path: str | None) -> None:
     is re-derived when the checkpoint is itself the best epoch but ``best.pth`` does not hold it."""
     history = ckpt.get("history")
     if history is not None:
-        from gdet.io import atomic_write
-        import json
-
         with atomic_write(work / "metrics.jsonl", encoding="utf-8") as f:
             for row in history:
                 f.write(json.dumps(row) + "\n")
@@ -487,14 +466,11 @@ _PROBE_CACHE: dict[tuple, Any] = {}
 
 def _probe_net(name: str, kwargs: dict, aux: bool | None) -> nn.Module | str:
     """A throw-away network to try inputs on (cached), or why it cannot be built."""
-    from gdet.backbones import list_backbones
 
     if name not in list_backbones():
         return ""  # the backbone key's own check reports it
     key = (name, repr(sorted(kwargs.items())), aux)
     if key not in _PROBE_CACHE:
-        from gdet.backbones import build_backbone
-        from gdet.backbones.registry import get_backbone_builder
 
         try:
             kw = dict(kwargs)

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gdet.classification.model import load_classifier
+from gdet.detection.model import load_detector
+from gdet.engine import load_checkpoint
 from gdet.errors import CheckpointError
+from gdet.proposals.multibox import MultiBoxHead, load_multibox
 
 __all__ = ["ExportSpec", "classifier_spec", "detector_spec", "multibox_spec", "spec_from_checkpoint"]
 
@@ -162,7 +166,6 @@ class MultiBoxNet(nn.Module):
 
     def __init__(self, model: nn.Module, input_size: int):
         super().__init__()
-        from gdet.proposals.multibox import MultiBoxHead
 
         self.backbone = strip_aux(model.backbone).eval()
         self.head = model.head
@@ -208,17 +211,14 @@ def spec_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, input_si
         use_ema: the Polyak-averaged weights when the checkpoint has them.
         input_size: override the classifier's input size (detectors and MultiBox keep the one they were trained at).
     """
-    from gdet.engine import load_checkpoint
 
     ckpt = load_checkpoint(path)
     task = ckpt.get("task")
     if task == "classify":
-        from gdet.classification.model import load_classifier
 
         clf = load_classifier(path, use_ema=use_ema)
         return classifier_spec(clf.model.float(), clf.class_names, input_size or clf.input_size)
     if task == "detect":
-        from gdet.detection.model import load_detector
 
         det = load_detector(path, use_ema=use_ema)
         if input_size and int(input_size) != det.input_size:
@@ -226,7 +226,6 @@ def spec_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, input_si
                                   f"not --input-size {input_size}")
         return detector_spec(det)
     if task == "multibox":
-        from gdet.proposals.multibox import load_multibox
 
         model, ck = load_multibox(path, use_ema=use_ema)
         size = int(ck.get("input_size", 224))

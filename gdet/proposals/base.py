@@ -32,7 +32,11 @@ class Proposer:
             boxes (Tensor[N, 4]): float32 (x1, y1, x2, y2) in pixels of ``image``, best first.
             scores (Tensor[N]): float32, non-increasing.
         """
-        return self._propose(as_rgb(image))
+        image = as_rgb(image)
+        h, w = image.shape[:2]
+        if h < 2 or w < 2:  # nothing to segment or score: the whole image is the one region
+            return torch.tensor([[0.0, 0.0, float(w), float(h)]]), torch.ones(1)
+        return self._propose(image)
 
     def _propose(self, image: np.ndarray) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -55,8 +59,6 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an image of shape [H, W, 3], got {tuple(image.shape)}")
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.shape[0] < 2 or image.shape[1] < 2:
-        raise ValueError(f"image too small: {tuple(image.shape)}")
     return np.ascontiguousarray(image[:, :, :3])
 
 

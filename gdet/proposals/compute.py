@@ -12,26 +12,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from gdet.data.image import read_image
+from gdet.engine import progress
+from gdet.engine.distributed import all_gather_objects, cleanup, init_distributed
 from gdet.errors import DataError, GdetError
 from gdet.io import atomic_path, load_json, save_json
 from gdet.parallel import rank_world, shard
+from gdet.proposals import build_proposer
 from gdet.proposals.files import ProposalSet, load_proposals, save_proposals
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8 ``[H, W, 3]`` (gdet.data's reader when present)."""
-    try:
-        from gdet.data import read_image  # the data package's reader (clear errors, EXIF, gray/alpha handling)
-    except ImportError:
-        read_image = None
-    if read_image is not None:
-        return np.asarray(read_image(path))
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{path}: not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -52,7 +40,6 @@ def _init_worker(method: str, kwargs: dict, parts: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
-    from gdet.proposals import build_proposer
 
     _WORKER.update(proposer=build_proposer(method, **kwargs), parts=Path(parts))
 
@@ -60,7 +47,7 @@ def _init_worker(method: str, kwargs: dict, parts: str, threads: int) -> None:
 def _work(task: tuple) -> tuple[Any, int, str | None]:
     image_id, path = task
     try:
-        image = read_rgb(path)
+        image = np.asarray(read_image(path))
         boxes, scores = _WORKER["proposer"].propose(image)
         with atomic_path(_WORKER["parts"] / _part_name(image_id)) as tmp:
             with open(tmp, "wb") as f:
@@ -81,7 +68,6 @@ def _read_part(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
 def _all_gather(obj, world: int) -> list:
     if world == 1:
         return [obj]
-    from gdet.engine.distributed import all_gather_objects
 
     return all_gather_objects(obj)
 
@@ -106,7 +92,6 @@ def process_group_from_env() -> Iterator:
 
     Yields a :class:`~gdet.engine.distributed.DistInfo`; without torchrun it is a single process and nothing is
     initialised."""
-    from gdet.engine.distributed import cleanup, init_distributed
 
     info = init_distributed("cpu")
     try:
@@ -141,7 +126,6 @@ def _prepare(out: Path, parts: Path, settings: dict, read_previous: bool) -> Pro
 def _compute(todo: list, method: str, method_kwargs: dict, parts: Path, workers: int, threads: int,
              desc: str) -> str | None:
     """Compute ``todo`` into ``parts``; returns the first error message (finished images stay in ``parts``)."""
-    from gdet.engine import progress
 
     bar = progress(total=len(todo), desc=desc, unit="img")
     error = None
@@ -198,7 +182,6 @@ def compute_proposals(items: Sequence[tuple[Any, str]], method: str, out: str | 
         ``{"images", "computed", "reused", "boxes_per_image", "out", "rank_computed"}`` (the same on every
         rank but ``rank_computed``, this rank's share).
     """
-    from gdet.proposals import build_proposer
 
     out = Path(out)
     if out.suffix != ".npz":

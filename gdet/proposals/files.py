@@ -203,15 +203,3 @@ def load_proposals(path: str | os.PathLike) -> ProposalSet:
         if not isinstance(meta, dict):
             raise DataError(f"{path}: meta must be a JSON object in a string")
     return ProposalSet(ids, offsets, boxes, scores, sizes, meta)
-
-
-def merge_sets(sets: Iterable[ProposalSet], order: Sequence | None = None, meta: dict | None = None) -> ProposalSet:
-    """Concatenate proposal sets (later sets win on repeated ids), optionally in the order ``order``."""
-    table: dict[Any, tuple] = {}
-    for s in sets:
-        for k, i in enumerate(s.image_ids):
-            b, sc = s[i]
-            table[i] = (b, sc, tuple(s.sizes[k]))
-    ids = list(order) if order is not None else list(table)
-    return ProposalSet.from_lists(ids, [table[i][0] for i in ids], [table[i][1] for i in ids],
-                                  [table[i][2] for i in ids], meta)

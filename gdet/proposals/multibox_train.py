@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -14,6 +15,7 @@ from gdet.config import check_config, interval, number, one_of
 from gdet.engine import autocast, build_loader, load_start_weights, move_to_device, progress, reduce_sum, set_epoch
 from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
                                  input_size_check)
+from gdet.data.image import read_image
 from gdet.errors import ConfigError
 from gdet.proposals.multibox import (HEADS, TASK, MultiBox, build_multibox, build_trunk, encode_targets,
                                      grid_priors, image_to_input, kmeans_priors, multibox_loss, postprocess)
@@ -90,10 +92,9 @@ class MultiBoxDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int):
-        from gdet.proposals.compute import read_rgb
 
         r = self.records[i]
-        image = image_to_input(read_rgb(r.path), self.size)
+        image = image_to_input(np.asarray(read_image(r.path)), self.size)
         gt = normalised_boxes(r)
         if self.hflip and torch.rand(()) < self.hflip:
             image = image.flip(-1)

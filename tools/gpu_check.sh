@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# GPU check of gdet's inference runtime, for a session on a CUDA machine (H100/H200, torch 2.x, no opencv-contrib):
+#   OUT=/path/to/results bash tools/gpu_check.sh
+# Writes under $OUT: exactness.txt (fp32/fp16/bf16 vs fp32, compiled and CUDA-graph variants), classify.txt and
+# detect.txt (gdet's runtime vs torchvision eager and torch.compile), env.txt. About 5-8 minutes on an H100; every
+# step has its own time limit (10 minutes in all), so one slow step cannot eat the others' time.
+set -u
+OUT=${OUT:-gpu_check_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+status=0
+run() {  # run NAME TIMEOUT CMD...: stdout+stderr to $OUT/NAME.txt, time and exit code appended
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  local rc=$?
+  echo "# exit code $rc after $(( $(date +%s) - t0 )) s: $*" >> "$OUT/$name.txt"
+  echo "$name: exit $rc ($(( $(date +%s) - t0 )) s)"
+  [ $rc -eq 0 ] || status=1
+}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; \
+  $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"; } > "$OUT/env.txt" 2>&1
+# 1. Exactness on CUDA: every backbone + a detector, fp32/fp16/bf16 against the original fp32 network.
+run exactness 150 $PY -m gdet.runtime.check --device cuda --precisions fp32,fp16,bf16 --compile googlenet_tv \
+    --out "$OUT/exactness_table.txt"
+# 2. Classification, batch 128 at 224 px: fp16 (torchvision under autocast + channels-last; gdet's runtime eager
+#    and compiled; batch-1 latency with a CUDA graph), then fp32.
+run classify_fp16 180 $PY tools/bench.py classify --device cuda --precisions fp16 --compile all --repeats 5
+run classify_fp32 120 $PY tools/bench.py classify --device cuda --precisions fp32 --compile torchvision --repeats 5
+# 3. Detection: 2,000 random proposals per image (no selective search here), GoogLeNet at 224 px, fp16.
+run detect 150 $PY tools/bench.py detect --device cuda --source random --images 4 --repeats 3 --backbone googlenet_tv
+exit $status
