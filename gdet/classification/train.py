@@ -26,7 +26,7 @@ from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, back
 from gdet.errors import ConfigError
 from gdet.runtime import optimize
 
-# Every key a classification config may set (configs/cls_*.yaml); README.md (classification section) explains each.
+# Every key a classification config may set (configs/cls_*.yaml); docs/classification.md explains each.
 DEFAULTS: dict[str, Any] = {
     **copy.deepcopy(ENGINE_DEFAULTS),
     # data: an image folder root/<train_split>/<class>/*.jpg and root/<val_split>/<class>/*.jpg

@@ -111,7 +111,7 @@ class DetectionEvaluator:
     """Base of every evaluator: ``reset()``, ``process(image_records, detections)``, ``evaluate() -> dict``.
 
     ``process`` may be called once per batch; each image must be processed exactly once. Detections are kept in
-    arrival order, which breaks ties between equal scores (see ``README.md (evaluation section)``).
+    arrival order, which breaks ties between equal scores (see docs/evaluation.md).
 
     Args:
         class_names: names of the contiguous labels ``0..C-1``.

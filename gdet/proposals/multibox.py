@@ -15,7 +15,7 @@ loss is the mean over images. Inference: boxes scaled to the image, tiny ones re
 Two heads: ``fc`` (Erhan et al.: pooled features -> one linear layer -> ``K`` boxes; priors are k-means centres)
 and ``conv`` (convolutional priors as in Szegedy et al. 2014: k-means box shapes on every feature-map cell, one
 shared convolutional predictor; optionally every prior with IoU >= ``match_iou`` to a ground truth is matched
-too). ``conv`` generalises from far less data; README.md (proposals section) has the comparison.
+too). ``conv`` generalises from far less data; docs/proposals.md has the comparison.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from gdet.errors import ConfigError
 from gdet.proposals.multibox import (HEADS, TASK, MultiBox, build_multibox, build_trunk, encode_targets,
                                      grid_priors, image_to_input, kmeans_priors, multibox_loss, postprocess)
 
-# Every key a MultiBox config may set (configs/multibox_*.yaml); README.md (proposals section) explains them.
+# Every key a MultiBox config may set (configs/multibox_*.yaml); docs/proposals.md explains them.
 DEFAULTS: dict[str, Any] = {
     **copy.deepcopy(ENGINE_DEFAULTS),
     # data: anything gdet.data.load_detection_set reads (VOC root, COCO json, `gdet data synth` folder)

@@ -9,7 +9,7 @@ threshold is ``tau(C) = k / |C|``: doubling ``k`` roughly doubles the size of th
 ``superpixel_scale`` multiplies every ``k``: with OpenCV the segmentations use ``k = base_k + i * inc_k``
 (fast mode: i = 0..2, quality: i = 0..4), so ``superpixel_scale=2`` doubles ``base_k`` and ``inc_k``
 (150/150 -> 300/300); with the package it doubles Felzenszwalb's ``scale``. The GoogLeNet paper's
-"superpixels twice as large" is ``superpixel_scale=2`` (about half the boxes; see README.md (proposals section)).
+"superpixels twice as large" is ``superpixel_scale=2`` (about half the boxes; see docs/proposals.md).
 
 Determinism. OpenCV ranks regions by ``level * rand()`` with the C library's ``rand()``; each call re-seeds it
 (``srand(seed)``, under a lock) so the same image gives the same boxes in the same order in every process.
