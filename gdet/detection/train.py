@@ -1,5 +1,5 @@
 """R-CNN detector fine-tuning as a :class:`~gdet.engine.Task` for gdet's one training loop, and detection of a
-split with its evaluation (:func:`run_detector`, :func:`evaluate_detector`).
+split's evaluation (:func:`evaluate_detector`, over :func:`gdet.detection.inference.detect_records`).
 
 ``tools/train_det.py`` is a thin wrapper over :func:`train`. Every config key is listed in :data:`DEFAULTS`
 and documented in ``README.md (detection section)``.
@@ -28,7 +28,7 @@ from gdet.errors import ConfigError, GdetError
 from gdet.structures import ImageRecord
 
 __all__ = ["CHECKS", "DEFAULTS", "DetectionTask", "RegionBatches", "evaluate_detector", "load_proposal_set",
-           "prepare_regions", "run_detector", "train"]
+           "prepare_regions", "train"]
 
 DEFAULTS: dict[str, Any] = {
     **copy.deepcopy(ENGINE_DEFAULTS),
@@ -246,25 +246,6 @@ def detection_loss(out, labels: Tensor, bbox_targets: Tensor, bbox_use: Tensor, 
     return losses
 
 
-@torch.no_grad()
-def run_detector(model, records: Sequence[ImageRecord], proposals, *, device: torch.device, score_thr: float,
-                 nms_thr: float, max_dets: int, max_proposals: int | None, precision: str = "fp32",
-                 rank: int = 0, world_size: int = 1, desc: str = "detect") -> list[tuple[int, dict]]:
-    """Detect on this rank's share of ``records`` (every ``world_size``-th image). Returns (index, dets) pairs."""
-    from gdet.data import read_image
-    from gdet.engine import progress
-
-    out = []
-    mine = list(range(rank, len(records), world_size))
-    for i in progress(mine, desc=desc, leave=False):
-        rec = records[i]
-        boxes = proposals[rec.image_id][0] if not hasattr(proposals, "propose") else proposals
-        dets = detect_image(model, read_image(rec.path), boxes, score_thr=score_thr, nms_thr=nms_thr,
-                            max_dets=max_dets, max_proposals=max_proposals, precision=precision, device=device)
-        out.append((i, dets))
-    return out
-
-
 def evaluate_detector(model, records: Sequence[ImageRecord], class_names: Sequence[str], proposals, *,
                       device: torch.device, score_thr: float = 0.001, nms_thr: float = 0.3, max_dets: int = 100,
                       max_proposals: int | None = None, precision: str = "fp32") -> tuple[dict, list[dict]]:
@@ -273,17 +254,20 @@ def evaluate_detector(model, records: Sequence[ImageRecord], class_names: Sequen
     Returns:
         ``({"voc_mAP", "voc07_mAP", "coco_AP", "coco_AP50", "per_class"}, detections per image)``.
     """
+    import torch.distributed as dist
+
+    from gdet.detection.inference import detect_records
     from gdet.engine import all_gather_objects
     from gdet.evaluation.coco import COCOEvaluator
     from gdet.evaluation.voc import VOCEvaluator
-    import torch.distributed as dist
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    mine = run_detector(model, records, proposals, device=device, score_thr=score_thr, nms_thr=nms_thr,
-                        max_dets=max_dets, max_proposals=max_proposals, precision=precision, rank=rank,
-                        world_size=world, desc="val")
-    pairs = sorted((p for part in all_gather_objects(mine) for p in part), key=lambda p: p[0])
-    dets = [d for _, d in pairs]
+    mine = detect_records(model, records, proposals, device=device, score_thr=score_thr, nms_iou=nms_thr,
+                          max_dets=max_dets, max_proposals=max_proposals, precision=precision, rank=rank,
+                          world_size=world, desc="val", leave=False)
+    # Rank r detected records r, r + world, ...: interleave the gathered lists back into record order.
+    parts = all_gather_objects(mine)
+    dets = [parts[i % world][i // world] for i in range(len(records))]
     res: dict[str, Any] = {}
     evals = {"voc": VOCEvaluator(class_names, metric="voc"), "voc07": VOCEvaluator(class_names, metric="voc07"),
              "coco": COCOEvaluator(class_names)}
