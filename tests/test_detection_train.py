@@ -104,3 +104,27 @@ def test_tools_train_test_fuse_smoke(tiny, tmp_path):
                         "--proposals", str(props), "--out", str(dets)], cwd=ROOT, env=env, capture_output=True,
                        text=True)
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "x.pth" in r.stderr
+
+
+def test_train_shared_mode_resume_is_exact(tiny, capsys):
+    """Shared mode through the same engine: image-centric batches (2 images x 8 regions), flips, box regression,
+    val mAP through the shared network; one epoch + resume gives the uninterrupted run's weights bit for bit."""
+    root, voc, props = tiny
+    kw = dict(mode="shared", aux_logits=False, scales=[64, 80], max_size=96, images_per_batch=2, hflip=0.5)
+    full = train(_cfg(root, voc, props, root / "sfull", **kw))["last"]
+    out = capsys.readouterr().out
+    assert "2 images x 8 regions per process, shared (scales [64, 80], max 96, stage inception4e, pooled 2)" in out
+    assert {"train_loss_cls", "train_loss_bbox", "train_acc", "val_voc_mAP"} <= set(full)
+    assert full["train_loss"] == pytest.approx(full["train_loss_cls"] + full["train_loss_bbox"], rel=1e-6)
+    last = load_checkpoint(root / "sfull" / "last.pth")
+    assert last["detector"]["mode"] == "shared"
+    assert last["detector"]["shared"] == {"scales": [64, 80], "max_size": 96, "stage": "inception4e",
+                                          "pooled_size": 2}
+    train(_cfg(root, voc, props, root / "shalf", epochs=1, eval_every=0, **kw))
+    train(_cfg(root, voc, props, root / "shalf", resume=str(root / "shalf" / "last.pth"), eval_every=0, **kw))
+    b = load_checkpoint(root / "shalf" / "last.pth")
+    assert b["epoch"] == 2
+    for k, v in last["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    with pytest.raises(Exception, match="aux_logits: false"):
+        train(_cfg(root, voc, props, root / "bad", mode="shared"))
