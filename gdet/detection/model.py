@@ -196,7 +196,8 @@ class EnsembleDetector:
     """Several detectors over the same classes: class probabilities (and box deltas) are averaged over the
     models on the same proposals, before NMS (the paper's 6-network ILSVRC 2014 detection ensemble).
 
-    Each member crops with its own input size, context and normalisation.
+    Each member crops with its own input size, context and normalisation, in its own mode (an rcnn and a
+    shared-mode detector may be averaged).
     """
 
     def __init__(self, members: Sequence[Detector]):
@@ -226,6 +227,10 @@ class EnsembleDetector:
 
     def detect(self, image, proposals, **kwargs) -> dict[str, Tensor]:
         return detect_image(self, image, proposals, **kwargs)
+
+    def describe_mode(self) -> str:
+        """Each member's mode, e.g. ``1: rcnn (...); 2: shared (...)`` (members may differ)."""
+        return "; ".join(f"{i}: {m.describe_mode()}" for i, m in enumerate(self.members, 1))
 
     def __len__(self) -> int:
         return len(self.members)
