@@ -1,5 +1,6 @@
-"""R-CNN detector fine-tuning as a :class:`~gdet.engine.Task` for gdet's one training loop, and detection of a
-split's evaluation (:func:`evaluate_detector`, over :func:`gdet.detection.inference.detect_records`).
+"""Detector fine-tuning (R-CNN, or the shared-feature mode of :mod:`gdet.detection.shared`) as a
+:class:`~gdet.engine.Task` for gdet's one training loop, and the val evaluation (:func:`evaluate_detector`, over
+:func:`gdet.detection.inference.detect_records`).
 
 ``tools/train_det.py`` is a thin wrapper over :func:`train`. Every config key is listed in :data:`DEFAULTS`
 and documented in ``README.md (detection section)``.
@@ -66,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "fg_fraction": 0.25,          # 32 of 128
     "images_per_batch": 2,        # shared: images per process per step, batch_size / images_per_batch regions each
     "iters_per_epoch": None,      # null: ceil(#foreground regions / foreground per global batch)
-    "hflip": 0.5,                 # probability of a horizontal flip of each crop
+    "hflip": 0.5,                 # probability of a horizontal flip of each crop (shared: of each image)
     "cache_images": True,         # keep decoded training images in memory
     "workers": 0,                 # DataLoader workers decoding images
     # optimisation (gdet.engine.optim keys)
@@ -87,6 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 10,
     "export_fp16": True,          # also write work_dir/detector_fp16.pth (inference-only, no aux heads)
 }
+
 
 def _mode_check(v: Any, cfg: dict) -> str | None:
     problem = one_of(*MODES)(v, cfg)
@@ -568,9 +570,10 @@ def check(cfg: dict) -> dict:
 
 
 def train(cfg: dict) -> dict[str, Any]:
-    """Fine-tune an R-CNN detector as ``cfg`` says (see :data:`DEFAULTS`; missing keys take their defaults).
+    """Fine-tune a detector as ``cfg`` says (see :data:`DEFAULTS`; missing keys take their defaults); ``mode``
+    picks R-CNN (``rcnn``, the default) or shared-feature (``shared``) training.
 
-    ``batch_size`` is regions per process per step. Writes to ``work_dir``: ``best.pth`` (best val VOC mAP),
+    ``batch_size`` is regions per process per step (shared mode: over ``images_per_batch`` images). Writes to ``work_dir``: ``best.pth`` (best val VOC mAP),
     ``last.pth`` (every epoch; ``resume=``), ``metrics.jsonl``, ``curves.png``, ``config.yaml`` and, with
     ``export_fp16``, ``detector_fp16.pth``.
 
