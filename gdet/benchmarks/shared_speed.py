@@ -135,13 +135,14 @@ def main(backbones, proposals, width, height, scales, max_size, pooled_size, sta
         torch.set_num_threads(threads)
     ns, sc = _int_list(proposals, "--proposals"), tuple(_int_list(scales, "--scales"))
     click.echo(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, image "
-               f"{width}x{height}, crops {input_size or 'default'} px, shared scales {list(sc)} max {max_size}, stage {stage or 'stride 16'}, pooled "
-               f"{pooled_size or 'default'}, sampling ratio {sampling_ratio}, {clock} clock")
+               f"{width}x{height}, crops {input_size or 'default'} px, shared scales {list(sc)} max {max_size}, "
+               f"stage {stage or 'stride 16'}, pooled {pooled_size or 'default'}, sampling ratio {sampling_ratio}, {clock} clock")
     click.echo(f"{'backbone':<14} {'N':>5} {'rcnn s/img':>11} {'(timed on)':>10} {'shared s/img':>13} "
                f"{'(trunk s)':>10} {'speed-up':>9}")
     for name in [b.strip() for b in backbones.split(",") if b.strip()]:
         rows = measure(name, ns, width=width, height=height, scales=sc, max_size=max_size, pooled_size=pooled_size,
-                       stage=stage, sampling_ratio=sampling_ratio, input_size=input_size, rcnn_sample=None if rcnn_full else rcnn_sample,
+                       stage=stage, sampling_ratio=sampling_ratio, input_size=input_size,
+                       rcnn_sample=None if rcnn_full else rcnn_sample,
                        repeats=repeats, device=device, clock=clock)
         for r in rows:
             click.echo(f"{r['backbone']:<14} {r['proposals']:>5} {r['rcnn_s']:>11.2f} {r['rcnn_measured_on']:>10} "

@@ -27,8 +27,8 @@ from gdet.nms import postprocess
 
 MODES = ("rcnn", "shared")
 
-__all__ = ["MODES", "DetectorOutput", "Detector", "EnsembleDetector", "build_detector", "load_detector", "load_detectors",
-           "detector_checkpoint_meta", "image_to_tensor"]
+__all__ = ["MODES", "DetectorOutput", "Detector", "EnsembleDetector", "build_detector", "load_detector",
+           "load_detectors", "detector_checkpoint_meta", "image_to_tensor"]
 
 
 class DetectorOutput(NamedTuple):

@@ -573,9 +573,9 @@ def train(cfg: dict) -> dict[str, Any]:
     """Fine-tune a detector as ``cfg`` says (see :data:`DEFAULTS`; missing keys take their defaults); ``mode``
     picks R-CNN (``rcnn``, the default) or shared-feature (``shared``) training.
 
-    ``batch_size`` is regions per process per step (shared mode: over ``images_per_batch`` images). Writes to ``work_dir``: ``best.pth`` (best val VOC mAP),
-    ``last.pth`` (every epoch; ``resume=``), ``metrics.jsonl``, ``curves.png``, ``config.yaml`` and, with
-    ``export_fp16``, ``detector_fp16.pth``.
+    ``batch_size`` is regions per process per step (shared mode: over ``images_per_batch`` images). Writes to
+    ``work_dir``: ``best.pth`` (best val VOC mAP), ``last.pth`` (every epoch; ``resume=``), ``metrics.jsonl``,
+    ``curves.png``, ``config.yaml`` and, with ``export_fp16``, ``detector_fp16.pth``.
 
     Returns:
         ``{"best_score" (val VOC mAP), "best_epoch", "last": <last epoch's metrics>, "work_dir", "rank"}``.
