@@ -136,7 +136,8 @@ def main(backbones, proposals, width, height, scales, max_size, pooled_size, sta
     ns, sc = _int_list(proposals, "--proposals"), tuple(_int_list(scales, "--scales"))
     click.echo(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, image "
                f"{width}x{height}, crops {input_size or 'default'} px, shared scales {list(sc)} max {max_size}, "
-               f"stage {stage or 'stride 16'}, pooled {pooled_size or 'default'}, sampling ratio {sampling_ratio}, {clock} clock")
+               f"stage {stage or 'stride 16'}, pooled {pooled_size or 'default'}, sampling ratio {sampling_ratio}, "
+               f"{clock} clock")
     click.echo(f"{'backbone':<14} {'N':>5} {'rcnn s/img':>11} {'(timed on)':>10} {'shared s/img':>13} "
                f"{'(trunk s)':>10} {'speed-up':>9}")
     for name in [b.strip() for b in backbones.split(",") if b.strip()]:
