@@ -260,3 +260,23 @@ def test_cli_detect_shows_the_mode(tmp_path):
     res = CliRunner().invoke(main, [*args, "--weights", str(rcnn), "--weights", str(shared)])
     assert res.exit_code == 0, res.output
     assert "mode: 1: rcnn (warped crops, whole network per region); 2: shared (scales [48]" in res.output
+
+
+def test_shared_mode_trains_with_frozen_batch_norm():
+    """The shared trunk sees one image per call: its batch norm keeps the backbone's statistics when training."""
+    from torch import nn
+
+    from gdet.backbones import build_backbone
+    from gdet.detection.model import Detector
+
+    def bn_modes(det):
+        return {m.training for m in det.backbone.modules() if isinstance(m, nn.BatchNorm2d)}
+
+    shared = Detector(build_backbone("googlenet_tv", num_classes=3, aux_logits=False), CLASSES, input_size=32,
+                      mode="shared", shared={"scales": [48], "max_size": 64}).train()
+    assert shared.training and shared.backbone.inception5b.training and bn_modes(shared) == {False}
+    before = shared.backbone.conv1.bn.running_mean.clone()
+    shared(torch.rand(1, 3, 48, 48), [torch.tensor([[0.0, 0.0, 30.0, 30.0]])])
+    assert torch.equal(before, shared.backbone.conv1.bn.running_mean)
+    rcnn = Detector(build_backbone("googlenet_tv", num_classes=3, aux_logits=False), CLASSES, input_size=32).train()
+    assert bn_modes(rcnn) == {True}

@@ -56,7 +56,9 @@ class Detector(nn.Module):
         sampling_ratio: ``roi_align`` samples per output pixel and axis (1 = bilinear resize, as R-CNN).
         chunk_size: regions per network call at inference (bounds memory).
         mode: ``rcnn`` (the paper's method: the whole network on each warped region) or ``shared`` (the trunk once
-            per image, see :class:`~gdet.detection.shared.SharedDetectorNet`).
+            per image, see :class:`~gdet.detection.shared.SharedDetectorNet`). In shared mode batch norm layers stay
+            in eval mode when the detector trains (frozen statistics, as Fast R-CNN-style detectors keep them): the
+            trunk sees one image per call, whose statistics are not those the backbone was trained with.
         shared: options of shared mode: ``scales``, ``max_size``, ``stage``, ``pooled_size`` (None: defaults).
     """
 
@@ -92,6 +94,14 @@ class Detector(nn.Module):
             # (and a checkpoint) is the R-CNN one, and train()/eval()/to() on the detector reach it.
             self.__dict__["shared_net"] = SharedDetectorNet.from_detector(
                 self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size, **opts)
+
+    def train(self, mode: bool = True) -> "Detector":
+        super().train(mode)
+        if mode and self.mode == "shared":
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def shared_settings(self) -> dict[str, Any] | None:
         """Shared mode's resolved options ``{"scales", "max_size", "stage", "pooled_size"}`` (None in rcnn mode)."""
