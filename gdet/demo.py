@@ -91,7 +91,8 @@ def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_io
     out = Path(out)
     dev = resolve_device(device)
     model = load_detector(weights, dev)
-    click.echo(f"detector: {weights} ({model.backbone.backbone_name}, {model.input_size} px crops, "
+    size = f"{model.input_size} px {'crops' if model.mode == 'rcnn' else 'input'}"
+    click.echo(f"detector: {weights} ({model.backbone.backbone_name}, {size}, "
                f"{model.num_classes} classes: {', '.join(model.class_names)})")
     click.echo(f"mode: {model.describe_mode()}")
 
