@@ -75,7 +75,7 @@ def demo_map(model: Detector, root: Path, *, max_proposals: int, nms_iou: float,
 @click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for <image stem>.png, detections.json, map.json and pr_curves.png.")
 @click.option("--weights", default=str(DETECTOR), show_default=True, type=click.Path(dir_okay=False),
-              help="Detector checkpoint.")
+              help="Detector checkpoint, of either mode (rcnn or shared, as it was trained).")
 @click.option("--image", default=str(SAMPLE), show_default=True, type=click.Path(dir_okay=False),
               help="Image to detect objects in.")
 @click.option("--val-images", default=50, show_default=True, type=click.IntRange(min=0),
@@ -91,8 +91,10 @@ def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_io
     out = Path(out)
     dev = resolve_device(device)
     model = load_detector(weights, dev)
-    click.echo(f"detector: {weights} ({model.backbone.backbone_name}, {model.input_size} px crops, "
+    size = f"{model.input_size} px {'crops' if model.mode == 'rcnn' else 'input'}"
+    click.echo(f"detector: {weights} ({model.backbone.backbone_name}, {size}, "
                f"{model.num_classes} classes: {', '.join(model.class_names)})")
+    click.echo(f"mode: {model.describe_mode()}")
 
     # 1. The sample image, as `gdet detect --image IMAGE --out OUT --json OUT/detections.json` draws and writes it.
     t0 = time.perf_counter()

@@ -188,3 +188,95 @@ def test_one_colour_per_class_in_ground_truth_and_detection_pictures():
         det = draw_detections(black, {"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([label])},
                               names)
         assert gt[40, 10].tolist() == det[40, 10].tolist() != [0, 0, 0], label  # the left edge, below the tag
+
+
+def _shared_twin(model):
+    """A shared-mode detector on a copy of ``model``'s weights (background + 2 classes, 32 px crops)."""
+    from gdet.backbones import build_backbone
+    from gdet.detection.model import Detector
+
+    net = build_backbone("googlenet", num_classes=3, aux_logits=False)
+    twin = Detector(net, CLASSES, context_pad=2, input_size=32, mode="shared",
+                    shared={"scales": [48], "max_size": 64}).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def test_shared_mode_round_trip_ensemble_and_old_files(tmp_path):
+    from gdet.detection.shared import SharedDetectorNet
+    from gdet.engine import load_checkpoint, save_checkpoint
+
+    rcnn = tiny_detector()
+    shared = _shared_twin(rcnn)
+    assert set(shared.state_dict()) == set(rcnn.state_dict())  # one checkpoint layout for both modes
+    assert shared.describe_mode() == "shared (scales [48], max 64, stage inception4e, pooled 2)"
+    img = torch.rand(3, 40, 50)
+    # Reference: the shared network built directly on the R-CNN detector's own modules.
+    ref = SharedDetectorNet.from_detector(rcnn, scales=(48,), max_size=64).score_regions(img, PROPS)[0]
+    got = shared.score_regions(img, PROPS)[0]
+    assert torch.allclose(got, ref, atol=1e-6)
+    assert not torch.allclose(got, rcnn.score_regions(img, PROPS)[0], atol=1e-3)  # a different computation
+
+    path = save_detector(shared, tmp_path / "shared.pth")
+    loaded = load_detector(path)
+    assert loaded.mode == "shared" and loaded.shared_settings() == shared.shared_settings()
+    assert torch.allclose(loaded.score_regions(img, PROPS)[0], got, atol=1e-6)
+    # Members of different modes average their probabilities.
+    ens = EnsembleDetector([rcnn, loaded])
+    assert torch.allclose(ens.score_regions(img, PROPS)[0], (rcnn.score_regions(img, PROPS)[0] + got) / 2, atol=1e-6)
+    assert ens.describe_mode().startswith("1: rcnn") and "2: shared (scales [48]" in ens.describe_mode()
+
+    # A file from before the mode field is an R-CNN detector; an unknown mode is a one-line error.
+    ck = load_checkpoint(path)
+    del ck["detector"]["mode"], ck["detector"]["shared"]
+    save_checkpoint(ck, tmp_path / "old.pth")
+    assert load_detector(tmp_path / "old.pth").mode == "rcnn"
+    ck["detector"]["mode"] = "fast"
+    save_checkpoint(ck, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="odd.pth: unknown detector mode 'fast'"):
+        load_detector(tmp_path / "odd.pth")
+    from gdet.backbones import build_backbone
+    from gdet.detection.model import Detector
+
+    with pytest.raises(GdetError, match="aux_logits: false"):
+        Detector(build_backbone("googlenet", num_classes=3, aux_logits=True), CLASSES, mode="shared")
+
+
+def test_cli_detect_shows_the_mode(tmp_path):
+    import cv2
+
+    from gdet.cli import main
+    from gdet.proposals import ProposalSet, save_proposals
+
+    cv2.imwrite(str(tmp_path / "scene.png"), IMAGE)
+    save_proposals(tmp_path / "p.npz", ProposalSet.from_lists(["scene"], [PROPS], [torch.ones(4)]))
+    rcnn = save_detector(tiny_detector(), tmp_path / "rcnn.pth")
+    shared = save_detector(_shared_twin(tiny_detector()), tmp_path / "shared.pth")
+    args = ["detect", "--image", str(tmp_path / "scene.png"), "--proposals", str(tmp_path / "p.npz"),
+            "--score-thr", "0", "--device", "cpu"]
+    res = CliRunner().invoke(main, [*args, "--weights", str(shared)])
+    assert res.exit_code == 0, res.output
+    assert "mode: shared (scales [48], max 64, stage inception4e, pooled 2)" in res.output.splitlines()
+    res = CliRunner().invoke(main, [*args, "--weights", str(rcnn), "--weights", str(shared)])
+    assert res.exit_code == 0, res.output
+    assert "mode: 1: rcnn (warped crops, whole network per region); 2: shared (scales [48]" in res.output
+
+
+def test_shared_mode_trains_with_frozen_batch_norm():
+    """The shared trunk sees one image per call: its batch norm keeps the backbone's statistics when training."""
+    from torch import nn
+
+    from gdet.backbones import build_backbone
+    from gdet.detection.model import Detector
+
+    def bn_modes(det):
+        return {m.training for m in det.backbone.modules() if isinstance(m, nn.BatchNorm2d)}
+
+    shared = Detector(build_backbone("googlenet_tv", num_classes=3, aux_logits=False), CLASSES, input_size=32,
+                      mode="shared", shared={"scales": [48], "max_size": 64}).train()
+    assert shared.training and shared.backbone.inception5b.training and bn_modes(shared) == {False}
+    before = shared.backbone.conv1.bn.running_mean.clone()
+    shared(torch.rand(1, 3, 48, 48), [torch.tensor([[0.0, 0.0, 30.0, 30.0]])])
+    assert torch.equal(before, shared.backbone.conv1.bn.running_mean)
+    rcnn = Detector(build_backbone("googlenet_tv", num_classes=3, aux_logits=False), CLASSES, input_size=32).train()
+    assert bn_modes(rcnn) == {True}

@@ -50,7 +50,7 @@ def random_boxes(n: int, width: int, height: int, seed: int = 0) -> torch.Tensor
 
 def measure(backbone: str, proposals: list[int], *, width: int = 640, height: int = 480,
             scales: tuple[int, ...] = (600,), max_size: int | None = 1000, pooled_size: int | None = None,
-            stage: str | None = None, sampling_ratio: int = 1,
+            stage: str | None = None, sampling_ratio: int = 1, input_size: int | None = None,
             rcnn_sample: int | None = 128, repeats: int = 1, device: str = "cpu", clock: str = "wall") -> list[dict]:
     """Seconds per image of the network stage in both modes.
 
@@ -60,6 +60,7 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
         width, height: image size.
         scales, max_size, pooled_size, stage, sampling_ratio: shared-mode settings (see
             :class:`~gdet.detection.shared.SharedDetectorNet`).
+        input_size: R-CNN mode's warped crop side (default: the backbone's); also sets the default pooled size.
         rcnn_sample: time R-CNN mode on this many proposals and scale linearly (None: on all of them).
         repeats: timed calls per measurement after one small warm-up call (median reported).
         clock: ``wall`` or ``cpu`` (process CPU time; use with one thread).
@@ -71,7 +72,7 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    det = build_detector(backbone, [f"c{i}" for i in range(VOC_CLASSES)], bbox_reg=True,
+    det = build_detector(backbone, [f"c{i}" for i in range(VOC_CLASSES)], bbox_reg=True, input_size=input_size,
                          backbone_kwargs={"aux_logits": False}).to(dev).eval()
     shared = SharedDetectorNet.from_detector(det, scales=scales, max_size=max_size, pooled_size=pooled_size,
                                              stage=stage, sampling_ratio=sampling_ratio).eval()
@@ -116,6 +117,8 @@ def _int_list(text: str, option: str) -> list[int]:
               "size at the backbone's input size, 14 for GoogLeNet).")
 @click.option("--stage", default=None, help="Shared mode: feature_info stage regions are pooled from (default: "
               "the deepest stride-16 one, inception4e for GoogLeNet).")
+@click.option("--input-size", default=None, type=click.IntRange(min=16),
+              help="R-CNN mode's crop side (default: the backbone's, 224 for GoogLeNet; 48 for the shipped detector).")
 @click.option("--sampling-ratio", default=1, show_default=True, help="Shared mode: roi_align samples per bin and axis.")
 @click.option("--rcnn-sample", default=128, show_default=True,
               help="Time R-CNN mode on this many proposals and scale linearly to N.")
@@ -125,20 +128,22 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="cpu: process CPU time (with --threads 1, immune to other jobs on a shared machine).")
-def main(backbones, proposals, width, height, scales, max_size, pooled_size, stage, sampling_ratio, rcnn_sample,
-         rcnn_full, repeats, threads, device, clock):
+def main(backbones, proposals, width, height, scales, max_size, pooled_size, stage, input_size, sampling_ratio,
+         rcnn_sample, rcnn_full, repeats, threads, device, clock):
     """Per-image network-stage time, R-CNN vs shared-feature detection."""
     if threads:
         torch.set_num_threads(threads)
     ns, sc = _int_list(proposals, "--proposals"), tuple(_int_list(scales, "--scales"))
     click.echo(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, image "
-               f"{width}x{height}, shared scales {list(sc)} max {max_size}, stage {stage or 'stride 16'}, pooled "
-               f"{pooled_size or 'default'}, sampling ratio {sampling_ratio}, {clock} clock")
+               f"{width}x{height}, crops {input_size or 'default'} px, shared scales {list(sc)} max {max_size}, "
+               f"stage {stage or 'stride 16'}, pooled {pooled_size or 'default'}, sampling ratio {sampling_ratio}, "
+               f"{clock} clock")
     click.echo(f"{'backbone':<14} {'N':>5} {'rcnn s/img':>11} {'(timed on)':>10} {'shared s/img':>13} "
                f"{'(trunk s)':>10} {'speed-up':>9}")
     for name in [b.strip() for b in backbones.split(",") if b.strip()]:
         rows = measure(name, ns, width=width, height=height, scales=sc, max_size=max_size, pooled_size=pooled_size,
-                       stage=stage, sampling_ratio=sampling_ratio, rcnn_sample=None if rcnn_full else rcnn_sample,
+                       stage=stage, sampling_ratio=sampling_ratio, input_size=input_size,
+                       rcnn_sample=None if rcnn_full else rcnn_sample,
                        repeats=repeats, device=device, clock=clock)
         for r in rows:
             click.echo(f"{r['backbone']:<14} {r['proposals']:>5} {r['rcnn_s']:>11.2f} {r['rcnn_measured_on']:>10} "

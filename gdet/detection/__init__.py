@@ -1,9 +1,11 @@
-"""R-CNN detection on a registry backbone: region labelling and sampling, region crops, training and inference."""
+"""R-CNN detection on a registry backbone (and its shared-feature mode): region labelling and sampling, region crops,
+training and inference."""
 from gdet.detection.crops import context_boxes, crop_regions, iter_region_chunks
 from gdet.detection.labels import RegionLabels, decode_boxes, encode_boxes, label_regions
 from gdet.detection.model import (Detector, DetectorOutput, EnsembleDetector, build_detector, detect_image,
                                   load_detector, load_detectors)
 from gdet.detection.sampler import RegionSampler
+from gdet.detection.shared import SharedDetectorNet, shared_loss
 
 __all__ = [
     "Detector",
@@ -11,6 +13,7 @@ __all__ = [
     "EnsembleDetector",
     "RegionLabels",
     "RegionSampler",
+    "SharedDetectorNet",
     "build_detector",
     "context_boxes",
     "crop_regions",
@@ -21,4 +24,5 @@ __all__ = [
     "label_regions",
     "load_detector",
     "load_detectors",
+    "shared_loss",
 ]

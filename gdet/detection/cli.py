@@ -74,7 +74,8 @@ def device_options(f):
 @device_options
 def detect(images, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets,
            soft_nms, out, json_path, device, precision):
-    """Detect objects: proposals -> warped crops -> softmax -> per-class NMS -> top detections.
+    """Detect objects: proposals -> region scores (warped crops, or the shared-feature mode the checkpoint says)
+    -> softmax -> per-class NMS -> top detections.
 
     Example: gdet detect --image photos/ --weights gdet/assets/detector_synth_fp16.pth --out drawn/ --json d.json
     """
@@ -84,6 +85,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     model = load_detectors(list(weights), dev)
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
     note_shipped_weights(weights)
+    click.echo(f"mode: {model.describe_mode()}")
     records = [ImageRecord(image_id=i, path=p, width=0, height=0) for i, p in zip(ids, paths)]
 
     def show(index, rgb, dets):
@@ -149,6 +151,7 @@ def test(data, split, weights, proposals, proposal_weights, opts, max_proposals,
     if list(model.class_names) != list(dset.class_names):
         raise GdetError(f"{weights[0]}: trained for classes {model.class_names}, but {data} has {dset.class_names}")
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
+    click.echo(f"mode: {model.describe_mode()}")
     dets = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,
                           max_dets=max_dets, max_proposals=max_proposals, precision=precision)
     n = write_results(out, records, dets, dset.class_names, dset.category_ids)

@@ -2,6 +2,8 @@
 
 Pipeline of :meth:`Detector.detect`: proposals -> context-padded warped crops (:mod:`gdet.detection.crops`) ->
 softmax over ``C + 1`` classes (background first) -> optional box regression -> per-class NMS -> top detections.
+In ``shared`` mode the same weights score regions Fast R-CNN's way (:mod:`gdet.detection.shared`): the trunk
+runs once per image and regions are pooled from its stride-16 map.
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ from gdet.ensemble import average_probabilities
 from gdet.errors import CheckpointError, GdetError
 from gdet.nms import postprocess
 
-__all__ = ["DetectorOutput", "Detector", "EnsembleDetector", "build_detector", "load_detector", "load_detectors",
-           "detector_checkpoint_meta", "image_to_tensor"]
+MODES = ("rcnn", "shared")
+
+__all__ = ["MODES", "DetectorOutput", "Detector", "EnsembleDetector", "build_detector", "load_detector",
+           "load_detectors", "detector_checkpoint_meta", "image_to_tensor"]
 
 
 class DetectorOutput(NamedTuple):
@@ -51,11 +55,16 @@ class Detector(nn.Module):
         bbox_reg: add a class-specific box regression head on the pooled features (R-CNN appendix C).
         sampling_ratio: ``roi_align`` samples per output pixel and axis (1 = bilinear resize, as R-CNN).
         chunk_size: regions per network call at inference (bounds memory).
+        mode: ``rcnn`` (the paper's method: the whole network on each warped region) or ``shared`` (the trunk once
+            per image, see :class:`~gdet.detection.shared.SharedDetectorNet`). In shared mode batch norm layers stay
+            in eval mode when the detector trains (frozen statistics, as Fast R-CNN-style detectors keep them): the
+            trunk sees one image per call, whose statistics are not those the backbone was trained with.
+        shared: options of shared mode: ``scales``, ``max_size``, ``stage``, ``pooled_size`` (None: defaults).
     """
 
     def __init__(self, backbone: Backbone, class_names: Sequence[str], *, context_pad: int = DEFAULT_CONTEXT_PAD,
                  input_size: int | None = None, bbox_reg: bool = False, sampling_ratio: int = 1,
-                 chunk_size: int = 256):
+                 chunk_size: int = 256, mode: str = "rcnn", shared: dict | None = None):
         super().__init__()
         self.backbone = backbone
         self.class_names = list(class_names)
@@ -71,6 +80,44 @@ class Detector(nn.Module):
             self.bbox_head = nn.Linear(backbone.out_channels, 4 * len(self.class_names))
             nn.init.normal_(self.bbox_head.weight, std=0.001)
             nn.init.zeros_(self.bbox_head.bias)
+        if mode not in MODES:
+            raise GdetError(f"detector mode {mode!r}: use {' or '.join(MODES)}")
+        self.mode = mode
+        if mode == "shared":
+            if backbone.aux_logits:
+                raise GdetError("shared mode: the backbone must have no aux heads (aux_logits: false); they sit "
+                                "in the trunk, which runs once per image")
+            from gdet.detection.shared import SharedDetectorNet
+
+            opts = {k: v for k, v in (shared or {}).items() if v is not None}
+            # Outside the module tree: it only re-uses the backbone's and box head's modules, so the state dict
+            # (and a checkpoint) is the R-CNN one, and train()/eval()/to() on the detector reach it.
+            self.__dict__["shared_net"] = SharedDetectorNet.from_detector(
+                self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size, **opts)
+
+    def train(self, mode: bool = True) -> "Detector":
+        super().train(mode)
+        if mode and self.mode == "shared":
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def shared_settings(self) -> dict[str, Any] | None:
+        """Shared mode's resolved options ``{"scales", "max_size", "stage", "pooled_size"}`` (None in rcnn mode)."""
+        if self.mode != "shared":
+            return None
+        net = self.shared_net
+        return {"scales": list(net.scales), "max_size": net.max_size, "stage": net.stage,
+                "pooled_size": net.pooled_size}
+
+    def describe_mode(self) -> str:
+        """One line, e.g. ``shared (scales [600], max 1000, stage inception4e, pooled 14)``."""
+        if self.mode != "shared":
+            return "rcnn (warped crops, whole network per region)"
+        s = self.shared_settings()
+        return (f"shared (scales {s['scales']}, max {s['max_size']}, stage {s['stage']}, "
+                f"pooled {s['pooled_size']})")
 
     @property
     def num_classes(self) -> int:
@@ -81,9 +128,21 @@ class Detector(nn.Module):
     def bbox_reg(self) -> bool:
         return self.bbox_head is not None
 
-    def forward(self, crops: Tensor) -> DetectorOutput:
-        """Args: crops (Tensor[N, 3, S, S]) normalised warped regions. Returns :class:`DetectorOutput`; aux
-        logits only in training mode when the backbone has aux heads."""
+    def forward(self, crops, boxes: Sequence[Tensor] | None = None) -> DetectorOutput:
+        """Score regions.
+
+        Args:
+            crops: rcnn mode: Tensor[N, 3, S, S] normalised warped regions. Shared mode: the normalised images
+                (Tensor[B, 3, H, W] or a list of Tensor[3, H_i, W_i]), with ``boxes``.
+            boxes: shared mode only: ``B`` tensors Tensor[R_i, 4] (x1, y1, x2, y2) in pixels of each image.
+        Returns:
+            :class:`DetectorOutput` over the N (or ``sum R_i``) regions; aux logits only in rcnn mode, in
+            training mode, when the backbone has aux heads.
+        """
+        if self.mode == "shared":
+            if boxes is None:
+                raise ValueError("a shared-mode detector is called with images and their boxes")
+            return DetectorOutput(*self.shared_net(crops, boxes))
         bb = self.backbone
         aux: tuple[Tensor, ...] = ()
         if self.training and bb.aux_logits:
@@ -118,6 +177,8 @@ class Detector(nn.Module):
         Returns:
             probs (Tensor[N, C+1]) float32 softmax, background first; deltas (Tensor[N, C, 4]) or None.
         """
+        if self.mode == "shared":
+            return self.shared_net.score_regions(image01, boxes, precision, channels_last)
         was_training = self.training
         self.eval()
         device = image01.device
@@ -145,7 +206,8 @@ class EnsembleDetector:
     """Several detectors over the same classes: class probabilities (and box deltas) are averaged over the
     models on the same proposals, before NMS (the paper's 6-network ILSVRC 2014 detection ensemble).
 
-    Each member crops with its own input size, context and normalisation.
+    Each member crops with its own input size, context and normalisation, in its own mode (an rcnn and a
+    shared-mode detector may be averaged).
     """
 
     def __init__(self, members: Sequence[Detector]):
@@ -175,6 +237,10 @@ class EnsembleDetector:
 
     def detect(self, image, proposals, **kwargs) -> dict[str, Tensor]:
         return detect_image(self, image, proposals, **kwargs)
+
+    def describe_mode(self) -> str:
+        """Each member's mode, e.g. ``1: rcnn (...); 2: shared (...)`` (members may differ)."""
+        return "; ".join(f"{i}: {m.describe_mode()}" for i, m in enumerate(self.members, 1))
 
     def __len__(self) -> int:
         return len(self.members)
@@ -233,7 +299,7 @@ def detect_image(model: Detector | EnsembleDetector, image, proposals, *, score_
 def build_detector(backbone: str, class_names: Sequence[str], *, weights: str | os.PathLike | None = None,
                    backbone_kwargs: dict | None = None, context_pad: int = DEFAULT_CONTEXT_PAD,
                    input_size: int | None = None, bbox_reg: bool = False, sampling_ratio: int = 1,
-                   chunk_size: int = 256) -> Detector:
+                   chunk_size: int = 256, mode: str = "rcnn", shared: dict | None = None) -> Detector:
     """Build a detector from a registry backbone, optionally starting from a classification checkpoint.
 
     The classifier (and the aux classifiers) are replaced by fresh ``C + 1``-way layers; everything else comes
@@ -245,6 +311,7 @@ def build_detector(backbone: str, class_names: Sequence[str], *, weights: str | 
         class_names: the ``C`` object classes.
         weights: classification checkpoint to start from (None: random initialisation).
         backbone_kwargs: extra builder arguments (e.g. ``{"aux_logits": True, "dropout": 0.4}``).
+        mode, shared: see :class:`Detector`.
     """
     kw = dict(backbone_kwargs or {})
     num_cls = len(class_names) + 1
@@ -264,7 +331,7 @@ def build_detector(backbone: str, class_names: Sequence[str], *, weights: str | 
     else:
         net = build_backbone(backbone, num_classes=num_cls, **kw)
     return Detector(net, class_names, context_pad=context_pad, input_size=input_size, bbox_reg=bbox_reg,
-                    sampling_ratio=sampling_ratio, chunk_size=chunk_size)
+                    sampling_ratio=sampling_ratio, chunk_size=chunk_size, mode=mode, shared=shared)
 
 
 def _classifier_size(state: dict[str, Tensor]) -> int | None:
@@ -283,7 +350,8 @@ def detector_checkpoint_meta(model: Detector, backbone_kwargs: dict | None = Non
         "class_names": list(model.class_names),
         "preprocessing": model.backbone.preprocessing(),
         "detector": {"context_pad": model.context_pad, "input_size": model.input_size,
-                     "bbox_reg": model.bbox_reg, "sampling_ratio": model.sampling_ratio},
+                     "bbox_reg": model.bbox_reg, "sampling_ratio": model.sampling_ratio, "mode": model.mode,
+                     **({"shared": model.shared_settings()} if model.mode == "shared" else {})},
     }
 
 
@@ -291,8 +359,9 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", u
                   chunk_size: int = 256) -> Detector:
     """Load a detector written by ``gdet train det`` (or its fp16 export), in eval mode on ``device``.
 
-    Aux heads are dropped (inference never uses them). A classification checkpoint or a foreign file raises a
-    one-line :class:`~gdet.errors.CheckpointError`.
+    Aux heads are dropped (inference never uses them). The mode (``rcnn`` or ``shared``) is the checkpoint's
+    (``rcnn`` for files that do not say). A classification checkpoint or a foreign file raises a one-line
+    :class:`~gdet.errors.CheckpointError`.
     """
     ckpt = load_checkpoint(path)
     if ckpt.get("task") != "detect" or "detector" not in ckpt:
@@ -303,18 +372,24 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", u
     kw["aux_logits"] = False
     meta = ckpt["detector"]
     names = list(ckpt["class_names"])
+    mode = meta.get("mode", "rcnn")
+    if mode not in MODES or not isinstance(meta.get("shared") or {}, dict):
+        raise CheckpointError(f"{path}: unknown detector mode {mode!r} (known: {', '.join(MODES)})")
     net = build_backbone(ckpt["backbone"], num_classes=len(names) + 1, **kw)
-    model = Detector(net, names, context_pad=meta["context_pad"], input_size=meta["input_size"],
-                     bbox_reg=meta.get("bbox_reg", False), sampling_ratio=meta.get("sampling_ratio", 1),
-                     chunk_size=chunk_size)
-    try:  # fp16 exports are cast to the model's fp32 on loading
-        load_model_weights(model, {k: v for k, v in state.items() if not is_aux_key(k)})
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {str(e).removeprefix('state dict: ')}") from None
     pre = ckpt.get("preprocessing")
     if pre:
         net.mean, net.std = tuple(pre["mean"]), tuple(pre["std"])
         net.input_scale = pre.get("input_scale", net.input_scale)
+    try:
+        model = Detector(net, names, context_pad=meta["context_pad"], input_size=meta["input_size"],
+                         bbox_reg=meta.get("bbox_reg", False), sampling_ratio=meta.get("sampling_ratio", 1),
+                         chunk_size=chunk_size, mode=mode, shared=meta.get("shared"))
+    except GdetError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    try:  # fp16 exports are cast to the model's fp32 on loading
+        load_model_weights(model, {k: v for k, v in state.items() if not is_aux_key(k)})
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {str(e).removeprefix('state dict: ')}") from None
     return model.to(device).eval()
 
 

@@ -1,5 +1,6 @@
-"""R-CNN detector fine-tuning as a :class:`~gdet.engine.Task` for gdet's one training loop, and detection of a
-split with its evaluation (:func:`run_detector`, :func:`evaluate_detector`).
+"""Detector fine-tuning (R-CNN, or the shared-feature mode of :mod:`gdet.detection.shared`) as a
+:class:`~gdet.engine.Task` for gdet's one training loop, and the val evaluation (:func:`evaluate_detector`, over
+:func:`gdet.detection.inference.detect_records`).
 
 ``tools/train_det.py`` is a thin wrapper over :func:`train`. Every config key is listed in :data:`DEFAULTS`
 and documented in ``README.md (detection section)``.
@@ -20,7 +21,8 @@ from gdet.backbones import BackboneOutput, list_backbones
 from gdet.config import check_config, interval, mapping, number, one_of
 from gdet.detection.crops import crop_regions
 from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
-from gdet.detection.model import Detector, build_detector, detect_image, detector_checkpoint_meta
+from gdet.detection.model import MODES, Detector, build_detector, detector_checkpoint_meta
+from gdet.detection.shared import shared_loss
 from gdet.detection.sampler import RegionSampler
 from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
                                  input_size_check)
@@ -28,7 +30,7 @@ from gdet.errors import ConfigError, GdetError
 from gdet.structures import ImageRecord
 
 __all__ = ["CHECKS", "DEFAULTS", "DetectionTask", "RegionBatches", "evaluate_detector", "load_proposal_set",
-           "prepare_regions", "run_detector", "train"]
+           "prepare_regions", "train"]
 
 DEFAULTS: dict[str, Any] = {
     **copy.deepcopy(ENGINE_DEFAULTS),
@@ -42,6 +44,11 @@ DEFAULTS: dict[str, Any] = {
     "proposal_workers": 0,        # processes computing proposals
     "max_proposals": 2000,        # proposals kept per image (best ranked first)
     # model
+    "mode": "rcnn",               # rcnn: whole network per warped region (the paper); shared: trunk once per image
+    "scales": [600],              # shared: shorter image side(s) the trunk runs at (one drawn per training image)
+    "max_size": 1000,             # shared: cap on the longer side
+    "stage": None,                # shared: the stride-16 stage regions are pooled from (null: the deepest one)
+    "pooled_size": None,          # shared: pooled region side (null: the stage's size at input_size)
     "backbone": "googlenet",
     "backbone_kwargs": {},
     "weights": None,              # classification checkpoint to start from (null: from scratch)
@@ -58,8 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "bg_iou_lo": 0.0,
     "batch_size": 128,            # regions per process per step (DDP: the global batch is this x processes)
     "fg_fraction": 0.25,          # 32 of 128
+    "images_per_batch": 2,        # shared: images per process per step, batch_size / images_per_batch regions each
     "iters_per_epoch": None,      # null: ceil(#foreground regions / foreground per global batch)
-    "hflip": 0.5,                 # probability of a horizontal flip of each crop
+    "hflip": 0.5,                 # probability of a horizontal flip of each crop (shared: of each image)
     "cache_images": True,         # keep decoded training images in memory
     "workers": 0,                 # DataLoader workers decoding images
     # optimisation (gdet.engine.optim keys)
@@ -81,8 +89,35 @@ DEFAULTS: dict[str, Any] = {
     "export_fp16": True,          # also write work_dir/detector_fp16.pth (inference-only, no aux heads)
 }
 
+
+def _mode_check(v: Any, cfg: dict) -> str | None:
+    problem = one_of(*MODES)(v, cfg)
+    if problem is None and v == "shared" and cfg.get("aux_logits"):
+        return "shared mode needs aux_logits: false (the aux heads sit in the trunk, which runs once per image)"
+    return problem
+
+
+def _scales_check(v: Any, cfg: dict) -> str | None:
+    ok = isinstance(v, (list, tuple)) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                                                     for x in v)
+    return None if ok else f"must be a list of positive image sides such as [600], got {v!r}"
+
+
+def _images_per_batch_check(v: Any, cfg: dict) -> str | None:
+    problem = number(ge=1, integer=True)(v, cfg)
+    if problem is None and isinstance(cfg.get("batch_size"), int) and v > cfg["batch_size"]:
+        return f"must be at most batch_size ({cfg['batch_size']} regions shared out over the images), got {v}"
+    return problem
+
+
 CHECKS = {
     **ENGINE_CHECKS,
+    "mode": _mode_check,
+    "scales": _scales_check,
+    "max_size": number(ge=1, integer=True, null=True),
+    "stage": lambda v, cfg: None if v is None or isinstance(v, str) else f"must be a stage name or null, got {v!r}",
+    "pooled_size": number(ge=1, integer=True, null=True),
+    "images_per_batch": _images_per_batch_check,
     "proposal_kwargs": mapping,
     "proposal_workers": number(ge=0, integer=True),
     "max_proposals": number(ge=1, integer=True),
@@ -197,6 +232,37 @@ class RegionBatches(Dataset):
         }
 
 
+class ImageBatches(Dataset):
+    """Item ``k`` = this rank's images of image-centric mini-batch ``k`` (shared mode):
+    ``{"index": [int], "images": [uint8 Tensor[3, H, W]], "step": int}`` (``step`` counts over the whole run)."""
+
+    def __init__(self, records: Sequence[ImageRecord], batches: list[list[int]], first_step: int,
+                 cache: dict | None = None):
+        self.records, self.batches, self.first_step = records, batches, first_step
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        images = []
+        for i in self.batches[k]:
+            img = self.cache.get(i) if self.cache is not None else None
+            if img is None:
+                from gdet.data import read_image
+
+                img = torch.from_numpy(np.array(read_image(self.records[i].path))).permute(2, 0, 1).contiguous()
+                if self.cache is not None:
+                    self.cache[i] = img
+            images.append(img)
+        return {"index": list(self.batches[k]), "images": images, "step": self.first_step + k}
+
+
+def flip_boxes(boxes: Tensor, width: int) -> Tensor:
+    """Boxes (Tensor[N, 4], x1 y1 x2 y2 in pixels) of an image of ``width`` pixels, mirrored left-right."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+
+
 def crop_batch(model: Detector, batch: dict[str, Any], device: torch.device, hflip: float = 0.0,
                channels_last: bool = False) -> tuple[Tensor, Tensor]:
     """Warp a batch's regions on ``device`` and flip each with probability ``hflip``. Returns crops
@@ -246,25 +312,6 @@ def detection_loss(out, labels: Tensor, bbox_targets: Tensor, bbox_use: Tensor, 
     return losses
 
 
-@torch.no_grad()
-def run_detector(model, records: Sequence[ImageRecord], proposals, *, device: torch.device, score_thr: float,
-                 nms_thr: float, max_dets: int, max_proposals: int | None, precision: str = "fp32",
-                 rank: int = 0, world_size: int = 1, desc: str = "detect") -> list[tuple[int, dict]]:
-    """Detect on this rank's share of ``records`` (every ``world_size``-th image). Returns (index, dets) pairs."""
-    from gdet.data import read_image
-    from gdet.engine import progress
-
-    out = []
-    mine = list(range(rank, len(records), world_size))
-    for i in progress(mine, desc=desc, leave=False):
-        rec = records[i]
-        boxes = proposals[rec.image_id][0] if not hasattr(proposals, "propose") else proposals
-        dets = detect_image(model, read_image(rec.path), boxes, score_thr=score_thr, nms_thr=nms_thr,
-                            max_dets=max_dets, max_proposals=max_proposals, precision=precision, device=device)
-        out.append((i, dets))
-    return out
-
-
 def evaluate_detector(model, records: Sequence[ImageRecord], class_names: Sequence[str], proposals, *,
                       device: torch.device, score_thr: float = 0.001, nms_thr: float = 0.3, max_dets: int = 100,
                       max_proposals: int | None = None, precision: str = "fp32") -> tuple[dict, list[dict]]:
@@ -273,17 +320,20 @@ def evaluate_detector(model, records: Sequence[ImageRecord], class_names: Sequen
     Returns:
         ``({"voc_mAP", "voc07_mAP", "coco_AP", "coco_AP50", "per_class"}, detections per image)``.
     """
+    import torch.distributed as dist
+
+    from gdet.detection.inference import detect_records
     from gdet.engine import all_gather_objects
     from gdet.evaluation.coco import COCOEvaluator
     from gdet.evaluation.voc import VOCEvaluator
-    import torch.distributed as dist
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    mine = run_detector(model, records, proposals, device=device, score_thr=score_thr, nms_thr=nms_thr,
-                        max_dets=max_dets, max_proposals=max_proposals, precision=precision, rank=rank,
-                        world_size=world, desc="val")
-    pairs = sorted((p for part in all_gather_objects(mine) for p in part), key=lambda p: p[0])
-    dets = [d for _, d in pairs]
+    mine = detect_records(model, records, proposals, device=device, score_thr=score_thr, nms_iou=nms_thr,
+                          max_dets=max_dets, max_proposals=max_proposals, precision=precision, rank=rank,
+                          world_size=world, desc="val", leave=False)
+    # Rank r detected records r, r + world, ...: interleave the gathered lists back into record order.
+    parts = all_gather_objects(mine)
+    dets = [parts[i % world][i // world] for i in range(len(records))]
     res: dict[str, Any] = {}
     evals = {"voc": VOCEvaluator(class_names, metric="voc"), "voc07": VOCEvaluator(class_names, metric="voc07"),
              "coco": COCOEvaluator(class_names)}
@@ -308,9 +358,14 @@ def _read_split(cfg: dict, split: str):
 
 
 class DetectionTask(Task):
-    """R-CNN fine-tuning: batches of ``batch_size`` warped regions per process (``fg_fraction`` foreground),
-    cross-entropy over C + 1 classes (+ aux heads, + box regression); the best epoch is the one with the best
-    val VOC mAP (of the averaged weights when averaging is on)."""
+    """Detector fine-tuning; the best epoch is the one with the best val VOC mAP (of the averaged weights when
+    averaging is on).
+
+    ``mode: rcnn``: batches of ``batch_size`` warped regions per process drawn over all images (``fg_fraction``
+    foreground), cross-entropy over C + 1 classes (+ aux heads, + box regression). ``mode: shared``: Fast R-CNN's
+    image-centric batches, ``images_per_batch`` images per process (each flipped with probability ``hflip``,
+    boxes and proposals with it) and ``batch_size / images_per_batch`` regions of each
+    (:func:`~gdet.detection.shared.shared_loss`, same labelling and sampler), the trunk run once per image."""
 
     name = "detect"
     score_name = "val_voc_mAP"
@@ -318,7 +373,7 @@ class DetectionTask(Task):
     hidden = ("val_per_class_ap",)
 
     def title(self) -> str:
-        return "R-CNN fine-tuning"
+        return "R-CNN fine-tuning" if self.cfg["mode"] == "rcnn" else "shared-feature (Fast R-CNN style) fine-tuning"
 
     def setup(self, run: Run) -> nn.Module:
         from gdet.engine import is_main_process
@@ -341,11 +396,28 @@ class DetectionTask(Task):
         # One global batch of batch_size x processes regions per step, each rank taking its share.
         self.sampler = RegionSampler(self.regions, int(cfg["batch_size"]) * info.world_size,
                                      float(cfg["fg_fraction"]), seed=int(cfg["seed"]))
-        self.iters = int(cfg["iters_per_epoch"] or self.sampler.batches_per_epoch())
+        self.mode = cfg["mode"]
+        shared = None
+        if self.mode == "shared":
+            self.props = props
+            # Images with a region to train on (a labelled proposal or a ground-truth box).
+            self.images = [i for i, r in enumerate(self.regions) if bool((r.labels >= 0).any())]
+            if not self.images:
+                raise GdetError(f"{cfg['data']}: no training image has a region to train on")
+            self.images_per_batch = int(cfg["images_per_batch"])
+            per_step = self.images_per_batch * info.world_size
+            self.iters = int(cfg["iters_per_epoch"] or -(-len(self.images) // per_step))
+            shared = {k: cfg[k] for k in ("scales", "max_size", "stage", "pooled_size")}
+        else:
+            self.iters = int(cfg["iters_per_epoch"] or self.sampler.batches_per_epoch())
         bb_kwargs = {**dict(cfg["backbone_kwargs"] or {}), "aux_logits": bool(cfg["aux_logits"])}
-        model = build_detector(cfg["backbone"], class_names, backbone_kwargs=bb_kwargs,
-                               context_pad=cfg["context_pad"], input_size=cfg["input_size"], bbox_reg=cfg["bbox_reg"],
-                               sampling_ratio=cfg["sampling_ratio"])
+        try:
+            model = build_detector(cfg["backbone"], class_names, backbone_kwargs=bb_kwargs,
+                                   context_pad=cfg["context_pad"], input_size=cfg["input_size"],
+                                   bbox_reg=cfg["bbox_reg"], sampling_ratio=cfg["sampling_ratio"], mode=self.mode,
+                                   shared=shared)
+        except GdetError as e:
+            raise ConfigError(f"{'stage' if 'stage' in str(e) else 'mode'}: {e}") from None
         if cfg["weights"] and ck is None:  # a resumed run's weights all come from its checkpoint
             from gdet.engine import load_start_weights
 
@@ -359,22 +431,82 @@ class DetectionTask(Task):
         self.workers, self.pin = int(cfg["workers"]), run.device.type == "cuda"
         self.val_records = self.val_props = None
         if is_main_process():
+            if self.mode == "shared":
+                batch = (f"{self.images_per_batch} images x {int(cfg['batch_size']) // self.images_per_batch} "
+                         f"regions per process, {model.describe_mode()}")
+            else:
+                batch = f"{cfg['batch_size']} regions per process"
             print(f"train: {len(self.train_set)} images, {self.sampler.num_fg} foreground / {self.sampler.num_bg} "
-                  f"background regions, {self.iters} iterations of {cfg['batch_size']} regions per process per "
-                  f"epoch, device {run.device}" + (f", {info.world_size} processes" if info.distributed else ""),
-                  flush=True)
+                  f"background regions, {self.iters} iterations of {batch} per epoch, device {run.device}"
+                  + (f", {info.world_size} processes" if info.distributed else ""), flush=True)
         return model
 
     def steps_per_epoch(self) -> int:
         return self.iters
 
+    def _image_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's images of each step of ``epoch``: a fresh permutation of the training images per epoch
+        (a function of the seed and the epoch only, so a resumed run draws the same), walked with wrap-around,
+        ``images_per_batch x processes`` per step, every ``world_size``-th one to this rank."""
+        info = self.run_info
+        g = torch.Generator().manual_seed(int(self.cfg["seed"]) * 1_000_003 + int(epoch))
+        perm = torch.tensor(self.images)[torch.randperm(len(self.images), generator=g)]
+        per_step = self.images_per_batch * info.world_size
+        out = []
+        for k in range(self.iters):
+            pos = (k * per_step + torch.arange(per_step)) % perm.numel()
+            out.append(perm[pos][info.rank::info.world_size].tolist())
+        return out
+
     def train_batches(self, epoch: int):
         info = self.run_info
+        if self.mode == "shared":
+            data = ImageBatches(self.train_set.records, self._image_batches(epoch), epoch * self.iters,
+                                cache=self.image_cache)
+            return DataLoader(data, batch_size=None, shuffle=False, num_workers=self.workers, pin_memory=self.pin)
         batches = [RegionSampler.shard(b, info.rank, info.world_size) for b in self.sampler.epoch(epoch, self.iters)]
         data = RegionBatches(self.train_set.records, self.regions, self.bbox, batches, cache=self.image_cache)
         return DataLoader(data, batch_size=None, shuffle=False, num_workers=self.workers, pin_memory=self.pin)
 
+    def shared_loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
+        """Loss of an image-centric batch (shared mode)."""
+        cfg, model, dev = self.cfg, run.model, run.device
+        images, targets, proposals = [], [], []
+        for i, img in zip(batch["index"], batch["images"]):
+            rec = self.train_set.records[i]
+            with torch.autocast(dev.type, enabled=False):
+                x = model.normalize(img.to(dev, non_blocking=True).float().div_(255.0))  # 3 x H x W
+            props = self.props[rec.image_id][0]
+            props = props[:cfg["max_proposals"]] if cfg["max_proposals"] else props
+            gt = rec.boxes.float().reshape(-1, 4)
+            if self.hflip > 0 and float(torch.rand(())) < self.hflip:  # image, boxes and proposals together
+                w = x.shape[-1]
+                x, gt, props = x.flip(-1), flip_boxes(gt, w), flip_boxes(props.float(), w)
+            images.append(x)
+            targets.append({"boxes": gt, "labels": rec.labels, "ignore": rec.ignore})
+            proposals.append(props)
+        model.shared_net.channels_last = run.channels_last
+        res = shared_loss(net, images, targets, proposals,
+                          regions_per_image=int(cfg["batch_size"]) // self.images_per_batch,
+                          fg_fraction=float(cfg["fg_fraction"]), fg_iou=float(cfg["fg_iou"]),
+                          bg_iou_lo=float(cfg["bg_iou_lo"]), bbox_iou=float(cfg["bbox_iou"]),
+                          bbox_weight=self.bbox_weight,
+                          seed=int(cfg["seed"]) * 1_000_003 + int(batch["step"]))
+        self._regions = int(res["num_regions"])
+        # The engine sums the "loss*" entries: the gradient rides on loss_cls (the total less the detached box
+        # term), so that the logged parts are the R-CNN mode's loss_cls and (weighted) loss_bbox.
+        total = res["loss"]
+        out = {"loss_cls": total}
+        if "loss_bbox" in res:
+            box = self.bbox_weight * res["loss_bbox"]
+            out = {"loss_cls": total - box, "loss_bbox": box}
+        out["acc"] = res["acc"].double()
+        out["fg_share"] = res["num_fg"].double() / max(self._regions, 1)
+        return out
+
     def loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
+        if self.mode == "shared":
+            return self.shared_loss(net, batch, run)
         with torch.autocast(run.device.type, enabled=False):  # the warp stays in fp32
             crops, flipped = crop_batch(run.model, batch, run.device, self.hflip, run.channels_last)
         labels = batch["labels"].to(run.device)
@@ -389,7 +521,7 @@ class DetectionTask(Task):
         return losses
 
     def count(self, batch) -> int:
-        return int(batch["labels"].numel())
+        return self._regions if self.mode == "shared" else int(batch["labels"].numel())
 
     @property
     def can_evaluate(self) -> bool:
@@ -438,11 +570,12 @@ def check(cfg: dict) -> dict:
 
 
 def train(cfg: dict) -> dict[str, Any]:
-    """Fine-tune an R-CNN detector as ``cfg`` says (see :data:`DEFAULTS`; missing keys take their defaults).
+    """Fine-tune a detector as ``cfg`` says (see :data:`DEFAULTS`; missing keys take their defaults); ``mode``
+    picks R-CNN (``rcnn``, the default) or shared-feature (``shared``) training.
 
-    ``batch_size`` is regions per process per step. Writes to ``work_dir``: ``best.pth`` (best val VOC mAP),
-    ``last.pth`` (every epoch; ``resume=``), ``metrics.jsonl``, ``curves.png``, ``config.yaml`` and, with
-    ``export_fp16``, ``detector_fp16.pth``.
+    ``batch_size`` is regions per process per step (shared mode: over ``images_per_batch`` images). Writes to
+    ``work_dir``: ``best.pth`` (best val VOC mAP), ``last.pth`` (every epoch; ``resume=``), ``metrics.jsonl``,
+    ``curves.png``, ``config.yaml`` and, with ``export_fp16``, ``detector_fp16.pth``.
 
     Returns:
         ``{"best_score" (val VOC mAP), "best_epoch", "last": <last epoch's metrics>, "work_dir", "rank"}``.
