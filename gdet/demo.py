@@ -8,18 +8,19 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from gdet.cli import ASSETS, CONTEXT
+from gdet.cli import ASSETS, CONTEXT, device_options
 from gdet.data import load_detection_set
 from gdet.data.synth import SynthConfig, generate
-from gdet.detection.cli import detection_options, device_options
-from gdet.detection.inference import (EVAL_SCORE_THR, ProposalSource, detect_records, detections_to_rows,
-                                      format_table, write_detections)
+from gdet.detection.cli import detection_options
+from gdet.detection.inference import (EVAL_SCORE_THR, ProposalSource, detect_records, detections_to_rows, format_table,
+                                      write_detections)
 from gdet.detection.model import Detector, load_detector
 from gdet.detection.visualize import draw_detections, save_png
 from gdet.engine import resolve_device
 from gdet.errors import GdetError
 from gdet.evaluation import VOCEvaluator, build_evaluator, jsonable, plot_pr_curves
 from gdet.io import save_json
+from gdet.runtime import optimize
 from gdet.structures import ImageRecord
 
 DETECTOR = ASSETS / "detector_synth_fp16.pth"
@@ -83,14 +84,15 @@ def demo_map(model: Detector, root: Path, *, max_proposals: int, nms_iou: float,
 @click.option("--seed", default=VAL_SEED, show_default=True, help="Seed of the generated val split.")
 @detection_options()
 @device_options
-def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_iou, max_dets, device, precision):
+def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_iou, max_dets, device, precision,
+         compile_):
     """Detect objects in gdet/assets/sample.jpg and report the shipped detector's mAP on a generated val split."""
     if not Path(weights).is_file():
         raise GdetError(f"{weights}: detector checkpoint not found (the package ships "
                         f"gdet/assets/{DETECTOR.name}; `gdet train det` trains one)")
     out = Path(out)
     dev = resolve_device(device)
-    model = load_detector(weights, dev)
+    model = optimize(load_detector(weights, dev), device=dev, precision=precision, compile=compile_)
     size = f"{model.input_size} px {'crops' if model.mode == 'rcnn' else 'input'}"
     click.echo(f"detector: {weights} ({model.backbone.backbone_name}, {size}, "
                f"{model.num_classes} classes: {', '.join(model.class_names)})")
@@ -108,7 +110,7 @@ def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_io
     sample = [ImageRecord(image_id=stem, path=str(image), width=0, height=0)]
     dets = detect_records(model, sample, ProposalSource("ss", options=PROPOSAL_OPTIONS), device=dev,
                           score_thr=score_thr, nms_iou=nms_iou, max_dets=max_dets, max_proposals=max_proposals,
-                          precision=precision, on_image=draw, leave=False)
+                          on_image=draw, leave=False)
     write_detections(js, [stem], dets, model.class_names)
     click.echo(f"wrote {png} and {js} ({time.perf_counter() - t0:.1f} s)")
 
@@ -118,8 +120,7 @@ def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_io
     t0 = time.perf_counter()
     root = val_split(out, val_images, seed)
     click.echo(f"val split: {val_images} generated images (seed {seed}) in {root}")
-    res, _, voc = demo_map(model, root, max_proposals=max_proposals, nms_iou=nms_iou, max_dets=max_dets, device=dev,
-                           precision=precision)
+    res, _, voc = demo_map(model, root, max_proposals=max_proposals, nms_iou=nms_iou, max_dets=max_dets, device=dev)
     click.echo(f"{'class':<10} {'AP (VOC 2010+)':>15}")
     for name, ap in res["per_class"].items():
         click.echo(f"{name:<10} {100 * ap:>14.1f}" if ap == ap else f"{name:<10} {'-':>15}")

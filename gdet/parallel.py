@@ -13,11 +13,14 @@ whole sequence, ``gather_to_rank0`` returns its input).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence, TypeVar
+import contextlib
+from typing import Any, Iterator, Sequence, TypeVar
 
 import torch.distributed as dist
 
-__all__ = ["gather_to_rank0", "rank_world", "shard", "unshard"]
+from gdet.engine.distributed import cleanup, init_distributed
+
+__all__ = ["gather_to_rank0", "process_group_from_env", "rank_world", "shard", "unshard"]
 
 T = TypeVar("T")
 
@@ -68,3 +71,18 @@ def gather_to_rank0(local: Sequence[Any]) -> list[Any] | None:
     shares = [None] * world if rank == 0 else None
     dist.gather_object(list(local), shares, dst=0)
     return unshard(shares) if rank == 0 else None
+
+
+@contextlib.contextmanager
+def process_group_from_env() -> Iterator:
+    """torchrun's process group (gloo: what is exchanged is small and on the CPU) for the duration of a command.
+
+    Yields a :class:`~gdet.engine.distributed.DistInfo`; without torchrun it is a single process and nothing is
+    initialised."""
+
+    info = init_distributed("cpu")
+    try:
+        yield info
+    finally:
+        if info.distributed:
+            cleanup()

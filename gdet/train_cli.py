@@ -42,8 +42,10 @@ def run_training(task: str, config: str | None, overrides) -> dict:
     if result.get("rank", int(os.environ.get("RANK", "0"))) == 0:  # torchrun sets RANK; print once
         where = f"checkpoints in {result.get('work_dir', '?')}"
         if result.get("best_score") is not None:
-            name = "top-1" if task == "cls" else result.get("score_name", "score")
-            where = f"best {name} {result['best_score']:.4f} (epoch {result.get('best_epoch')}); {where}"
+            name, value = result.get("score_name", "score"), result["best_score"]
+            if name == "neg_train_loss":
+                name, value = "(lowest) train_loss", -value
+            where = f"best {name} {value:.4f} (epoch {result.get('best_epoch')}); {where}"
         click.echo(where)
     return result
 

@@ -43,7 +43,8 @@ def test_train_resume_is_exact(tiny, capsys):
     for name in ("cls_full.pth", "cls_half.pth"):
         torch.manual_seed(7)
         torch.save(build_backbone("googlenet", num_classes=5).state_dict(), root / name)
-    full = train(_cfg(root, voc, props, root / "full", weights=str(root / "cls_full.pth")))["last"]
+    full = train(_cfg(root, voc, props, root / "full", weights=str(root / "cls_full.pth"),
+                      tensorboard=True))["last"]
     out = capsys.readouterr().out
     assert f"weights: loaded 122/128 tensors from {root / 'cls_full.pth'} (6 classifier-head tensors" in out
     assert {"train_loss", "train_loss_cls", "train_loss_bbox", "train_acc", "train_fg_acc", "train_regions_per_s",
@@ -52,6 +53,14 @@ def test_train_resume_is_exact(tiny, capsys):
     rows = [json.loads(x) for x in (root / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert (root / "full" / "curves.png").stat().st_size > 0 and (root / "full" / "config.yaml").is_file()
+    # TensorBoard: the numbers of every epoch, a few val images with their detections and the PR curves.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(root / "full"), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.value for e in events.Scalars("val/val_voc_mAP")] == pytest.approx([r["val_voc_mAP"] for r in rows])
+    assert {"val/pr_curves", "val/detections_0"} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Images("val/pr_curves")] == [1, 2]
     # best.pth holds the epoch of the best val mAP (the first of equals), and last.pth says which one.
     maps = [r["val_voc_mAP"] for r in rows]
     last, best = load_checkpoint(root / "full" / "last.pth"), load_checkpoint(root / "full" / "best.pth")

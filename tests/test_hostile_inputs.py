@@ -436,9 +436,8 @@ def test_degenerate_images_in_proposals_compute_and_test_det(tmp_path, detector)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Traceback" not in p.stderr
-    # boxes past the 1-pixel images are clipped on reading: one warning line, no source line
-    warn = [line for line in p.stderr.splitlines() if "clipped" in line]
-    assert len(warn) == 1 and warn[0].startswith("warning: ") and "DataWarning" not in p.stderr
+    # testing scores the ground truth as written (boxes past the 1-pixel images are not clipped): no warning
+    assert "clipped" not in p.stderr and "DataWarning" not in p.stderr
     assert len(json.loads((tmp_path / "dets.json").read_text())) >= 0
 
 

@@ -82,7 +82,7 @@ def _rank_worker(rank, world, port, base, items, bad_items):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), GDET_NO_PROGRESS="1")
     from gdet.errors import GdetError
-    from gdet.proposals.compute import process_group_from_env
+    from gdet.parallel import process_group_from_env
 
     # Each rank in its own directory and a relative --out: nodes that share no file system.
     os.chdir(os.path.join(base, f"node{rank}"))

@@ -282,3 +282,13 @@ def test_holders_of_networks_are_optimized_by_copy():
     assert _rel_err(fast.logits(images), clf.logits(images)) < 1e-5
     with pytest.raises(TypeError, match="needs a module"):
         optimize(object(), device="cpu")
+
+
+def test_optimize_leaves_the_random_stream_alone():
+    # Training-time evaluation runs through the runtime; building its modules must not move the training's RNG.
+    net = build_backbone("googlenet_tv", num_classes=3, aux_logits=False).eval()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    optimize(net, device="cpu")
+    assert torch.equal(torch.rand(3), expected)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from gdet.cli import CONTEXT, note_shipped_weights, write_json
+from gdet.cli import CONTEXT, device_options, note_shipped_weights, write_json
 from gdet.data import load_detection_set
 from gdet.data.image import expand_image_paths
 from gdet.detection.fusion import fuse_detections
@@ -17,12 +17,13 @@ from gdet.detection.model import load_detectors
 from gdet.detection.visualize import draw_detections, save_png
 from gdet.engine import resolve_device
 from gdet.errors import GdetError
-from gdet.evaluation import METRICS, build_evaluator, jsonable, read_results, write_results
+from gdet.evaluation import METRICS, build_evaluator
 from gdet.evaluation import format_table as format_metrics
+from gdet.evaluation import jsonable, read_results, write_results
+from gdet.parallel import gather_to_rank0, process_group_from_env
 from gdet.proposals.cli import parse_options
+from gdet.runtime import optimize
 from gdet.structures import ImageRecord
-
-PRECISIONS = ["fp32", "bf16", "fp16"]
 
 
 def proposal_options(f):
@@ -51,13 +52,6 @@ def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: i
     return wrap
 
 
-def device_options(f):
-    f = click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS),
-                     help="Network arithmetic (crops are always cut in fp32).")(f)
-    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")(f)
-    return f
-
-
 @click.command("detect", context_settings=CONTEXT)
 @click.option("--image", "images", multiple=True, required=True,
               help="Image file, folder (its images, recursively) or glob pattern in quotes (repeatable).")
@@ -73,7 +67,7 @@ def device_options(f):
                    "(image_id = file stem).")
 @device_options
 def detect(images, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets,
-           soft_nms, out, json_path, device, precision):
+           soft_nms, out, json_path, device, precision, compile_):
     """Detect objects: proposals -> region scores (warped crops, or the shared-feature mode the checkpoint says)
     -> softmax -> per-class NMS -> top detections.
 
@@ -82,7 +76,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     paths = expand_image_paths(images)
     ids = image_ids_for(paths) if json_path or out else [Path(p).stem for p in paths]  # names files
     dev = resolve_device(device)
-    model = load_detectors(list(weights), dev)
+    model = optimize(load_detectors(list(weights), dev), device=dev, precision=precision, compile=compile_)
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
     note_shipped_weights(weights)
     click.echo(f"mode: {model.describe_mode()}")
@@ -94,7 +88,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
             save_png(draw_detections(rgb, dets, model.class_names), Path(out) / f"{ids[index]}.png")
 
     dets = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,
-                          max_dets=max_dets, soft_nms=soft_nms, max_proposals=max_proposals, precision=precision,
+                          max_dets=max_dets, soft_nms=soft_nms, max_proposals=max_proposals,
                           on_image=show)
     if out:
         click.echo(f"drew {len(paths)} image(s) in {out}")
@@ -141,19 +135,31 @@ def _score(records, dets, class_names, metrics: list[str]) -> dict:
               help="Write the metrics as JSON (- for stdout).")
 @device_options
 def test(data, split, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets, limit,
-         out, metrics, json_path, device, precision):
-    """Detect every image of a dataset split, write COCO-format results and print their mAP."""
+         out, metrics, json_path, device, precision, compile_):
+    """Detect every image of a dataset split, write COCO-format results and print their mAP.
+
+    Under torchrun the images are dealt out over the processes (each on its own GPU, ``LOCAL_RANK``) and rank 0
+    gathers the detections and writes the same file as one process would.
+    """
     metric_list = _metrics(metrics)
-    dset = load_detection_set(data, split=split)
+    # The ground truth as written (clip=False): scores equal the official tools' on boxes past the image edge.
+    dset = load_detection_set(data, split=split, clip=False)
     records = dset.records[:limit] if limit else dset.records
-    dev = resolve_device(device)
-    model = load_detectors(list(weights), dev)
-    if list(model.class_names) != list(dset.class_names):
-        raise GdetError(f"{weights[0]}: trained for classes {model.class_names}, but {data} has {dset.class_names}")
-    source = ProposalSource(proposals, proposal_weights, parse_options(opts))
-    click.echo(f"mode: {model.describe_mode()}")
-    dets = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,
-                          max_dets=max_dets, max_proposals=max_proposals, precision=precision)
+    with process_group_from_env() as info:
+        dev = resolve_device(device, info.local_rank)
+        model = optimize(load_detectors(list(weights), dev), device=dev, precision=precision, compile=compile_)
+        if list(model.class_names) != list(dset.class_names):
+            raise GdetError(f"{weights[0]}: trained for classes {model.class_names}, but {data} has "
+                            f"{dset.class_names}")
+        source = ProposalSource(proposals, proposal_weights, parse_options(opts))
+        if info.rank == 0:
+            click.echo(f"mode: {model.describe_mode()}")
+        mine = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,
+                              max_dets=max_dets, max_proposals=max_proposals, rank=info.rank,
+                              world_size=info.world_size)
+        dets = gather_to_rank0([{k: v.cpu() for k, v in d.items()} for d in mine])
+    if dets is None:  # not rank 0
+        return
     n = write_results(out, records, dets, dset.class_names, dset.category_ids)
     click.echo(f"wrote {out}: {n} detections on {len(records)} images")
     results = _score(records, dets, dset.class_names, metric_list)

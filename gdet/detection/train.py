@@ -8,6 +8,7 @@ and documented in ``README.md (detection section)``.
 from __future__ import annotations
 
 import copy
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,14 +20,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from gdet.backbones import BackboneOutput, list_backbones
 from gdet.config import check_config, interval, mapping, number, one_of
+from gdet.data.image import read_image
 from gdet.detection.crops import crop_regions
 from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
 from gdet.detection.model import MODES, Detector, build_detector, detector_checkpoint_meta
-from gdet.detection.shared import shared_loss
 from gdet.detection.sampler import RegionSampler
-from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
-                                 input_size_check)
+from gdet.detection.shared import shared_loss
+from gdet.detection.visualize import draw_detections
+from gdet.engine.trainer import ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit, input_size_check
 from gdet.errors import ConfigError, GdetError
+from gdet.evaluation import build_evaluator, plot_pr_curves
+from gdet.runtime import optimize
 from gdet.structures import ImageRecord
 
 __all__ = ["CHECKS", "DEFAULTS", "DetectionTask", "RegionBatches", "evaluate_detector", "load_proposal_set",
@@ -535,18 +539,39 @@ class DetectionTask(Task):
             spec = cfg["val_proposals"] or cfg["proposals"]
             self.val_props = load_proposal_set(spec, self.val_records, run.work_dir, cfg["val_split"],
                                                cfg["proposal_kwargs"], cfg["proposal_workers"], distributed=True)
-        res, _ = evaluate_detector(run.eval_model(), self.val_records, self.class_names, self.val_props,
+        # The inference runtime's exact rewrite of the network, in the run's precision.
+        net = optimize(run.eval_model(), device=run.device, precision=run.precision)
+        res, dets = evaluate_detector(net, self.val_records, self.class_names, self.val_props,
                                    device=run.device, score_thr=float(cfg["eval_score_thr"]),
                                    nms_thr=float(cfg["nms_iou"]), max_dets=int(cfg["eval_max_dets"]),
-                                   max_proposals=cfg["eval_max_proposals"] or cfg["max_proposals"],
-                                   precision=run.precision)
+                                   max_proposals=cfg["eval_max_proposals"] or cfg["max_proposals"])
         run.model.train()
+        self._last_val = (dets, res["per_class"])
         row = {f"val_{k}": v for k, v in res.items() if k != "per_class"}
         row["val_per_class_ap"] = res["per_class"]
         return row, res["voc_mAP"]
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return self.meta
+
+    def board_images(self, n: int = 3) -> dict[str, Any]:
+        """The first ``n`` val images with their detections drawn, and the per-class precision-recall curves."""
+        if getattr(self, "_last_val", None) is None:
+            return {}
+        dets, aps = self._last_val
+        out = {}
+        for k, (rec, d) in enumerate(zip(self.val_records[:n], dets[:n])):
+            keep = d["scores"] >= 0.3  # the detections a user would look at, not the 0.001 tail scored for mAP
+            out[f"val/detections_{k}"] = draw_detections(read_image(rec.path), {key: v[keep] for key, v in d.items()},
+                                                         self.class_names)
+        voc = build_evaluator("voc", self.class_names)
+        voc.reset()
+        voc.process(list(self.val_records), dets)
+        voc.evaluate()
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_pr_curves(voc.curves, Path(tmp) / "pr.png", aps=aps)
+            out["val/pr_curves"] = read_image(Path(tmp) / "pr.png")
+        return out
 
     def finish(self, run: Run, result: dict[str, Any]) -> None:
         from gdet.engine import is_main_process

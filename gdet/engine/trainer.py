@@ -208,6 +208,11 @@ class Task:
     def finish(self, run: Run, result: dict[str, Any]) -> None:
         """Called once after the last epoch (e.g. to export an inference copy)."""
 
+    def board_images(self) -> dict[str, Any]:
+        """Pictures of the last evaluation for TensorBoard, ``tag -> uint8 [H, W, 3]`` (asked only when
+        ``tensorboard: true``, on rank 0)."""
+        return {}
+
 
 def remove_orphan_temps(folder: Path, names: Iterable[str] = _FILES) -> list[Path]:
     """Delete the temp files that an atomic write killed half-way left beside ``names`` in ``folder``.
@@ -312,6 +317,11 @@ class _Board:
                 self.writer.add_scalar(f"{group}/{k}", v, epoch)
         self.writer.flush()
 
+    def images(self, images: dict[str, Any], epoch: int) -> None:
+        for tag, image in images.items():
+            self.writer.add_image(tag, image, epoch, dataformats="HWC")
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -413,6 +423,8 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
     logger = MetricLogger(work / "metrics.jsonl", resume=start > 0)
     board = _Board(work) if opts.tensorboard and is_main_process() else None
     meta = task.checkpoint_meta()
+    # Without validation the lowest training loss picks best.pth; its score is then the negated loss.
+    score_name = task.score_name if task.can_evaluate and opts.eval_every else "neg_train_loss"
     row: dict[str, Any] = {}
     try:
         for epoch in range(start, opts.epochs):
@@ -435,7 +447,7 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
             history.append(row)
             ck = training_state(model=model, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
                                 ema=run.ema, epoch=epoch + 1, config=cfg, metrics=row, history=history,
-                                score_name=task.score_name, best_score=best if best_epoch else None,
+                                score_name=score_name, best_score=best if best_epoch else None,
                                 best_epoch=best_epoch, **meta)
             if is_main_process():
                 # best.pth before last.pth before the row: after a kill, last.pth never claims a best epoch
@@ -447,13 +459,15 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
                 plot_curves(work / "metrics.jsonl", work / "curves.png", title=task.title())
                 if board is not None:
                     board.log(row, epoch + 1)
+                    if score is not None and task.can_evaluate and opts.eval_every:
+                        board.images(task.board_images(), epoch + 1)
                 print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                                if k not in task.hidden), flush=True)
             barrier()
     finally:
         if board is not None:
             board.close()
-    result = {"best_score": best if best_epoch else None, "best_epoch": best_epoch, "score_name": task.score_name,
+    result = {"best_score": best if best_epoch else None, "best_epoch": best_epoch, "score_name": score_name,
               "last": row, "work_dir": str(work), "rank": info.rank}
     task.finish(run, result)
     barrier()

@@ -10,8 +10,9 @@ from gdet.cli import write_json
 from gdet.config import parse_override
 from gdet.data import load_detection_set
 from gdet.errors import GdetError
+from gdet.parallel import process_group_from_env
 from gdet.proposals.combined import combine_sets
-from gdet.proposals.compute import compute_proposals, process_group_from_env
+from gdet.proposals.compute import compute_proposals
 from gdet.proposals.evaluation import evaluate_proposals, format_table, plot_recall_curves
 from gdet.proposals.files import load_proposals, save_proposals
 

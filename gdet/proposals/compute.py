@@ -1,23 +1,22 @@
 """Proposals for a whole dataset: parallel over CPU processes and torchrun ranks, resumable, written atomically."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from gdet.data.image import read_image
 from gdet.engine import progress
-from gdet.engine.distributed import all_gather_objects, cleanup, init_distributed
+from gdet.engine.distributed import all_gather_objects
 from gdet.errors import DataError, GdetError
 from gdet.io import atomic_path, load_json, save_json
-from gdet.parallel import rank_world, shard
+from gdet.parallel import process_group_from_env, rank_world, shard
 from gdet.proposals import build_proposer
 from gdet.proposals.files import ProposalSet, load_proposals, save_proposals
 
@@ -84,21 +83,6 @@ def _run_guarded(fn, *args) -> tuple[Any, str | None]:
         return fn(*args), None
     except GdetError as e:
         return None, str(e)
-
-
-@contextlib.contextmanager
-def process_group_from_env() -> Iterator:
-    """torchrun's process group (gloo: proposals run on CPUs) for the duration of a command.
-
-    Yields a :class:`~gdet.engine.distributed.DistInfo`; without torchrun it is a single process and nothing is
-    initialised."""
-
-    info = init_distributed("cpu")
-    try:
-        yield info
-    finally:
-        if info.distributed:
-            cleanup()
 
 
 # --- main side ---------------------------------------------------------------------------------------------

@@ -200,6 +200,16 @@ def optimize(model: nn.Module, *, device: torch.device | str = "cpu", precision:
     Returns:
         the optimized module (with ``inplace``, ``model`` itself unless ``model`` is a single rewritten block).
     """
+    # Building the rewritten modules (nn.Conv2d's initialisation) must not move the caller's random stream: a
+    # training run that evaluates through the runtime stays bit-identical to one that does not.
+    with torch.random.fork_rng(devices=[]):
+        return _optimize(model, device=device, precision=precision, channels_last=channels_last, fuse=fuse,
+                         compile=compile, cuda_graphs=cuda_graphs, chunk_size=chunk_size, onednn=onednn,
+                         inplace=inplace)
+
+
+def _optimize(model: nn.Module, *, device, precision, channels_last, fuse, compile, cuda_graphs, chunk_size, onednn,
+              inplace) -> nn.Module:
     from gdet.engine import resolve_device
 
     if isinstance(device, str):
