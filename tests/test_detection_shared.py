@@ -392,3 +392,50 @@ def test_modes_follow_the_backbone_and_are_restored():
     sizes.clear()
     holder.shared(torch.randn(1, 3, 64, 64), [torch.tensor([[0.0, 0.0, 32.0, 32.0]])])
     assert len(sizes) == 1  # training: one scale per image
+
+
+def test_training_step_equals_rcnn_on_the_same_crops():
+    """Each warped crop given as an image at its own size with a whole-image box makes shared mode compute R-CNN
+    mode's network, so one training step of a shared-mode Detector (through ``Detector.train()``, which freezes
+    batch norm, the fx split and roi_align's backward) must give R-CNN mode's loss and gradients with batch norm
+    frozen the same way; and the optimizer must hold every parameter that receives a gradient."""
+    import copy
+
+    from gdet.detection.model import Detector
+    from gdet.engine.optim import build_optimizer
+
+    bb = _lively(build_backbone("googlenet_tv", num_classes=4, aux_logits=False, dropout=0.0))
+    names = ["a", "b", "c"]
+    ref = Detector(copy.deepcopy(bb), names, input_size=48, bbox_reg=True, mode="rcnn")
+    det = Detector(bb, names, input_size=48, bbox_reg=True, mode="shared",
+                   shared={"scales": [48], "max_size": None})
+    det.bbox_head.load_state_dict(ref.bbox_head.state_dict())
+    assert det.shared_net.pooled_size == 3
+    det.train()
+    ref.train()
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    g = torch.Generator().manual_seed(3)
+    crops = torch.randn(6, 3, 48, 48, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, 0, 2])
+    whole = torch.tensor([[0.0, 0.0, 48.0, 48.0]])
+
+    def step(model, out):
+        loss = F.cross_entropy(out.logits, labels) + out.bbox_deltas.square().mean()
+        model.zero_grad()
+        loss.backward()
+        return loss
+
+    loss = step(det, det(list(crops), [whole] * 6))
+    ref_loss = step(ref, ref(crops))
+    assert ref_loss > 0.5
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-5)
+    got = dict(det.named_parameters())
+    for k, p in ref.named_parameters():
+        assert p.grad is not None and got[k].grad is not None, k
+        torch.testing.assert_close(got[k].grad, p.grad, rtol=2e-3, atol=1e-5, msg=k)
+    assert all(not m.training for m in det.modules() if isinstance(m, nn.BatchNorm2d))
+    held = {id(p) for grp in build_optimizer({"lr": 0.01, "weight_decay": 1e-4}, det).param_groups
+            for p in grp["params"]}
+    assert {id(p) for p in det.parameters() if p.grad is not None} <= held
