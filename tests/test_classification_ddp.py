@@ -33,7 +33,7 @@ def test_torchrun_two_cpu_ranks(tmp_path):
         p.communicate()
         raise
     assert p.returncode == 0, err[-2000:]
-    assert out.count("best top-1") == 1  # rank 0 reports
+    assert out.count("best val_acc1") == 1  # rank 0 reports
     rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     ck = load_checkpoint(tmp_path / "w" / "last.pth")
