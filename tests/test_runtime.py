@@ -11,26 +11,11 @@ from gdet.backbones.base import ConvBNReLU
 from gdet.backbones.googlenet_tv import InceptionBN
 from gdet.errors import GdetError
 from gdet.runtime import Runner, chunk_spans, optimize, resolve_precision
-from gdet.runtime.fuse import ConvAct, FusedBranches, FusedResidual, Fp32LRN, fold_conv_bn
+from gdet.runtime.check import randomize_batch_norm as _randomize
+from gdet.runtime.fuse import ConvAct, Fp32LRN, FusedBranches, FusedResidual, fold_conv_bn
 
 # Smallest input each family accepts, rounded up a little (299-px networks need >= 75 px).
 MIN_SIZE = {"googlenet": 64, "googlenet_tv": 64, "bn_inception": 64}
-
-
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine parameters, so that folding is really exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            elif isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
-    return model.eval()
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

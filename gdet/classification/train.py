@@ -20,7 +20,7 @@ from gdet.data.folder import read_image_folder
 from gdet.data.loading import ClassificationDataset
 from gdet.data.voc import read_class_file
 from gdet.engine import (autocast, build_loader, compute_loss, load_start_weights, move_to_device, progress,
-                         reduce_sum, set_epoch, topk_correct)
+                         reduce_sum, topk_correct)
 from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
                                  input_size_check)
 from gdet.errors import ConfigError
@@ -180,13 +180,6 @@ class ClassificationTask(Task):
         self.meta = {"task": TASK, "class_names": self.class_names, "backbone": cfg["backbone"],
                      "backbone_kwargs": backbone_kwargs(cfg), "preprocessing": model.preprocessing()}
         return model
-
-    def steps_per_epoch(self) -> int:
-        return len(self.loader)
-
-    def train_batches(self, epoch: int):
-        set_epoch(self.loader, epoch)
-        return self.loader
 
     def loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
         images, targets = batch

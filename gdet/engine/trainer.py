@@ -22,6 +22,7 @@ from gdet.engine.device import autocast, resolve_device
 from gdet.engine.distributed import (DistInfo, barrier, cleanup, init_distributed, is_main_process, reduce_sum,
                                      seed_everything, wrap_ddp)
 from gdet.engine.ema import build_ema
+from gdet.engine.loader import set_epoch
 from gdet.engine.logger import MetricLogger, plot_curves, progress
 from gdet.engine.loop import build_grad_scaler
 from gdet.engine.optim import OPTIM_DEFAULTS, SCHEDULES, build_optimizer, build_scheduler
@@ -178,11 +179,14 @@ class Task:
         raise NotImplementedError
 
     def steps_per_epoch(self) -> int:
-        raise NotImplementedError
+        """Batches per epoch; default: ``len(self.loader)`` (a task that trains from one DataLoader sets it)."""
+        return len(self.loader)
 
     def train_batches(self, epoch: int) -> Iterable:
-        """The batches of epoch ``epoch`` (0-based); their order must depend only on the seed and the epoch."""
-        raise NotImplementedError
+        """The batches of epoch ``epoch`` (0-based); their order must depend only on the seed and the epoch.
+        Default: ``self.loader`` with its sampler set to the epoch."""
+        set_epoch(self.loader, epoch)
+        return self.loader
 
     def loss(self, net: nn.Module, batch: Any, run: Run) -> dict[str, Tensor]:
         """Forward one batch (under autocast) and return named scalars: every ``loss*`` entry is part of the total

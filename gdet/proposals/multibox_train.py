@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from gdet.backbones import list_backbones
 from gdet.config import check_config, interval, number, one_of
-from gdet.engine import autocast, build_loader, load_start_weights, move_to_device, progress, reduce_sum, set_epoch
+from gdet.engine import autocast, build_loader, load_start_weights, move_to_device, progress, reduce_sum
 from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
                                  input_size_check)
 from gdet.data.image import read_image
@@ -179,13 +179,6 @@ class MultiBoxTask(Task):
                      "priors": priors, "head": head, "input_size": size,
                      "preprocessing": model.backbone.preprocessing()}
         return model
-
-    def steps_per_epoch(self) -> int:
-        return len(self.loader)
-
-    def train_batches(self, epoch: int):
-        set_epoch(self.loader, epoch)
-        return self.loader
 
     def loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
         images, targets = batch
