@@ -41,7 +41,7 @@ def device_options(f):
 # name -> ("module:attribute", one-line help). Listing the commands imports nothing (so `gdet --help` is fast
 # and loads no torch); a command's module is imported only when that command runs or shows its own help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("gdet.benchmarks.cli:bench", "Benchmarks: classify, proposals, detect, eval."),
+    "bench": ("gdet.benchmarks.cli:bench", "Benchmarks: classify, proposals, detect, eval, loader, shared."),
     "classify": ("gdet.classification.cli:classify", "Top-k classes of images; `classify eval`: multi-crop error."),
     "data": ("gdet.data.cli:data", "Datasets: synthetic benchmark, VOC <-> COCO, ground-truth pictures."),
     "demo": ("gdet.demo:demo", "Detect objects in the sample image; the shipped detector's mAP."),

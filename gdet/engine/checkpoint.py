@@ -45,8 +45,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         what = _unsafe_global(str(e))
+        if not what:  # not a pickle with a disallowed global: some other file (ONNX, text, truncated)
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (not a torch.save file)") from None
         raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and plain data"
-                              f"{f' ({what})' if what else ''}; only weights files are loaded") from None
+                              f" ({what}); only weights files are loaded") from None
     except Exception as e:  # a corrupt file can fail anywhere in the unpickler (IndexError, KeyError, ...)
         msg = (str(e).splitlines() or [type(e).__name__])[0][:120]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
