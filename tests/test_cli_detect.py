@@ -115,3 +115,14 @@ def test_test_under_torchrun_writes_the_one_process_file(tmp_path):
     assert len(one) > 0
     assert (tmp_path / "two.json").read_text() == (tmp_path / "one.json").read_text()
     assert out.count("wrote") == 1  # rank 0 writes and reports
+
+
+def test_proposal_workers_give_the_same_detections(tiny, tmp_path):
+    """`--workers 1`: selective search runs in another process, ahead of the network; same result file."""
+    root, voc, props, ckpt = tiny
+    args = ["test", "--data", voc, "--split", "val", "--weights", ckpt, "--proposals", "ss", "--opt", "max_side=64",
+            "--score-thr", "0.001", "--device", "cpu", "--metrics", ""]
+    _run([*args, "--out", tmp_path / "inline.json"])
+    _run([*args, "--workers", "1", "--out", tmp_path / "ahead.json"])
+    assert len(json.loads((tmp_path / "inline.json").read_text())) > 0
+    assert (tmp_path / "ahead.json").read_text() == (tmp_path / "inline.json").read_text()

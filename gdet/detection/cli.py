@@ -28,6 +28,9 @@ from gdet.structures import ImageRecord
 
 def proposal_options(f):
     """The proposal options shared by every command that detects."""
+    f = click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="Processes running the proposal method on the next images while the network scores "
+                          "(0: in this process).")(f)
     f = click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
                      help="Proposal method option (e.g. max_side=500, tiles=3; repeatable).")(f)
     f = click.option("--proposal-weights", default=None, type=click.Path(dir_okay=False),
@@ -67,7 +70,7 @@ def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: i
                    "(image_id = file stem).")
 @device_options
 def detect(images, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets,
-           soft_nms, out, json_path, device, precision, compile_):
+           soft_nms, out, json_path, device, precision, compile_, workers):
     """Detect objects: proposals -> region scores (warped crops, or the shared-feature mode the checkpoint says)
     -> softmax -> per-class NMS -> top detections.
 
@@ -89,7 +92,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
 
     dets = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,
                           max_dets=max_dets, soft_nms=soft_nms, max_proposals=max_proposals,
-                          on_image=show)
+                          workers=workers, on_image=show)
     if out:
         click.echo(f"drew {len(paths)} image(s) in {out}")
     if json_path:
@@ -135,7 +138,7 @@ def _score(records, dets, class_names, metrics: list[str]) -> dict:
               help="Write the metrics as JSON (- for stdout).")
 @device_options
 def test(data, split, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets, limit,
-         out, metrics, json_path, device, precision, compile_):
+         out, metrics, json_path, device, precision, compile_, workers):
     """Detect every image of a dataset split, write COCO-format results and print their mAP.
 
     Under torchrun the images are dealt out over the processes (each on its own GPU, ``LOCAL_RANK``) and rank 0
@@ -156,7 +159,7 @@ def test(data, split, weights, proposals, proposal_weights, opts, max_proposals,
             click.echo(f"mode: {model.describe_mode()}")
         mine = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,
                               max_dets=max_dets, max_proposals=max_proposals, rank=info.rank,
-                              world_size=info.world_size)
+                              world_size=info.world_size, workers=workers)
         dets = gather_to_rank0([{k: v.cpu() for k, v in d.items()} for d in mine])
     if dets is None:  # not rank 0
         return

@@ -2,11 +2,13 @@
 training-time evaluation: where proposals come from, detecting a split, and the files and tables written."""
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing as mp
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +52,7 @@ class ProposalSource:
                  options: dict | None = None):
         self.proposer = None
         self.file: ProposalSet | None = None
+        self.method_kwargs: dict = {}
         if isinstance(spec, ProposalSet):
             self.spec, self.file = "proposal set", spec
         elif str(spec) in list_proposers():
@@ -59,6 +62,7 @@ class ProposalSource:
                 if not weights:
                     raise GdetError(f"proposals {self.spec!r} need a MultiBox checkpoint (--proposal-weights)")
                 kw["weights"] = str(weights)
+            self.method_kwargs = kw
             self.proposer = build_proposer(self.spec, **kw)
         elif str(spec).endswith(".npz") or os.path.isfile(spec):
             self.spec = str(spec)
@@ -89,13 +93,45 @@ class ProposalSource:
         raise GdetError(f"{self.spec}: no proposals for image {image_id!r}")
 
 
+# --- proposal workers: a method runs in other processes, ahead of the network -------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(method: str, kwargs: dict) -> None:
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    _WORKER["proposer"] = build_proposer(method, **kwargs)
+
+
+def _propose(path: str) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return _WORKER["proposer"].propose(np.asarray(read_image(path)))[0].numpy(), None
+    except GdetError as e:
+        return None, str(e)
+
+
+@contextlib.contextmanager
+def _ahead(source: ProposalSource, paths: Sequence[str], workers: int) -> Iterator[Iterator | None]:
+    """Proposals of ``paths`` computed in order by ``workers`` processes while the caller scores earlier images
+    (None when the source is a file or ``workers`` is 0: the caller computes them itself)."""
+    if source.proposer is None or workers <= 0 or not paths:
+        yield None
+        return
+    ctx = mp.get_context("spawn")  # torch and OpenCV thread pools do not survive fork() reliably
+    with ctx.Pool(min(workers, len(paths)), initializer=_init_worker,
+                  initargs=(source.spec, source.method_kwargs)) as pool:
+        yield pool.imap(_propose, paths, chunksize=1)
+
+
 @torch.no_grad()
 def detect_records(model: Detector | EnsembleDetector, records: Sequence[ImageRecord],
                    proposals: ProposalSource | ProposalSet, *, device: torch.device | str | None = None,
                    score_thr: float = EVAL_SCORE_THR, nms_iou: float = DEFAULTS["nms_iou"],
                    max_dets: int = DEFAULTS["max_dets"], max_proposals: int | None = DEFAULTS["max_proposals"],
                    soft_nms: str | None = None, precision: str = "fp32", rank: int = 0, world_size: int = 1,
-                   desc: str = "detect", leave: bool = True,
+                   desc: str = "detect", leave: bool = True, workers: int = 0,
                    on_image: Callable[[int, np.ndarray, dict], None] | None = None) -> list[dict[str, Tensor]]:
     """Detect objects in every image of a split (the one loop used by test, demo and training-time evaluation).
 
@@ -107,6 +143,8 @@ def detect_records(model: Detector | EnsembleDetector, records: Sequence[ImageRe
         max_proposals: proposals kept per image (best first).
         rank, world_size: detect only ``records[rank::world_size]`` (data-parallel evaluation; gather the
             lists of every rank and interleave them to restore record order).
+        workers: processes that run the proposal method on the next images while the network scores the current
+            one (a pipeline: images/s is bounded by the slower stage); 0 runs it in this process.
         on_image: called as ``on_image(index, rgb, dets)`` after each image (e.g. to draw it).
     Returns:
         per detected record, ``{"boxes": Tensor[K, 4], "scores": Tensor[K], "labels": Tensor[K]}`` on the CPU.
@@ -114,18 +152,25 @@ def detect_records(model: Detector | EnsembleDetector, records: Sequence[ImageRe
     source = proposals if isinstance(proposals, ProposalSource) else ProposalSource(proposals)
     out = []
     indices = range(rank, len(records), world_size)
-    bar = progress(indices, desc=desc, unit="img", leave=leave)
-    for i in bar:
-        t0 = time.perf_counter()
-        rec = records[i]
-        rgb = read_image(rec.path)
-        boxes = source(rec.image_id, rgb, rec.path)
-        dets = detect_image(model, rgb, boxes, score_thr=score_thr, nms_thr=nms_iou, max_dets=max_dets,
-                            soft_nms=soft_nms, max_proposals=max_proposals, precision=precision, device=device)
-        out.append(dets)
-        if on_image is not None:
-            on_image(i, rgb, dets)
-        bar.set_postfix_str(f"{time.perf_counter() - t0:.2f} s/img, {len(dets['scores'])} dets", refresh=False)
+    with _ahead(source, [str(records[i].path) for i in indices], workers) as ahead:
+        bar = progress(indices, desc=desc, unit="img", leave=leave)
+        for i in bar:
+            t0 = time.perf_counter()
+            rec = records[i]
+            rgb = read_image(rec.path)
+            if ahead is None:
+                boxes = source(rec.image_id, rgb, rec.path)
+            else:
+                found, error = next(ahead)
+                if error is not None:
+                    raise GdetError(error)
+                boxes = torch.from_numpy(found)
+            dets = detect_image(model, rgb, boxes, score_thr=score_thr, nms_thr=nms_iou, max_dets=max_dets,
+                                soft_nms=soft_nms, max_proposals=max_proposals, precision=precision, device=device)
+            out.append(dets)
+            if on_image is not None:
+                on_image(i, rgb, dets)
+            bar.set_postfix_str(f"{time.perf_counter() - t0:.2f} s/img, {len(dets['scores'])} dets", refresh=False)
     return out
 
 
