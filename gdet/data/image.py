@@ -41,6 +41,19 @@ def _too_large(path: Path, width: int, height: int, limit: int) -> DataError:
                      f"(a decompression bomb?); to read it, set {MAX_PIXELS_ENV} to a larger number")
 
 
+def _header(path: Path, orientation: bool = True) -> tuple[int, int, int]:
+    """``(width, height, EXIF orientation)`` from the header alone, with no pixel limit (nothing is decoded;
+    ``orientation=False`` skips the EXIF block, which some formats only reach by reading past the pixels)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as im:
+                return im.size[0], im.size[1], im.getexif().get(0x0112, 1) if orientation else 1
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
+
+
 def _open(path: Path, limit: int) -> Image.Image:
     """``Image.open`` with gdet's pixel limit in place of Pillow's (whose warning would print a raw line)."""
     pil_limit = Image.MAX_IMAGE_PIXELS
@@ -54,14 +67,7 @@ def _open(path: Path, limit: int) -> Image.Image:
         except Image.DecompressionBombError:
             im = None
     if im is None:  # above Pillow's limit: read the size from the header alone to name it
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                with Image.open(path) as probe:
-                    w, h = probe.size
-            finally:
-                Image.MAX_IMAGE_PIXELS = pil_limit
+        w, h, _ = _header(path, orientation=False)
         raise _too_large(path, w, h, limit)
     w, h = im.size
     if w * h > limit:
@@ -103,15 +109,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     if not path.is_file():
         raise DataError(f"{path}: image not found")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                with Image.open(path) as im:
-                    w, h = im.size
-                    orientation = im.getexif().get(0x0112, 1)
-            finally:
-                Image.MAX_IMAGE_PIXELS = pil_limit
+        w, h, orientation = _header(path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot read image: {e}") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
