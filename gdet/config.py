@@ -226,6 +226,16 @@ def mapping(v: Any, cfg: dict) -> str | None:
     return None if isinstance(v, dict) else f"must be a mapping such as {{dropout: 0.4}}, got {v!r}"
 
 
+def complete_config(cfg: dict, defaults: dict, checks: dict[str, Check], data_hint: str) -> dict:
+    """A trainer's config: ``cfg`` over ``defaults`` (a copy), ``data`` required (``data_hint`` says what it is),
+    every key's range checked by ``checks`` (one-line :class:`ConfigError`)."""
+    cfg = {**copy.deepcopy(defaults), **cfg}
+    if not cfg.get("data"):
+        raise ConfigError(f"data: {data_hint} (data=PATH)")
+    check_config(cfg, checks)
+    return cfg
+
+
 def check_config(cfg: dict, checks: dict[str, Check], where: str | None = None) -> None:
     """Run every check of the table ``checks`` on ``cfg``; the first problem raises a one-line
     :class:`ConfigError` ``"<key>: <problem>"`` (prefixed by ``where``, e.g. the config file, when given)."""

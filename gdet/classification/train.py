@@ -15,7 +15,7 @@ from gdet.backbones import build_backbone, list_backbones
 from gdet.classification.gpu_input import BatchTrainAugment, build_device_loader
 from gdet.classification.model import TASK, Normalizer
 from gdet.classification.transforms import INTERPOLATIONS, EvalTransform, TrainTransform
-from gdet.config import check_config, interval, number, one_of, ordered_pair
+from gdet.config import complete_config, interval, number, one_of, ordered_pair
 from gdet.data.folder import read_image_folder
 from gdet.data.loading import ClassificationDataset
 from gdet.data.voc import read_class_file
@@ -213,11 +213,7 @@ class ClassificationTask(Task):
 
 def check(cfg: dict) -> dict:
     """``cfg`` over :data:`DEFAULTS`, with every key's range checked (one-line :class:`ConfigError`)."""
-    cfg = {**copy.deepcopy(DEFAULTS), **cfg}
-    if not cfg.get("data"):
-        raise ConfigError("data: set it to an image folder with train/ and val/ sub-folders (data=PATH)")
-    check_config(cfg, CHECKS)
-    return cfg
+    return complete_config(cfg, DEFAULTS, CHECKS, "set it to an image folder with train/ and val/ sub-folders")
 
 
 def train(cfg: dict) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from gdet.backbones import BackboneOutput, list_backbones
-from gdet.config import check_config, interval, mapping, number, one_of
+from gdet.config import complete_config, interval, mapping, number, one_of
 from gdet.data.image import read_image
 from gdet.detection.crops import crop_regions
 from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
@@ -587,11 +587,7 @@ class DetectionTask(Task):
 
 def check(cfg: dict) -> dict:
     """``cfg`` over :data:`DEFAULTS`, with every key's range checked (one-line :class:`ConfigError`)."""
-    cfg = {**copy.deepcopy(DEFAULTS), **cfg}
-    if not cfg.get("data"):
-        raise ConfigError("data: no dataset given (data=PATH)")
-    check_config(cfg, CHECKS)
-    return cfg
+    return complete_config(cfg, DEFAULTS, CHECKS, "no dataset given")
 
 
 def train(cfg: dict) -> dict[str, Any]:

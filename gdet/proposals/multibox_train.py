@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from gdet.backbones import list_backbones
-from gdet.config import check_config, interval, number, one_of
+from gdet.config import complete_config, interval, number, one_of
 from gdet.engine import autocast, build_loader, load_start_weights, move_to_device, progress, reduce_sum
 from gdet.engine.trainer import (ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit,
                                  input_size_check)
@@ -241,11 +241,7 @@ def evaluate(model: MultiBox, loader, device, *, alpha: float = 0.3, top_k: int 
 
 def check(cfg: dict) -> dict:
     """``cfg`` over :data:`DEFAULTS`, with every key's range checked (one-line :class:`ConfigError`)."""
-    cfg = {**copy.deepcopy(DEFAULTS), **cfg}
-    if not cfg.get("data"):
-        raise ConfigError("data: set it to a detection dataset (data=PATH)")
-    check_config(cfg, CHECKS)
-    return cfg
+    return complete_config(cfg, DEFAULTS, CHECKS, "set it to a detection dataset")
 
 
 def train(cfg: dict) -> dict[str, Any]:
