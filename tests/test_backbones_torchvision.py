@@ -1,6 +1,5 @@
 """googlenet_tv and inception_v3 load torchvision weight files and then compute exactly what torchvision does."""
 
-import pytest
 import torch
 import torchvision
 

@@ -1,8 +1,6 @@
 """A weights file is data: a checkpoint whose unpickling would run code is refused, and nothing runs."""
 import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest

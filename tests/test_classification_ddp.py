@@ -1,38 +1,22 @@
 """`torchrun --nproc_per_node=2 tools/train_cls.py` on CPU (gloo): one set of outputs, written by rank 0."""
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from gdet.engine import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers_dist import torchrun  # noqa: E402
 from test_classification import make_shapes  # noqa: E402
 
 
 def test_torchrun_two_cpu_ranks(tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed beside the interpreter")
     data = make_shapes(tmp_path / "d", per_class=4, size=40)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GDET_NO_PROGRESS": "1"}
-    # Own session, so a timeout kills torchrun's workers too (they would otherwise wait for a rendezvous).
-    p = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "tools" / "train_cls.py"),
-                          "--config", str(ROOT / "configs" / "cls_synth.yaml"), f"data={data}",
-                          f"work_dir={tmp_path / 'w'}", "epochs=2", "input_size=40", "batch_size=4", "device=cpu"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        raise
-    assert p.returncode == 0, err[-2000:]
+    out = torchrun([ROOT / "tools" / "train_cls.py", "--config", ROOT / "configs" / "cls_synth.yaml", f"data={data}",
+                    f"work_dir={tmp_path / 'w'}", "epochs=2", "input_size=40", "batch_size=4", "device=cpu"],
+                   cwd=tmp_path)
     assert out.count("best val_acc1") == 1  # rank 0 reports
     rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]

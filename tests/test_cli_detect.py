@@ -3,11 +3,13 @@ file, and both paths give the same mAP as the metrics `gdet test` prints."""
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gdet.cli import main
 from gdet.data import load_detection_set
 from helpers_detection import make_proposals, make_voc, save_detector, tiny_detector
+from helpers_dist import torchrun
 
 
 @pytest.fixture(scope="module")
@@ -71,46 +73,18 @@ def test_detect_folder_progress_and_duplicate_ids(tiny, tmp_path):
 
 def test_test_under_torchrun_writes_the_one_process_file(tmp_path):
     """`gdet test` with two gloo ranks: images dealt out, detections gathered, the same result file as one process."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed beside the interpreter")
     voc = make_voc(tmp_path, n_train=0, n_val=3)  # 3 images: an uneven split over 2 ranks
     props = make_proposals(load_detection_set(voc, "val").records, tmp_path / "props.npz", per_image=12)
     ckpt = save_detector(tiny_detector(), tmp_path / "det.pth")
     args = ["test", "--data", voc, "--split", "val", "--weights", ckpt, "--proposals", props, "--score-thr",
             "0.001", "--device", "cpu", "--metrics", "voc"]
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank below: the same arithmetic, so the same bytes
     try:
         _run([*args, "--out", tmp_path / "one.json"])
     finally:
         torch.set_num_threads(threads)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GDET_NO_PROGRESS": "1",
-           "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.Popen([str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
-                          "-m", "gdet.cli", *map(str, args), "--out", str(tmp_path / "two.json")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                         start_new_session=True)  # its own session, so a timeout kills the workers too
-    try:
-        out, err = p.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        pytest.fail("torchrun did not finish in 240 s")
-    assert p.returncode == 0, err[-2000:]
+    out = torchrun(["-m", "gdet.cli", *args, "--out", tmp_path / "two.json"], cwd=tmp_path)
     one = json.loads((tmp_path / "one.json").read_text())
     assert len(one) > 0
     assert (tmp_path / "two.json").read_text() == (tmp_path / "one.json").read_text()

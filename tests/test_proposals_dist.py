@@ -1,17 +1,14 @@
 """`gdet proposals compute` over several processes (gloo on CPU): the same proposal file as one process."""
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers_dist import free_port, torchrun  # noqa: E402
 from helpers_proposals import write_voc  # noqa: E402
 
 from gdet.cli import main  # noqa: E402
@@ -19,12 +16,6 @@ from gdet.proposals.compute import _part_name, compute_proposals  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTS = {"max_side": 64}  # tiny images stay tiny: selective search in milliseconds
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _arrays(path):
@@ -38,28 +29,12 @@ def _items(root):
 
 
 def test_torchrun_two_ranks_write_the_one_process_file(tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed beside the interpreter")
     root = write_voc(tmp_path / "voc", n=5, h=48, w=64)  # 5 images: an uneven split over 2 ranks
     args = ["proposals", "compute", "--data", str(root), "--split", "val", "--method", "ss", "--workers", "0",
             "--opt", "max_side=64"]
     r = CliRunner().invoke(main, args + ["--out", str(tmp_path / "one.npz")])
     assert r.exit_code == 0, r.output
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GDET_NO_PROGRESS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    # Own session, so a timeout kills torchrun's workers too.
-    p = subprocess.Popen([str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                          f"--master_port={_free_port()}", "-m", "gdet.cli", *args, "--out", str(tmp_path / "two.npz")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                         start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        raise
-    assert p.returncode == 0, err[-2000:]
+    out = torchrun(["-m", "gdet.cli", *args, "--out", tmp_path / "two.npz"], cwd=tmp_path)
     assert out.count("5 images (5 computed, 0 reused)") == 1  # rank 0 reports, once
     one, two = _arrays(tmp_path / "one.npz"), _arrays(tmp_path / "two.npz")
     assert set(one) == set(two)
@@ -120,7 +95,7 @@ def test_ranks_without_a_shared_directory_resume_and_merge(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     bad_items = items[:3] + [("broken", str(tmp_path / "bad.png"))]  # the broken image falls to rank 1
 
-    mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path), items, bad_items), nprocs=2, join=True)
+    mp.spawn(_rank_worker, args=(2, free_port(), str(tmp_path), items, bad_items), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["bad"] == r1["bad"] and "bad.png" in r0["bad"]
     assert r0["res"]["computed"] == 2 and r0["res"]["reused"] == 3  # img001 and img003, one per rank

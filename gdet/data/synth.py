@@ -21,7 +21,6 @@ fixed JPEG quality by ``cv2.imencode``, so the files are byte-identical for a se
 from __future__ import annotations
 
 import functools
-import json
 import multiprocessing
 import os
 from dataclasses import dataclass

@@ -16,7 +16,7 @@ from gdet.engine import progress
 from gdet.engine.distributed import all_gather_objects
 from gdet.errors import DataError, GdetError
 from gdet.io import atomic_path, load_json, save_json
-from gdet.parallel import process_group_from_env, rank_world, shard
+from gdet.parallel import rank_world, shard
 from gdet.proposals import build_proposer
 from gdet.proposals.files import ProposalSet, load_proposals, save_proposals
 
