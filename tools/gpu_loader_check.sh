@@ -2,13 +2,15 @@
 # Training-input check on one CUDA GPU (H100/H200, 16 cores, no network): generate a few thousand 256-px JPEG
 # crops, run the batched-input tests (nvJPEG path included) and time the per-image CPU loader against the batched
 # device loader with googlenet_tv, bf16, channels-last, batch 256. Tables and logs go to $OUT (default
-# ./gpu_loader_out). Usage: OUT=/some/dir bash tools/gpu_loader_check.sh   (about 6-7 minutes)
+# ./gpu_loader_out). Usage: OUT=/some/dir bash tools/gpu_loader_check.sh   (about 6-7 minutes; EXTRA=0 skips the
+# per-stage timing and the 4-worker and resize-loop runs: about 3 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_loader_out}
 PY=${PYTHON:-python}
 DATA=${DATA:-/tmp/gdet_loader_data}
 SCENES=${SCENES:-800}         # about 5 crops per scene: ~4,000 training images
+EXTRA=${EXTRA:-1}
 CORES=$(nproc)
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD GDET_NO_PROGRESS=1
@@ -52,7 +54,7 @@ cat "$OUT/prefetch_check.txt"
 
 # Where the batched path's time goes, per batch of 256: nvJPEG decode, CPU decode (one thread), parameter draw,
 # crop/resize + colour on the GPU (both resize methods).
-timeout 180 "$PY" - "$DATA/train" > "$OUT/stages.txt" 2>&1 <<'EOF'
+[ "$EXTRA" = 0 ] || timeout 180 "$PY" - "$DATA/train" > "$OUT/stages.txt" 2>&1 <<'EOF'
 import sys, time, torch
 from gdet.data.folder import read_image_folder
 from gdet.classification.gpu_input import BatchTrainAugment, EncodedImageDataset, collate_encoded, decode_batch, epoch_generator
@@ -77,14 +79,14 @@ for rep in range(3):  # the first pass warms nvJPEG and the allocator; the last 
 for k, t in tot.items():
     print(f"{k:<24} {1000 * t / len(batches):8.2f} ms/batch  {n / t:10.0f} img/s")
 EOF
-cat "$OUT/stages.txt"
+[ "$EXTRA" = 0 ] || cat "$OUT/stages.txt"
 
 # The timed comparison: all cores as workers, then 4 workers (a CPU-starved host).
 COMMON=(--data "$DATA" --device cuda --backbone googlenet_tv --precision bf16 --channels-last --batch 256 --size 224
         --steps 30 --warmup 5 --repeats 2)
 timeout 240 "${BENCH[@]}" "${COMMON[@]}" --workers "$CORES" 2>&1 | tee "$OUT/loader_bench_w$CORES.txt"
-timeout 200 "${BENCH[@]}" "${COMMON[@]}" --workers 4 2>&1 | tee "$OUT/loader_bench_w4.txt"
+[ "$EXTRA" = 0 ] || timeout 200 "${BENCH[@]}" "${COMMON[@]}" --workers 4 2>&1 | tee "$OUT/loader_bench_w4.txt"
 # The batched path alone with the per-image resize loop instead of the resampling matrices.
-timeout 150 "${BENCH[@]}" "${COMMON[@]}" --workers "$CORES" --paths gpu --resize loop 2>&1 \
+[ "$EXTRA" = 0 ] || timeout 150 "${BENCH[@]}" "${COMMON[@]}" --workers "$CORES" --paths gpu --resize loop 2>&1 \
   | tee "$OUT/loader_bench_w${CORES}_loop.txt"
 echo "done: $(ls "$OUT")"

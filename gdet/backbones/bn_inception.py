@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdet.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, ConvBNReLU
@@ -26,6 +27,22 @@ BN_INCEPTION_CFG: dict[str, tuple[int, int, int, int, int, str, int, int]] = {
 BN_EPS = 1e-5
 
 
+class ReductionMaxPool(nn.MaxPool2d):
+    """The 3x3/2 max-pool branch of a stride-2 block (Caffe rounding, ``ceil_mode``), padded with -inf on the
+    right/bottom of an odd side so that its output has the stride-2 convolutions' size, ``ceil(n / 2)``, on any
+    input (plain ceil-mode pooling gives ``(n - 1) / 2`` there, and the concatenation fails). Even sides, 224-px
+    inputs among them, are pooled exactly as before."""
+
+    def __init__(self):
+        super().__init__(3, stride=2, ceil_mode=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, w % 2, 0, h % 2), value=float("-inf"))
+        return super().forward(x)
+
+
 class InceptionV2Block(nn.Module):
     """One Figure-5 module: [1x1] | 1x1->3x3 | 1x1->3x3->3x3 | pool[->1x1], concatenated.
 
@@ -43,7 +60,7 @@ class InceptionV2Block(nn.Module):
                                           ConvBNReLU(d3r, d3, 3, padding=1, eps=BN_EPS),
                                           ConvBNReLU(d3, d3, 3, stride=stride, padding=1, eps=BN_EPS))
         if stride == 2:
-            pool_layer = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+            pool_layer = ReductionMaxPool()
         elif pool == "max":
             pool_layer = nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True)
         else:

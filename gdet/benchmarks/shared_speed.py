@@ -51,7 +51,8 @@ def random_boxes(n: int, width: int, height: int, seed: int = 0) -> torch.Tensor
 def measure(backbone: str, proposals: list[int], *, width: int = 640, height: int = 480,
             scales: tuple[int, ...] = (600,), max_size: int | None = 1000, pooled_size: int | None = None,
             stage: str | None = None, sampling_ratio: int = 1, input_size: int | None = None,
-            rcnn_sample: int | None = 128, repeats: int = 1, device: str = "cpu", clock: str = "wall") -> list[dict]:
+            rcnn_sample: int | None = 128, repeats: int = 1, device: str = "cpu", clock: str = "wall",
+            precision: str | None = "auto") -> list[dict]:
     """Seconds per image of the network stage in both modes.
 
     Args:
@@ -64,22 +65,36 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
         rcnn_sample: time R-CNN mode on this many proposals and scale linearly (None: on all of them).
         repeats: timed calls per measurement after one small warm-up call (median reported).
         clock: ``wall`` or ``cpu`` (process CPU time; use with one thread).
+        precision: the inference runtime's precision for both modes (``auto``: fp16 channels-last on CUDA, fp32
+            on a CPU), or None for the eager fp32 networks without the runtime.
     Returns:
         one dict per ``N``: ``backbone, proposals, rcnn_s, rcnn_measured_on, shared_s, trunk_s, speedup``.
     """
     from gdet.detection.model import build_detector
-    from gdet.detection.shared import SharedDetectorNet
+    from gdet.runtime import optimize
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    det = build_detector(backbone, [f"c{i}" for i in range(VOC_CLASSES)], bbox_reg=True, input_size=input_size,
-                         backbone_kwargs={"aux_logits": False}).to(dev).eval()
-    shared = SharedDetectorNet.from_detector(det, scales=scales, max_size=max_size, pooled_size=pooled_size,
-                                             stage=stage, sampling_ratio=sampling_ratio).eval()
+    classes = [f"c{i}" for i in range(VOC_CLASSES)]
+    common = dict(bbox_reg=True, input_size=input_size, backbone_kwargs={"aux_logits": False})
+    det = build_detector(backbone, classes, **common).eval()
+    shared_opts = {"scales": list(scales), "max_size": max_size, "pooled_size": pooled_size, "stage": stage}
+    sh = build_detector(backbone, classes, mode="shared", shared=shared_opts, sampling_ratio=sampling_ratio,
+                        **common).eval()
+    sh.load_state_dict(det.state_dict())
+    # Both modes run as gdet runs them: through the inference runtime (batch norm folded, 1x1s fused, fp16
+    # channels-last on CUDA, fp32 on a CPU) unless precision is None (the plain eager network in fp32).
+    if precision is None:
+        det, sh = det.to(dev), sh.to(dev)
+    else:
+        det, sh = (optimize(m, device=dev, precision=precision) for m in (det, sh))
+    shared = sh.shared_net
     image = torch.rand((3, height, width), generator=torch.Generator().manual_seed(1)).to(dev)
     boxes_all = random_boxes(max(proposals), width, height).to(dev)
-    det.score_regions(image, boxes_all[:8])  # warm-up (allocator, kernels)
-    shared.score_regions(image, boxes_all[:8])
+    cuda = dev.type == "cuda"
+    for _ in range(2 if cuda else 1):  # warm-up: allocator, kernels (on CUDA, cuDNN's choice at the timed sizes)
+        det.score_regions(image, boxes_all[:det.chunk_size] if cuda else boxes_all[:8])
+        shared.score_regions(image, boxes_all if cuda else boxes_all[:8])
     image_norm = det.normalize(image)
     with torch.no_grad():
         trunk_s = _median_time(lambda: shared.image_features(image_norm), dev, repeats, clock)
@@ -126,10 +141,14 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--repeats", default=1, show_default=True, help="Timed calls per measurement (median).")
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's).")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="The inference runtime's precision for both modes (auto: fp16 channels-last on CUDA, fp32 on a "
+              "CPU).")
+@click.option("--eager", is_flag=True, help="Time the plain fp32 networks, without the inference runtime.")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="cpu: process CPU time (with --threads 1, immune to other jobs on a shared machine).")
 def main(backbones, proposals, width, height, scales, max_size, pooled_size, stage, input_size, sampling_ratio,
-         rcnn_sample, rcnn_full, repeats, threads, device, clock):
+         rcnn_sample, rcnn_full, repeats, threads, device, precision, eager, clock):
     """Per-image network-stage time, R-CNN vs shared-feature detection."""
     if threads:
         torch.set_num_threads(threads)
@@ -137,14 +156,14 @@ def main(backbones, proposals, width, height, scales, max_size, pooled_size, sta
     click.echo(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, image "
                f"{width}x{height}, crops {input_size or 'default'} px, shared scales {list(sc)} max {max_size}, "
                f"stage {stage or 'stride 16'}, pooled {pooled_size or 'default'}, sampling ratio {sampling_ratio}, "
-               f"{clock} clock")
+               f"{clock} clock, " + ("eager fp32" if eager else f"inference runtime, precision {precision}"))
     click.echo(f"{'backbone':<14} {'N':>5} {'rcnn s/img':>11} {'(timed on)':>10} {'shared s/img':>13} "
                f"{'(trunk s)':>10} {'speed-up':>9}")
     for name in [b.strip() for b in backbones.split(",") if b.strip()]:
         rows = measure(name, ns, width=width, height=height, scales=sc, max_size=max_size, pooled_size=pooled_size,
                        stage=stage, sampling_ratio=sampling_ratio, input_size=input_size,
                        rcnn_sample=None if rcnn_full else rcnn_sample,
-                       repeats=repeats, device=device, clock=clock)
+                       repeats=repeats, device=device, clock=clock, precision=None if eager else precision)
         for r in rows:
             click.echo(f"{r['backbone']:<14} {r['proposals']:>5} {r['rcnn_s']:>11.2f} {r['rcnn_measured_on']:>10} "
                        f"{r['shared_s']:>13.2f} {r['trunk_s']:>10.2f} {r['speedup']:>8.1f}x")

@@ -95,6 +95,20 @@ class Detector(nn.Module):
             self.__dict__["shared_net"] = SharedDetectorNet.from_detector(
                 self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size, **opts)
 
+    def refresh_shared(self, channels_last: bool = False) -> None:
+        """Re-split the backbone for shared mode after its modules were replaced (the inference runtime folds and
+        fuses them), keeping the settings; ``channels_last`` makes the trunk and head inputs NHWC. No-op in rcnn
+        mode."""
+        if self.mode != "shared":
+            return
+        from gdet.detection.shared import SharedDetectorNet
+
+        s = self.shared_settings()
+        net = SharedDetectorNet.from_detector(self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size,
+                                              **s)
+        net.channels_last = bool(channels_last)
+        self.__dict__["shared_net"] = net
+
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)
         if mode and self.mode == "shared":

@@ -78,14 +78,19 @@ class _Features(nn.Module):
 
 
 class _StageTracer(fx.Tracer):
-    """Keeps the cut stage as one call so that the graph can be split at its output."""
+    """Traces ``forward_features`` at the level of the backbone's stages: every submodule is one call except the
+    cut stage's ancestors (so the graph can be split at the stage's output). The stages' insides are never
+    traced, so blocks with Python control flow (the runtime's fused blocks, fp32 LRN) split as well."""
 
     def __init__(self, stage_path: str):
         super().__init__()
         self.stage_path = stage_path
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname == self.stage_path or super().is_leaf_module(m, qualname)
+        if qualname == self.stage_path:
+            return True
+        ancestor = qualname in ("", "backbone") or self.stage_path.startswith(qualname + ".")
+        return not ancestor or super().is_leaf_module(m, qualname)
 
 
 @contextlib.contextmanager
@@ -271,9 +276,10 @@ class SharedDetectorNet(nn.Module):
             pixels of the rescaled image.
         """
         levels = []
+        dtype = next(self.backbone.parameters()).dtype  # fp16/bf16 after the inference runtime's cast
         for s in scales or self.scales:
             img, (fx_, fy_) = rescale_image(image, s, self.max_size)
-            img = img[None]
+            img = img[None].to(dtype)
             if self.channels_last:
                 img = img.contiguous(memory_format=torch.channels_last)
             levels.append((self.split.trunk(img), fx_, fy_))  # 1 x C x h x w
@@ -293,9 +299,12 @@ class SharedDetectorNet(nn.Module):
 
         def one(level, b: Tensor) -> Tensor:
             feat, fx_, fy_ = level
-            rois = b.to(feat.dtype) * b.new_tensor([fx_, fy_, fx_, fy_], dtype=feat.dtype)
-            return roi_align(feat, [rois], (p, p), spatial_scale=1.0 / self.stride,
-                             sampling_ratio=self.sampling_ratio, aligned=True)
+            # Pooled in fp32 (fp64 in the tests) even from a half-precision map: fp16 box coordinates would be
+            # 0.5 px apart at 512-1024 px.
+            work = torch.float64 if feat.dtype == torch.float64 else torch.float32
+            rois = b.to(work) * b.new_tensor([fx_, fy_, fx_, fy_], dtype=work)
+            return roi_align(feat.to(work), [rois], (p, p), spatial_scale=1.0 / self.stride,
+                             sampling_ratio=self.sampling_ratio, aligned=True).to(feat.dtype)
 
         if len(levels) == 1:
             return one(levels[0], boxes)
@@ -389,7 +398,8 @@ class SharedDetectorNet(nn.Module):
         Returns:
             probs (Tensor[N, C+1]) float32 softmax, background first; deltas (Tensor[N, C, 4]) or None.
         """
-        self.channels_last = channels_last
+        keep = self.channels_last  # the inference runtime sets it for an NHWC network
+        self.channels_last = channels_last or keep
         try:
             with _eval_mode(self):
                 device = image01.device
@@ -400,7 +410,7 @@ class SharedDetectorNet(nn.Module):
                 probs = F.softmax(out.logits.float(), dim=1)
                 deltas = out.bbox_deltas.float() if out.bbox_deltas is not None else None
         finally:
-            self.channels_last = False
+            self.channels_last = keep
         return probs, deltas
 
     @classmethod
