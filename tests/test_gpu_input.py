@@ -326,7 +326,16 @@ def test_loader_error_reaches_the_caller(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
 def test_cuda_decode_and_augment_match_cpu(tmp_path):
-    paths, _ = _folder(tmp_path, 6)
+    # Smooth pictures (on pixel noise nvJPEG's and libjpeg's chroma upsampling differ by ~13 levels on average;
+    # here by ~2.4, measured on an H200): nvJPEG must be about as close to the encoded picture as libjpeg is.
+    yy, xx = np.mgrid[0:1:48j, 0:1:64j]
+    paths, originals = [], []
+    for i in range(6):
+        rgb = np.stack([128 + 100 * np.sin(2 * math.pi * (xx * (i + 1) / 2 + yy)),
+                        128 + 100 * np.cos(2 * math.pi * yy * (1 + i / 3)), 255 * xx], -1).round().astype(np.uint8)
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        originals.append(torch.from_numpy(rgb).permute(2, 0, 1).float())
+        Image.fromarray(rgb).save(paths[-1], quality=90)
     png = tmp_path / "x.png"
     Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(png)
     ds = EncodedImageDataset(paths + [str(png)], [0] * 7)
@@ -335,8 +344,10 @@ def test_cuda_decode_and_augment_match_cpu(tmp_path):
     gpu = decode_batch(batch.files(), "cuda", batch.paths, batch.orientations, stats)
     cpu = decode_batch(batch.files(), "cpu", batch.paths, batch.orientations)
     assert stats == {"gpu": 6, "cpu": 1}  # the PNG falls back to the CPU decoder
-    for a, b in zip(gpu, cpu):
-        assert a.is_cuda and a.shape == b.shape and (a.cpu().float() - b.float()).abs().mean() < 2
+    for a, b, ref in zip(gpu, cpu, originals):
+        assert a.is_cuda and a.shape == b.shape
+        err_gpu, err_cpu = (a.cpu().float() - ref).abs().mean(), (b.float() - ref).abs().mean()
+        assert err_gpu <= err_cpu + 2 and (a.cpu().float() - b.float()).abs().mean() < 5
     aug = BatchTrainAugment(24)
     xg = aug([c.cuda() for c in cpu], epoch_generator(0, 0))
     xc = aug(cpu, epoch_generator(0, 0))

@@ -212,11 +212,19 @@ def test_exactness_report_on_cpu():
     rows = exactness_rows("cpu", ("fp32", "bf16"), names=["googlenet_tv"])
     assert [(r["network"], r["precision"]) for r in rows] == [
         ("googlenet_tv", "fp32"), ("googlenet_tv", "bf16"),
-        ("detector (googlenet_tv, bbox_reg)", "fp32"), ("detector (googlenet_tv, bbox_reg)", "bf16")]
+        ("detector (googlenet_tv, bbox_reg)", "fp32"), ("detector (googlenet_tv, bbox_reg)", "bf16"),
+        ("detector (googlenet_tv, shared mode)", "fp32"), ("detector (googlenet_tv, shared mode)", "bf16")]
     assert all(r["ok"] and 0 <= r["rel_err"] <= r["tol"] for r in rows)
     assert rows[0]["rel_err"] < 1e-5 < rows[1]["rel_err"]  # bf16 is close, not exact
     assert relative_error(torch.tensor([1.0, -2.0]), torch.tensor([1.0, -4.0])) == pytest.approx(0.5)
-    assert len(format_rows(rows)) == 5
+    assert len(format_rows(rows)) == 7
+    # fp16 against a reference beyond fp16's range is n/a, not a failure; an error past tolerance is one.
+    from gdet.runtime.check import _row
+
+    cpu = torch.device("cpu")
+    assert _row("n", "fp16", "runtime", float("nan"), cpu, ref_max=1e6)["ok"] is None
+    assert _row("n", "fp16", "runtime", float("nan"), cpu, ref_max=10.0)["ok"] is False
+    assert "n/a" in format_rows([_row("n", "fp16", "runtime", float("nan"), cpu, ref_max=1e6)])[1]
     bad = CliRunner().invoke(main, ["--device", "cpu", "--precisions", "fp8"])
     assert bad.exit_code != 0
 
@@ -277,3 +285,29 @@ def test_optimize_leaves_the_random_stream_alone():
     torch.manual_seed(0)
     optimize(net, device="cpu")
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "bn_inception"])
+def test_optimized_shared_detector_runs_the_rewritten_modules(name):
+    """A shared-mode detector's trunk/head split is rebuilt over the folded and fused modules: every module it
+    calls is one of the optimized network's (cast with it), outputs equal the original in fp32; odd image and
+    map sides (bn_inception's reduction pools) work."""
+    from gdet.detection.model import build_detector
+
+    torch.manual_seed(0)
+    det = build_detector(name, ["a", "b", "c"], backbone_kwargs={"aux_logits": False}, bbox_reg=True,
+                         mode="shared", shared={"scales": [150]})
+    _randomize(det)
+    image = torch.rand((3, 97, 131))
+    boxes = torch.tensor([[0.0, 0.0, 131.0, 97.0], [10.0, 20.0, 80.0, 90.0], [30.0, 5.0, 60.0, 70.0]])
+    probs, deltas = det.score_regions(image, boxes)
+    fast = optimize(det, device="cpu", precision="fp32")
+    split = fast.shared_net.split
+    leaves = [m for g in (split.trunk, split.rest) for m in g.modules() if not list(m.children())]
+    tree = {id(m) for m in fast.modules()}
+    assert leaves and all(id(m) in tree for m in leaves)
+    assert fast.shared_net.channels_last and fast.shared_net.backbone is fast.backbone
+    p1, d1 = fast.score_regions(image, boxes)
+    assert _rel_err(p1, probs) < 1e-5 and _rel_err(d1, deltas) < 1e-5
+    pb, _ = optimize(det, device="cpu", precision="bf16").score_regions(image, boxes)  # bf16 trunk input
+    assert pb.dtype == torch.float32 and (pb - probs).abs().max() < 0.05

@@ -52,7 +52,7 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
             scales: tuple[int, ...] = (600,), max_size: int | None = 1000, pooled_size: int | None = None,
             stage: str | None = None, sampling_ratio: int = 1, input_size: int | None = None,
             rcnn_sample: int | None = 128, repeats: int = 1, device: str = "cpu", clock: str = "wall",
-            precision: str | None = "auto") -> list[dict]:
+            precision: str | None = "auto", chunk_size: int | None = None, compile: bool = False) -> list[dict]:
     """Seconds per image of the network stage in both modes.
 
     Args:
@@ -67,6 +67,9 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
         clock: ``wall`` or ``cpu`` (process CPU time; use with one thread).
         precision: the inference runtime's precision for both modes (``auto``: fp16 channels-last on CUDA, fp32
             on a CPU), or None for the eager fp32 networks without the runtime.
+        chunk_size: regions per network call in both modes (default: the detector's, 256).
+        compile: ``torch.compile`` both modes' networks (R-CNN: the whole network; shared: the per-region head).
+    Returns (continued): ``pool_s`` and ``head_s``, shared mode's RoIAlign and per-region network on all ``N``.
     Returns:
         one dict per ``N``: ``backbone, proposals, rcnn_s, rcnn_measured_on, shared_s, trunk_s, speedup``.
     """
@@ -76,7 +79,8 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
     dev = torch.device(device)
     torch.manual_seed(0)
     classes = [f"c{i}" for i in range(VOC_CLASSES)]
-    common = dict(bbox_reg=True, input_size=input_size, backbone_kwargs={"aux_logits": False})
+    common = dict(bbox_reg=True, input_size=input_size, backbone_kwargs={"aux_logits": False},
+                  **({"chunk_size": chunk_size} if chunk_size else {}))
     det = build_detector(backbone, classes, **common).eval()
     shared_opts = {"scales": list(scales), "max_size": max_size, "pooled_size": pooled_size, "stage": stage}
     sh = build_detector(backbone, classes, mode="shared", shared=shared_opts, sampling_ratio=sampling_ratio,
@@ -87,7 +91,7 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
     if precision is None:
         det, sh = det.to(dev), sh.to(dev)
     else:
-        det, sh = (optimize(m, device=dev, precision=precision) for m in (det, sh))
+        det, sh = (optimize(m, device=dev, precision=precision, compile=compile) for m in (det, sh))
     shared = sh.shared_net
     image = torch.rand((3, height, width), generator=torch.Generator().manual_seed(1)).to(dev)
     boxes_all = random_boxes(max(proposals), width, height).to(dev)
@@ -98,14 +102,22 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
     image_norm = det.normalize(image)
     with torch.no_grad():
         trunk_s = _median_time(lambda: shared.image_features(image_norm), dev, repeats, clock)
+        levels = shared.image_features(image_norm)
     rows = []
     for n in proposals:
         boxes = boxes_all[:n]
         m = n if not rcnn_sample else min(n, rcnn_sample)
         t_rcnn = _median_time(lambda: det.score_regions(image, boxes[:m]), dev, repeats, clock) * n / m
         t_shared = _median_time(lambda: shared.score_regions(image, boxes), dev, repeats, clock)
+        with torch.no_grad():
+            pool_s = _median_time(lambda: shared.pool(levels, boxes), dev, repeats, clock)
+            pooled = shared.pool(levels, boxes)
+            step = shared.chunk_size
+            head_s = _median_time(lambda: [shared.forward_regions(pooled[i:i + step]) for i in range(0, n, step)],
+                                  dev, repeats, clock)
         rows.append({"backbone": backbone, "proposals": n, "rcnn_s": t_rcnn, "rcnn_measured_on": m,
-                     "shared_s": t_shared, "trunk_s": trunk_s, "speedup": t_rcnn / t_shared})
+                     "shared_s": t_shared, "trunk_s": trunk_s, "pool_s": pool_s, "head_s": head_s,
+                     "speedup": t_rcnn / t_shared})
     return rows
 
 
@@ -145,10 +157,13 @@ def _int_list(text: str, option: str) -> list[int]:
               help="The inference runtime's precision for both modes (auto: fp16 channels-last on CUDA, fp32 on a "
               "CPU).")
 @click.option("--eager", is_flag=True, help="Time the plain fp32 networks, without the inference runtime.")
+@click.option("--chunk", default=None, type=click.IntRange(min=1),
+              help="Regions per network call in both modes (default: the detector's, 256).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile both networks (shared: the per-region head).")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="cpu: process CPU time (with --threads 1, immune to other jobs on a shared machine).")
 def main(backbones, proposals, width, height, scales, max_size, pooled_size, stage, input_size, sampling_ratio,
-         rcnn_sample, rcnn_full, repeats, threads, device, precision, eager, clock):
+         rcnn_sample, rcnn_full, repeats, threads, device, precision, eager, chunk, compile_, clock):
     """Per-image network-stage time, R-CNN vs shared-feature detection."""
     if threads:
         torch.set_num_threads(threads)
@@ -157,16 +172,18 @@ def main(backbones, proposals, width, height, scales, max_size, pooled_size, sta
                f"{width}x{height}, crops {input_size or 'default'} px, shared scales {list(sc)} max {max_size}, "
                f"stage {stage or 'stride 16'}, pooled {pooled_size or 'default'}, sampling ratio {sampling_ratio}, "
                f"{clock} clock, " + ("eager fp32" if eager else f"inference runtime, precision {precision}"))
-    click.echo(f"{'backbone':<14} {'N':>5} {'rcnn s/img':>11} {'(timed on)':>10} {'shared s/img':>13} "
-               f"{'(trunk s)':>10} {'speed-up':>9}")
+    click.echo(f"{'backbone':<14} {'N':>5} {'rcnn ms/img':>12} {'(timed on)':>10} {'shared ms/img':>14} "
+               f"{'speed-up':>9} {'trunk ms':>9} {'RoIAlign ms':>12} {'head ms':>9}")
     for name in [b.strip() for b in backbones.split(",") if b.strip()]:
         rows = measure(name, ns, width=width, height=height, scales=sc, max_size=max_size, pooled_size=pooled_size,
                        stage=stage, sampling_ratio=sampling_ratio, input_size=input_size,
                        rcnn_sample=None if rcnn_full else rcnn_sample,
-                       repeats=repeats, device=device, clock=clock, precision=None if eager else precision)
+                       repeats=repeats, device=device, clock=clock, precision=None if eager else precision,
+                       chunk_size=chunk, compile=compile_)
         for r in rows:
-            click.echo(f"{r['backbone']:<14} {r['proposals']:>5} {r['rcnn_s']:>11.2f} {r['rcnn_measured_on']:>10} "
-                       f"{r['shared_s']:>13.2f} {r['trunk_s']:>10.2f} {r['speedup']:>8.1f}x")
+            click.echo(f"{r['backbone']:<14} {r['proposals']:>5} {1e3 * r['rcnn_s']:>12.1f} "
+                       f"{r['rcnn_measured_on']:>10} {1e3 * r['shared_s']:>14.2f} {r['speedup']:>8.1f}x "
+                       f"{1e3 * r['trunk_s']:>9.2f} {1e3 * r['pool_s']:>12.2f} {1e3 * r['head_s']:>9.2f}")
 
 
 if __name__ == "__main__":

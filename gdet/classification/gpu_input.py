@@ -616,6 +616,8 @@ class DeviceBatchLoader:
 
     def _threaded(self, batches, g: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         cuda = self.device.type == "cuda"
+        # The thread must use the caller's GPU: "cuda" without an index means the current device, here, now.
+        index = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else None
         stream = torch.cuda.Stream(self.device) if cuda else None
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -633,7 +635,7 @@ class DeviceBatchLoader:
         def work():
             try:
                 if cuda:
-                    torch.cuda.set_device(self.device)
+                    torch.cuda.set_device(index)
                 for batch in batches:
                     if stop.is_set():
                         return

@@ -83,6 +83,8 @@ class Detector(nn.Module):
         if mode not in MODES:
             raise GdetError(f"detector mode {mode!r}: use {' or '.join(MODES)}")
         self.mode = mode
+        # Batch norm in eval mode while training (frozen running statistics); the trainer's ``frozen_bn`` key.
+        self.frozen_bn = mode == "shared"
         if mode == "shared":
             if backbone.aux_logits:
                 raise GdetError("shared mode: the backbone must have no aux heads (aux_logits: false); they sit "
@@ -95,10 +97,10 @@ class Detector(nn.Module):
             self.__dict__["shared_net"] = SharedDetectorNet.from_detector(
                 self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size, **opts)
 
-    def refresh_shared(self, channels_last: bool = False) -> None:
+    def refresh_shared(self, channels_last: bool = False, compile: bool = False) -> None:
         """Re-split the backbone for shared mode after its modules were replaced (the inference runtime folds and
-        fuses them), keeping the settings; ``channels_last`` makes the trunk and head inputs NHWC. No-op in rcnn
-        mode."""
+        fuses them), keeping the settings; ``channels_last`` makes the trunk and head inputs NHWC, ``compile``
+        runs the per-region head through ``torch.compile``. No-op in rcnn mode."""
         if self.mode != "shared":
             return
         from gdet.detection.shared import SharedDetectorNet
@@ -107,11 +109,13 @@ class Detector(nn.Module):
         net = SharedDetectorNet.from_detector(self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size,
                                               **s)
         net.channels_last = bool(channels_last)
+        if compile:
+            net.forward_regions = torch.compile(net.forward_regions, dynamic=False)
         self.__dict__["shared_net"] = net
 
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)
-        if mode and self.mode == "shared":
+        if mode and self.frozen_bn:
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()

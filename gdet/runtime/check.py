@@ -5,6 +5,7 @@ compiled / CUDA-graph variants), against the original network in fp32 on the sam
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import click
@@ -20,7 +21,8 @@ TOLERANCE = {("cpu", "fp32"): 1e-5, ("cuda", "fp32"): 1e-4, ("cpu", "bf16"): 5e-
 
 def randomize_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random running statistics and affine parameters in every BatchNorm2d (so that folding is exercised), and
-    random convolution biases; returns ``model`` in eval mode."""
+    random convolution biases; returns ``model`` in eval mode. Deep networks grow their activations under these
+    statistics (Inception-v3's logits reach ~5e7, past fp16's range: its fp16 rows are then marked n/a)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -41,10 +43,14 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
 
 
-def _row(net: str, precision: str, variant: str, err: float, device: torch.device) -> dict:
+FP16_MAX = 65504.0
+
+
+def _row(net: str, precision: str, variant: str, err: float, device: torch.device, ref_max: float = 0.0) -> dict:
+    """``ok`` is None (shown n/a) for fp16 when the fp32 reference itself lies beyond fp16's range."""
     tol = TOLERANCE.get((device.type, precision), 0.1)
-    return {"network": net, "precision": precision, "variant": variant, "rel_err": err, "tol": tol,
-            "ok": math.isfinite(err) and err <= tol}
+    ok = None if precision == "fp16" and ref_max > FP16_MAX else math.isfinite(err) and err <= tol
+    return {"network": net, "precision": precision, "variant": variant, "rel_err": err, "tol": tol, "ok": ok}
 
 
 @torch.no_grad()
@@ -72,11 +78,11 @@ def exactness_rows(device: torch.device | str = "cpu", precisions: tuple[str, ..
     nets: list[tuple[str, nn.Module, int]] = []
     for name in names or list_backbones():
         torch.manual_seed(0)
-        m = randomize_batch_norm(build_backbone(name, num_classes=10))
-        nets.append((name, m, 64 if m.input_size == 224 else 75))
+        m = build_backbone(name, num_classes=10)
+        nets.append((name, randomize_batch_norm(m), 64 if m.input_size == 224 else 75))
     torch.manual_seed(0)
-    det = Detector(randomize_batch_norm(build_backbone("googlenet_tv", num_classes=3, aux_logits=False)), ["a", "b"],
-                   input_size=64, bbox_reg=True, chunk_size=batch).eval()
+    det = Detector(randomize_batch_norm(build_backbone("googlenet_tv", num_classes=3, aux_logits=False)),
+                   ["a", "b"], input_size=64, bbox_reg=True, chunk_size=batch).eval()
     nets.append(("detector (googlenet_tv, bbox_reg)", det, 64))
     for name, model, size in nets:
         torch.manual_seed(1)
@@ -86,25 +92,54 @@ def exactness_rows(device: torch.device | str = "cpu", precisions: tuple[str, ..
             return torch.cat([out.logits, out.bbox_deltas.flatten(1)], 1) if hasattr(out, "logits") else out
 
         ref = logits(model.to(dev)(x)).float()
+        big = float(ref.abs().max())
         for prec in precisions:
             fast = optimize(model, device=dev, precision=prec)
             out = logits(fast(x))
-            rows.append(_row(name, prec, "runtime", relative_error(out, ref), dev))
+            rows.append(_row(name, prec, "runtime", relative_error(out, ref), dev, big))
             if dev.type == "cuda" and graphs:
                 graphed = optimize(model, device=dev, precision=prec, cuda_graphs=True, chunk_size=batch)
-                rows.append(_row(name, prec, "cuda graphs", relative_error(logits(graphed(x)), out), dev))
+                rows.append(_row(name, prec, "cuda graphs", relative_error(logits(graphed(x)), out), dev, big))
             if name in compile_names and prec == resolve_precision("auto", dev):
                 compiled = optimize(model, device=dev, precision=prec, compile=True)
                 rows.append(_row(name, prec, "compile", relative_error(logits(compiled(x)), ref), dev))
         model.cpu()
+    rows += _shared_rows(det, dev, precisions)
+    return rows
+
+
+def _shared_rows(det, dev: torch.device, precisions: tuple[str, ...]) -> list[dict]:
+    """The detector's weights in shared mode (trunk once per image, RoIAlign, head per region): class
+    probabilities and box deltas of 40 regions of a 120 x 160 image, runtime against the fp32 original."""
+    from gdet.detection.model import Detector
+    from gdet.runtime import optimize
+
+    torch.manual_seed(2)
+    shared = Detector(copy.deepcopy(det.backbone), det.class_names, input_size=det.input_size, bbox_reg=True,
+                      mode="shared", shared={"scales": [200]})
+    shared.load_state_dict(det.state_dict())
+    shared = shared.to(dev).eval()
+    image = torch.rand((3, 120, 160), device=dev)
+    xy = torch.rand((40, 2), device=dev) * torch.tensor([110.0, 80.0], device=dev)
+    boxes = torch.cat([xy, xy + 10 + torch.rand((40, 2), device=dev) * 30], 1)
+
+    def flat(pd):
+        return torch.cat([pd[0], pd[1].flatten(1)], 1)
+
+    ref = flat(shared.score_regions(image, boxes))
+    rows = [_row("detector (googlenet_tv, shared mode)", prec, "runtime",
+                 relative_error(flat(optimize(shared, device=dev, precision=prec).score_regions(image, boxes)), ref),
+                 dev) for prec in precisions]
+    shared.cpu()
     return rows
 
 
 def format_rows(rows: list[dict]) -> list[str]:
-    lines = [f"{'network':<34} {'precision':<9} {'variant':<12} {'rel. error':>11} {'tolerance':>10}  ok"]
+    lines = [f"{'network':<36} {'precision':<9} {'variant':<12} {'rel. error':>11} {'tolerance':>10}  ok"]
     for r in rows:
-        lines.append(f"{r['network']:<34} {r['precision']:<9} {r['variant']:<12} {r['rel_err']:>11.2e} "
-                     f"{r['tol']:>10.0e}  {'yes' if r['ok'] else 'NO'}")
+        ok = "n/a: reference beyond fp16 range" if r["ok"] is None else "yes" if r["ok"] else "NO"
+        lines.append(f"{r['network']:<36} {r['precision']:<9} {r['variant']:<12} {r['rel_err']:>11.2e} "
+                     f"{r['tol']:>10.0e}  {ok}")
     return lines
 
 
@@ -128,7 +163,7 @@ def main(device, precisions, compile_names, out):
     if out:
         with open(out, "w") as f:
             f.write(text + "\n")
-    if not all(r["ok"] for r in rows):
+    if any(r["ok"] is False for r in rows):
         raise SystemExit(1)
 
 
