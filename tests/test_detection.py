@@ -262,21 +262,37 @@ def test_cli_detect_shows_the_mode(tmp_path):
     assert "mode: 1: rcnn (warped crops, whole network per region); 2: shared (scales [48]" in res.output
 
 
-def test_shared_mode_trains_with_frozen_batch_norm():
-    """The shared trunk sees one image per call: its batch norm keeps the backbone's statistics when training."""
+def test_frozen_bn_keeps_running_statistics_in_both_modes():
+    """Batch norm uses batch statistics while a detector trains (both modes) unless ``frozen_bn``: then it stays in
+    eval mode and the loaded running statistics are untouched; the trainer's key must be a boolean."""
     from torch import nn
 
     from gdet.backbones import build_backbone
     from gdet.detection.model import Detector
+    from gdet.detection.train import check
+    from gdet.errors import ConfigError
 
     def bn_modes(det):
         return {m.training for m in det.backbone.modules() if isinstance(m, nn.BatchNorm2d)}
 
-    shared = Detector(build_backbone("googlenet_tv", num_classes=3, aux_logits=False), CLASSES, input_size=32,
-                      mode="shared", shared={"scales": [48], "max_size": 64}).train()
-    assert shared.training and shared.backbone.inception5b.training and bn_modes(shared) == {False}
-    before = shared.backbone.conv1.bn.running_mean.clone()
-    shared(torch.rand(1, 3, 48, 48), [torch.tensor([[0.0, 0.0, 30.0, 30.0]])])
-    assert torch.equal(before, shared.backbone.conv1.bn.running_mean)
+    def shared_det():
+        return Detector(build_backbone("googlenet_tv", num_classes=3, aux_logits=False), CLASSES, input_size=32,
+                        mode="shared", shared={"scales": [48], "max_size": 64})
+
+    image, box = torch.rand(1, 3, 48, 48), [torch.tensor([[0.0, 0.0, 30.0, 30.0], [10.0, 5.0, 40.0, 44.0]])]
+    live = shared_det().train()
+    assert bn_modes(live) == {True}
+    before = live.backbone.conv1.bn.running_mean.clone()
+    live(image, box)
+    assert not torch.equal(before, live.backbone.conv1.bn.running_mean)
+    frozen = shared_det()
+    frozen.frozen_bn = True
+    frozen.train()
+    assert frozen.training and frozen.backbone.inception5b.training and bn_modes(frozen) == {False}
+    before = frozen.backbone.conv1.bn.running_mean.clone()
+    frozen(image, box)
+    assert torch.equal(before, frozen.backbone.conv1.bn.running_mean)
     rcnn = Detector(build_backbone("googlenet_tv", num_classes=3, aux_logits=False), CLASSES, input_size=32).train()
     assert bn_modes(rcnn) == {True}
+    with pytest.raises(ConfigError, match="frozen_bn"):
+        check({"data": "x", "frozen_bn": "yes"})

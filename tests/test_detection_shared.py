@@ -397,8 +397,8 @@ def test_modes_follow_the_backbone_and_are_restored():
 def test_training_step_equals_rcnn_on_the_same_crops():
     """Each warped crop given as an image at its own size with a whole-image box makes shared mode compute R-CNN
     mode's network, so one training step of a shared-mode Detector (through ``Detector.train()``, which freezes
-    batch norm, the fx split and roi_align's backward) must give R-CNN mode's loss and gradients with batch norm
-    frozen the same way; and the optimizer must hold every parameter that receives a gradient."""
+    batch norm with ``frozen_bn``, the fx split and roi_align's backward) must give R-CNN mode's loss and gradients
+    with batch norm frozen the same way; and the optimizer must hold every parameter that receives a gradient."""
     import copy
 
     from gdet.detection.model import Detector
@@ -412,6 +412,7 @@ def test_training_step_equals_rcnn_on_the_same_crops():
     det.bbox_head.load_state_dict(ref.bbox_head.state_dict())
     ref.double(), det.double()  # float64: the two paths sum in different orders; keep rounding out of the check
     assert det.shared_net.pooled_size == 3
+    det.frozen_bn = True
     det.train()
     ref.train()
     for m in ref.modules():

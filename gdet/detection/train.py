@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "max_size": 1000,             # shared: cap on the longer side
     "stage": None,                # shared: the stride-16 stage regions are pooled from (null: the deepest one)
     "pooled_size": None,          # shared: pooled region side (null: the stage's size at input_size)
-    "frozen_bn": None,            # batch norm in eval mode while training (null: true in shared mode, else false)
+    "frozen_bn": False,           # batch norm in eval mode while training (running statistics kept as loaded)
     "backbone": "googlenet",
     "backbone_kwargs": {},
     "weights": None,              # classification checkpoint to start from (null: from scratch)
@@ -122,7 +122,7 @@ CHECKS = {
     "max_size": number(ge=1, integer=True, null=True),
     "stage": lambda v, cfg: None if v is None or isinstance(v, str) else f"must be a stage name or null, got {v!r}",
     "pooled_size": number(ge=1, integer=True, null=True),
-    "frozen_bn": lambda v, cfg: None if v is None or isinstance(v, bool) else f"must be true, false or null, got {v!r}",
+    "frozen_bn": lambda v, cfg: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
     "images_per_batch": _images_per_batch_check,
     "proposal_kwargs": mapping,
     "proposal_workers": number(ge=0, integer=True),
@@ -428,8 +428,7 @@ class DetectionTask(Task):
             from gdet.engine import load_start_weights
 
             load_start_weights(model.backbone, cfg["weights"], strict=bool(cfg["weights_strict"]), reinit_head=True)
-        if cfg["frozen_bn"] is not None:
-            model.frozen_bn = bool(cfg["frozen_bn"])
+        model.frozen_bn = bool(cfg["frozen_bn"])
         self.meta = detector_checkpoint_meta(model, bb_kwargs)
         self.class_names = class_names
         # Shared over epochs in this process (with workers, each worker process fills its own copy).
