@@ -326,8 +326,9 @@ def test_loader_error_reaches_the_caller(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
 def test_cuda_decode_and_augment_match_cpu(tmp_path):
-    # Smooth pictures (on pixel noise nvJPEG's and libjpeg's chroma upsampling differ by ~13 levels on average;
-    # here by ~2.4, measured on an H200): nvJPEG must be about as close to the encoded picture as libjpeg is.
+    # Smooth pictures. nvJPEG's chroma upsampling is coarser than libjpeg's: on these its mean error against the
+    # encoded picture is 2.7-7.4 levels against libjpeg's 1.2-3.2 (2.2-2.5x; H200, torchvision 0.26), and on pixel
+    # noise the two differ by ~13. A wrong decode (channels, orientation, offsets) is off by tens of levels.
     yy, xx = np.mgrid[0:1:48j, 0:1:64j]
     paths, originals = [], []
     for i in range(6):
@@ -347,7 +348,7 @@ def test_cuda_decode_and_augment_match_cpu(tmp_path):
     for a, b, ref in zip(gpu, cpu, originals):
         assert a.is_cuda and a.shape == b.shape
         err_gpu, err_cpu = (a.cpu().float() - ref).abs().mean(), (b.float() - ref).abs().mean()
-        assert err_gpu <= err_cpu + 2 and (a.cpu().float() - b.float()).abs().mean() < 5
+        assert err_gpu < 3 * err_cpu + 1 and (a.cpu().float() - b.float()).abs().mean() < 8
     aug = BatchTrainAugment(24)
     xg = aug([c.cuda() for c in cpu], epoch_generator(0, 0))
     xc = aug(cpu, epoch_generator(0, 0))
