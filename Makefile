@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.gdet-installed
+# Extra `gdet demo` options, e.g. DEMO_ARGS="--weights runs/det_shared/last.pth" (a detector of either mode).
+DEMO_ARGS ?=
 
 .PHONY: install test demo bench clean
 
@@ -22,7 +24,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	OMP_NUM_THREADS=2 $(VENV)/bin/gdet demo
+	OMP_NUM_THREADS=2 $(VENV)/bin/gdet demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) tools/bench.py all
