@@ -309,5 +309,13 @@ def test_optimized_shared_detector_runs_the_rewritten_modules(name):
     assert fast.shared_net.channels_last and fast.shared_net.backbone is fast.backbone
     p1, d1 = fast.score_regions(image, boxes)
     assert _rel_err(p1, probs) < 1e-5 and _rel_err(d1, deltas) < 1e-5
+    from gdet.runtime.fuse import onednn_available
+
+    if onednn_available():  # and with oneDNN's packed convolutions (applied after the rewrite)
+        packed = optimize(det, device="cpu", precision="fp32", onednn=True)
+        split = packed.shared_net.split
+        tree = {id(m) for m in packed.modules()}
+        assert all(id(m) in tree for g in (split.trunk, split.rest) for m in g.modules() if not list(m.children()))
+        assert _rel_err(packed.score_regions(image, boxes)[0], probs) < 1e-5
     pb, _ = optimize(det, device="cpu", precision="bf16").score_regions(image, boxes)  # bf16 trunk input
     assert pb.dtype == torch.float32 and (pb - probs).abs().max() < 0.05

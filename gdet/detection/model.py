@@ -90,29 +90,26 @@ class Detector(nn.Module):
             if backbone.aux_logits:
                 raise GdetError("shared mode: the backbone must have no aux heads (aux_logits: false); they sit "
                                 "in the trunk, which runs once per image")
-            from gdet.detection.shared import SharedDetectorNet
+            self._attach_shared({k: v for k, v in (shared or {}).items() if v is not None})
 
-            opts = {k: v for k, v in (shared or {}).items() if v is not None}
-            # Outside the module tree: it only re-uses the backbone's and box head's modules, so the state dict
-            # (and a checkpoint) is the R-CNN one, and train()/eval()/to() on the detector reach it.
-            self.__dict__["shared_net"] = SharedDetectorNet.from_detector(
-                self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size, **opts)
+    def _attach_shared(self, opts: dict, channels_last: bool = False, compile: bool = False) -> None:
+        from gdet.detection.shared import SharedDetectorNet
+
+        # Outside the module tree: it only re-uses the backbone's and box head's modules, so the state dict (and a
+        # checkpoint) is the R-CNN one, and train()/eval()/to() on the detector reach it.
+        net = SharedDetectorNet.from_detector(self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size,
+                                              **opts)
+        net.channels_last = bool(channels_last)
+        if compile:
+            net.forward_regions = torch.compile(net.forward_regions, dynamic=False)
+        self.__dict__["shared_net"] = net
 
     def refresh_shared(self, channels_last: bool = False, compile: bool = False) -> None:
         """Re-split the backbone for shared mode after its modules were replaced (the inference runtime folds and
         fuses them), keeping the settings; ``channels_last`` makes the trunk and head inputs NHWC, ``compile``
         runs the per-region head through ``torch.compile``. No-op in rcnn mode."""
-        if self.mode != "shared":
-            return
-        from gdet.detection.shared import SharedDetectorNet
-
-        s = self.shared_settings()
-        net = SharedDetectorNet.from_detector(self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size,
-                                              **s)
-        net.channels_last = bool(channels_last)
-        if compile:
-            net.forward_regions = torch.compile(net.forward_regions, dynamic=False)
-        self.__dict__["shared_net"] = net
+        if self.mode == "shared":
+            self._attach_shared(self.shared_settings(), channels_last, compile)
 
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)

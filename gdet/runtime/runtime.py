@@ -237,15 +237,15 @@ def _optimize(model: nn.Module, *, device, precision, channels_last, fuse, compi
     net.to(device=device, dtype=dtype)
     if cl:
         net.to(memory_format=torch.channels_last)
-    if callable(getattr(net, "refresh_shared", None)):
-        # A shared-mode detector's trunk/head split must call the rewritten modules, not the ones replaced.
-        net.refresh_shared(channels_last=cl, compile=compile)
     # oneDNN with pre-packed weights and ReLU inside the convolution: 1.1-1.4x per layer in isolation, but no
     # gain on whole networks on a quiet 2-core CPU (GoogLeNet 50.7 vs 50.8 ms per batch of 8 at 160 px), so off by
     # default. torch.compile does its own packing, so it always gets the plain layers.
     onednn = bool(onednn) and device.type == "cpu" and dtype == torch.float32 and not compile and onednn_available()
     if onednn:
         net = use_onednn(net)
+    if callable(getattr(net, "refresh_shared", None)):
+        # After every module replacement: a shared-mode detector's trunk/head split must call the final modules.
+        net.refresh_shared(channels_last=cl, compile=compile)
     fmt = torch.channels_last if cl else torch.contiguous_format
 
     def prepare(module, args):
