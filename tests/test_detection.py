@@ -296,3 +296,5 @@ def test_frozen_bn_keeps_running_statistics_in_both_modes():
     assert bn_modes(rcnn) == {True}
     with pytest.raises(ConfigError, match="frozen_bn"):
         check({"data": "x", "frozen_bn": "yes"})
+    with pytest.raises(ConfigError, match="train_pyramid"):
+        check({"data": "x", "train_pyramid": 1})

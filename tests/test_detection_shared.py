@@ -211,19 +211,30 @@ def test_multi_scale_pools_each_region_at_its_scale():
         torch.testing.assert_close(got[0:1], small([image], [big_box]).logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got[1:2], large([image], [small_box]).logits, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(got[1:2], small([image], [small_box]).logits, atol=1e-4)
-    # In training each image runs the trunk at one scale drawn at random; at inference at all of them.
+    # At inference the trunk runs at the scales some region is pooled from, and only at those.
     sizes = []
     handle = bb.inception4e.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
     with torch.no_grad():
-        both([image], [big_box])
+        both([image], [torch.cat([big_box, small_box])])
         assert sorted(sizes) == [6, 25]  # the 4e map at 100 and 400 px
         sizes.clear()
+        both([image], [big_box])
+        assert sizes == [6]
+        assert both.needed_scales(image, small_box) == [400]
+        sizes.clear()
+        # In training each image runs the trunk at one scale drawn at random ...
         both.train()
         torch.manual_seed(0)  # the draw uses torch's RNG: this seed gives both scales within 6 draws
         for _ in range(6):
             both([image], [big_box])
+        assert len(sizes) == 6 and set(sizes) == {6, 25}
+        # ... or, with train_pyramid, as at inference: every region from its own scale.
+        sizes.clear()
+        both.train_pyramid = True
+        for boxes in (big_box, small_box, torch.cat([big_box, small_box])):
+            both([image], [boxes])
+        assert sizes == [6, 25, 6, 25]
     handle.remove()
-    assert len(sizes) == 6 and set(sizes) == {6, 25}
 
 
 def test_rescale_image_sides_and_factors():
@@ -375,22 +386,23 @@ def test_modes_follow_the_backbone_and_are_restored():
     bb = build_backbone("googlenet_tv", num_classes=3, aux_logits=False)
     holder = nn.Module()
     holder.backbone = bb
-    holder.__dict__["shared"] = SharedDetectorNet(bb, scales=(64, 96), max_size=None, pooled_size=4)
+    holder.__dict__["shared"] = SharedDetectorNet(bb, scales=(64, 96), max_size=None, pooled_size=4, input_size=48)
     assert set(holder.state_dict()) == {f"backbone.{k}" for k in bb.state_dict()}
     sizes = []
     bb.inception4e.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
     holder.eval()
+    boxes = torch.tensor([[0.0, 0.0, 32.0, 32.0], [0.0, 0.0, 64.0, 64.0]])  # nearest 48^2 px at scale 96, 64
     with torch.no_grad():
-        holder.shared(torch.randn(1, 3, 64, 64), [torch.tensor([[0.0, 0.0, 32.0, 32.0]])])
-    assert sorted(sizes) == [4, 6]  # eval: every scale
+        holder.shared(torch.randn(1, 3, 64, 64), [boxes])
+    assert sorted(sizes) == [4, 6]  # eval: the pyramid
     holder.train()
     bb.conv1.bn.eval()  # e.g. frozen batch norm
     sizes.clear()
-    holder.shared.score_regions(torch.rand(3, 64, 64), torch.tensor([[0.0, 0.0, 32.0, 32.0]]))
+    holder.shared.score_regions(torch.rand(3, 64, 64), boxes)
     assert sorted(sizes) == [4, 6]  # scoring is always in eval mode
     assert bb.training and bb.inception5b.training and not bb.conv1.bn.training  # modes restored
     sizes.clear()
-    holder.shared(torch.randn(1, 3, 64, 64), [torch.tensor([[0.0, 0.0, 32.0, 32.0]])])
+    holder.shared(torch.randn(1, 3, 64, 64), [boxes])
     assert len(sizes) == 1  # training: one scale per image
 
 

@@ -117,12 +117,15 @@ def test_tools_train_test_fuse_smoke(tiny, tmp_path):
 
 def test_train_shared_mode_resume_is_exact(tiny, capsys):
     """Shared mode through the same engine: image-centric batches (2 images x 8 regions), flips, box regression,
-    val mAP through the shared network; one epoch + resume gives the uninterrupted run's weights bit for bit."""
+    val mAP through the shared network, a two-scale pyramid in training (train_pyramid); one epoch + resume gives
+    the uninterrupted run's weights bit for bit."""
     root, voc, props = tiny
-    kw = dict(mode="shared", aux_logits=False, scales=[64, 80], max_size=96, images_per_batch=2, hflip=0.5)
+    kw = dict(mode="shared", aux_logits=False, scales=[64, 80], max_size=96, images_per_batch=2, hflip=0.5,
+              train_pyramid=True)
     full = train(_cfg(root, voc, props, root / "sfull", **kw))["last"]
     out = capsys.readouterr().out
-    assert "2 images x 8 regions per process, shared (scales [64, 80], max 96, stage inception4e, pooled 2)" in out
+    assert ("2 images x 8 regions per process, shared (scales [64, 80], max 96, stage inception4e, pooled 2), "
+            "every scale per epoch") in out
     assert {"train_loss_cls", "train_loss_bbox", "train_acc", "val_voc_mAP"} <= set(full)
     assert full["train_loss"] == pytest.approx(full["train_loss_cls"] + full["train_loss_bbox"], rel=1e-6)
     last = load_checkpoint(root / "sfull" / "last.pth")

@@ -9,8 +9,9 @@ input size (14 x 14 for GoogLeNet at 224 px, 17 x 17 for Inception-v3 at 299 px)
 head run per region. Nothing is added to the network, so a classification or R-CNN checkpoint loads as-is.
 
 With several scales the image pyramid is computed at inference and each region is pooled from the scale where its
-area is closest to ``input_size ** 2`` pixels (the area the classifier was trained on); in training each image
-takes one scale at random.
+area is closest to ``input_size ** 2`` pixels (the area the classifier was trained on); the trunk runs only at the
+scales some region needs. In training each image takes one scale at random (Fast R-CNN), or with ``train_pyramid``
+every region is pooled from its nearest scale as at inference.
 """
 from __future__ import annotations
 
@@ -188,14 +189,19 @@ def rescale_image(image: Tensor, short_side: int, max_size: int | None = DEFAULT
         (Tensor[3, H', W'], (fx, fy)) with ``fx = W' / W`` and ``fy = H' / H``.
     """
     h, w = image.shape[-2:]
-    s = short_side / min(h, w)
-    if max_size is not None:
-        s = min(s, max_size / max(h, w))
-    nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+    nh, nw = rescaled_size(h, w, short_side, max_size)
     if (nh, nw) == (h, w):
         return image, (1.0, 1.0)
     out = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
     return out, (nw / w, nh / h)
+
+
+def rescaled_size(h: int, w: int, short_side: int, max_size: int | None = DEFAULT_MAX_SIZE) -> tuple[int, int]:
+    """``(H', W')`` that :func:`rescale_image` gives an ``h x w`` image."""
+    s = short_side / min(h, w)
+    if max_size is not None:
+        s = min(s, max_size / max(h, w))
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
 
 
 class SharedDetectorNet(nn.Module):
@@ -219,12 +225,14 @@ class SharedDetectorNet(nn.Module):
         sampling_ratio: ``roi_align`` samples per bin and axis; 1 (a bilinear resize of the region's features, as
             R-CNN mode resizes its crops) costs a third of 2 on a CPU.
         chunk_size: regions per call of the remaining stages (bounds memory at 2,000 proposals).
+        train_pyramid: with several scales, train as inference runs (every region pooled from the scale nearest
+            the classifier's input) instead of one random scale per image (Fast R-CNN).
     """
 
     def __init__(self, backbone: nn.Module, bbox_head: nn.Linear | None = None, *, stage: str | None = None,
                  scales: Sequence[int] = DEFAULT_SCALES, max_size: int | None = DEFAULT_MAX_SIZE,
                  input_size: int | None = None, pooled_size: int | None = None, sampling_ratio: int = 1,
-                 chunk_size: int = 256):
+                 chunk_size: int = 256, train_pyramid: bool = False):
         super().__init__()
         self.backbone = backbone
         self.bbox_head = bbox_head
@@ -243,6 +251,7 @@ class SharedDetectorNet(nn.Module):
         self.region_area = float(self.input_size) ** 2
         self.pooled_size = int(pooled_size) if pooled_size else self._stage_size(self.input_size)
         self.channels_last = False
+        self.train_pyramid = bool(train_pyramid)
 
     @torch.no_grad()
     def _stage_size(self, size: int) -> int:
@@ -285,6 +294,24 @@ class SharedDetectorNet(nn.Module):
             levels.append((self.split.trunk(img), fx_, fy_))  # 1 x C x h x w
         return levels
 
+    def _nearest_level(self, boxes: Tensor, factors: Sequence[tuple[float, float]]) -> Tensor:
+        """Tensor[R]: for each box, the index of the ``(fx, fy)`` scale where its area is nearest ``input_size**2``."""
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0)  # R
+        scaled = torch.stack([area * (fx_ * fy_) for fx_, fy_ in factors], 1)  # R x L
+        return (scaled - self.region_area).abs().argmin(1)
+
+    def needed_scales(self, image: Tensor, boxes: Tensor) -> list[int]:
+        """The scales (of :attr:`scales`, in order) that some of ``boxes`` is pooled from: the trunk skips the rest."""
+        if len(self.scales) == 1 or boxes.shape[0] == 0:
+            return list(self.scales)
+        h, w = image.shape[-2:]
+        factors = []
+        for s in self.scales:
+            nh, nw = rescaled_size(h, w, s, self.max_size)
+            factors.append((nw / w, nh / h))
+        used = set(self._nearest_level(boxes.float(), factors).tolist())
+        return [s for i, s in enumerate(self.scales) if i in used]
+
     def pool(self, levels: list[tuple[Tensor, float, float]], boxes: Tensor) -> Tensor:
         """Pool regions of one image from its stage maps.
 
@@ -308,9 +335,7 @@ class SharedDetectorNet(nn.Module):
 
         if len(levels) == 1:
             return one(levels[0], boxes)
-        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0)  # R
-        scaled = torch.stack([area * (fx_ * fy_) for _, fx_, fy_ in levels], 1)  # R x L
-        which = (scaled - self.region_area).abs().argmin(1)  # R
+        which = self._nearest_level(boxes, [(fx_, fy_) for _, fx_, fy_ in levels])
         out = levels[0][0].new_empty((boxes.shape[0], levels[0][0].shape[1], p, p))
         for i, level in enumerate(levels):
             m = which == i
@@ -353,12 +378,13 @@ class SharedDetectorNet(nn.Module):
             if b.shape[0] == 0:
                 per_image.append((None, b))
                 continue
-            scales = None
             # The backbone's mode, not this module's: a Detector that holds this network outside its module tree
             # switches only the (shared) backbone with train() / eval().
-            if self.backbone.training and len(self.scales) > 1:
+            if self.backbone.training and len(self.scales) > 1 and not self.train_pyramid:
                 # Fast R-CNN: one random scale per training image (torch's RNG, so a seeded run repeats).
                 scales = [self.scales[int(torch.randint(len(self.scales), ()))]]
+            else:
+                scales = self.needed_scales(img, b)
             per_image.append((self.image_features(img, scales), b.to(img.device)))
         # Regions of all images go through the remaining stages together, in chunks of chunk_size.
         pooled, logits, deltas, pending = [], [], [], 0

@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     # model
     "mode": "rcnn",               # rcnn: whole network per warped region (the paper); shared: trunk once per image
     "scales": [600],              # shared: shorter image side(s) the trunk runs at (one drawn per training image)
+    "train_pyramid": False,       # shared: train on every scale, each region from its nearest (as inference does)
     "max_size": 1000,             # shared: cap on the longer side
     "stage": None,                # shared: the stride-16 stage regions are pooled from (null: the deepest one)
     "pooled_size": None,          # shared: pooled region side (null: the stage's size at input_size)
@@ -123,6 +124,7 @@ CHECKS = {
     "stage": lambda v, cfg: None if v is None or isinstance(v, str) else f"must be a stage name or null, got {v!r}",
     "pooled_size": number(ge=1, integer=True, null=True),
     "frozen_bn": lambda v, cfg: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
+    "train_pyramid": lambda v, cfg: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
     "images_per_batch": _images_per_batch_check,
     "proposal_kwargs": mapping,
     "proposal_workers": number(ge=0, integer=True),
@@ -429,6 +431,8 @@ class DetectionTask(Task):
 
             load_start_weights(model.backbone, cfg["weights"], strict=bool(cfg["weights_strict"]), reinit_head=True)
         model.frozen_bn = bool(cfg["frozen_bn"])
+        if self.mode == "shared":
+            model.shared_net.train_pyramid = bool(cfg["train_pyramid"])
         self.meta = detector_checkpoint_meta(model, bb_kwargs)
         self.class_names = class_names
         # Shared over epochs in this process (with workers, each worker process fills its own copy).
@@ -441,6 +445,8 @@ class DetectionTask(Task):
             if self.mode == "shared":
                 batch = (f"{self.images_per_batch} images x {int(cfg['batch_size']) // self.images_per_batch} "
                          f"regions per process, {model.describe_mode()}")
+                if len(cfg["scales"]) > 1:
+                    batch += ", every scale" if cfg["train_pyramid"] else ", one random scale per image"
             else:
                 batch = f"{cfg['batch_size']} regions per process"
             print(f"train: {len(self.train_set)} images, {self.sampler.num_fg} foreground / {self.sampler.num_bg} "
