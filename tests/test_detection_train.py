@@ -166,3 +166,53 @@ def test_gdet_train_det_shared_mode_learns(tiny, tmp_path):
                                   str(tmp_path / "run" / "best.pth"), "--proposals", str(props), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "mode: shared (scales [72], max 96, stage inception4e, pooled 2)" in r.output
+
+
+def test_a_detector_starts_a_detector_of_either_mode(tmp_path, capsys):
+    """``weights=`` may be a detector: its backbone always loads; with the same classes its classifier and box head
+    are kept (an R-CNN detector fine-tuned into shared mode), with other classes they are re-initialised. A
+    classifier run can start from a detector's backbone too."""
+    from gdet.backbones import build_backbone
+    from gdet.detection.model import build_detector
+    from gdet.detection.train import DetectionTask
+    from gdet.engine import load_start_weights
+    from gdet.engine.checkpoint import FORMAT
+    from gdet.errors import CheckpointError
+
+    names = ["cat", "dog"]
+    torch.manual_seed(0)
+    src = build_detector("googlenet_tv", names, input_size=32, bbox_reg=True)  # rcnn, with aux heads
+    path = tmp_path / "det.pth"
+    torch.save({"format": FORMAT, "task": "detect", "backbone": "googlenet_tv", "class_names": names,
+                "model": src.state_dict()}, path)
+    want = src.state_dict()
+
+    shared = build_detector("googlenet_tv", names, input_size=32, bbox_reg=True, mode="shared",
+                            backbone_kwargs={"aux_logits": False}, shared={"scales": [64]})
+    DetectionTask._load_start_weights(shared, str(path), names, strict=True)
+    got = shared.state_dict()
+    assert set(got) < set(want)  # no aux heads in shared mode
+    for k, v in got.items():
+        assert torch.equal(v, want[k]), k
+    assert "box head loaded" in capsys.readouterr().out
+
+    other = build_detector("googlenet_tv", ["cat", "bird"], input_size=32, bbox_reg=True,
+                           backbone_kwargs={"aux_logits": False})
+    DetectionTask._load_start_weights(other, str(path), ["cat", "bird"], strict=True)
+    got = other.state_dict()
+    assert torch.equal(got["backbone.conv1.conv.weight"], want["backbone.conv1.conv.weight"])
+    assert not torch.equal(got["backbone.fc.weight"], want["backbone.fc.weight"])  # re-initialised
+    assert not torch.equal(got["bbox_head.weight"], want["bbox_head.weight"])
+    assert "re-initialised" in capsys.readouterr().out
+
+    cls = build_backbone("googlenet_tv", num_classes=5, aux_logits=False)
+    loaded, total = load_start_weights(cls, path)
+    assert loaded == total - 2 and torch.equal(cls.conv1.conv.weight, want["backbone.conv1.conv.weight"])
+
+    bad = build_detector("googlenet_tv", names, input_size=32, bbox_reg=True, backbone_kwargs={"aux_logits": False})
+    state = dict(want)
+    state["bbox_head.weight"] = torch.zeros(4, 7)
+    torch.save({"format": FORMAT, "task": "detect", "backbone": "googlenet_tv", "class_names": names,
+                "model": state}, path)
+    with pytest.raises(CheckpointError, match="box head"):
+        DetectionTask._load_start_weights(bad, str(path), names, strict=True)

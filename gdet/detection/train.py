@@ -28,7 +28,7 @@ from gdet.detection.sampler import RegionSampler
 from gdet.detection.shared import shared_loss
 from gdet.detection.visualize import draw_detections
 from gdet.engine.trainer import ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit, input_size_check
-from gdet.errors import ConfigError, GdetError
+from gdet.errors import CheckpointError, ConfigError, GdetError
 from gdet.evaluation import build_evaluator, plot_pr_curves
 from gdet.runtime import optimize
 from gdet.structures import ImageRecord
@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "frozen_bn": False,           # batch norm in eval mode while training (running statistics kept as loaded)
     "backbone": "googlenet",
     "backbone_kwargs": {},
-    "weights": None,              # classification checkpoint to start from (null: from scratch)
+    "weights": None,              # classification or detector checkpoint to start from (null: from scratch)
     "input_size": 224,            # warped crop side
     "context_pad": 16,            # context pixels at the warped size (R-CNN: 16)
     "sampling_ratio": 1,          # roi_align samples per pixel (1 = bilinear warp, as R-CNN)
@@ -427,9 +427,7 @@ class DetectionTask(Task):
         except GdetError as e:
             raise ConfigError(f"{'stage' if 'stage' in str(e) else 'mode'}: {e}") from None
         if cfg["weights"] and ck is None:  # a resumed run's weights all come from its checkpoint
-            from gdet.engine import load_start_weights
-
-            load_start_weights(model.backbone, cfg["weights"], strict=bool(cfg["weights_strict"]), reinit_head=True)
+            self._load_start_weights(model, cfg["weights"], class_names, bool(cfg["weights_strict"]))
         model.frozen_bn = bool(cfg["frozen_bn"])
         if self.mode == "shared":
             model.shared_net.train_pyramid = bool(cfg["train_pyramid"])
@@ -480,6 +478,24 @@ class DetectionTask(Task):
         batches = [RegionSampler.shard(b, info.rank, info.world_size) for b in self.sampler.epoch(epoch, self.iters)]
         data = RegionBatches(self.train_set.records, self.regions, self.bbox, batches, cache=self.image_cache)
         return DataLoader(data, batch_size=None, shuffle=False, num_workers=self.workers, pin_memory=self.pin)
+
+    @staticmethod
+    def _load_start_weights(model: Detector, path: str, class_names: Sequence[str], strict: bool) -> None:
+        """A classification checkpoint starts the backbone (classifier re-initialised, as R-CNN does). A detector
+        starts it too, of either mode (e.g. an R-CNN detector fine-tuned into shared mode): with the same classes
+        its classifier and box head are kept, otherwise re-initialised."""
+        from gdet.engine import load_checkpoint, load_start_weights
+
+        src = load_checkpoint(path)
+        same = src.get("task") == "detect" and list(src.get("class_names") or []) == list(class_names)
+        load_start_weights(model.backbone, path, strict=strict, reinit_head=not same, ckpt=src)
+        head = {k[len("bbox_head."):]: v for k, v in src["model"].items() if k.startswith("bbox_head.")}
+        if same and model.bbox_head is not None and head:
+            if {k: tuple(v.shape) for k, v in head.items()} != {k: tuple(v.shape) for k, v in
+                                                                 model.bbox_head.state_dict().items()}:
+                raise CheckpointError(f"{path}: its box head does not fit this detector's")
+            model.bbox_head.load_state_dict(head)
+            print(f"weights: box head loaded from {path}")
 
     def shared_loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
         """Loss of an image-centric batch (shared mode)."""

@@ -233,8 +233,12 @@ HEAD_PREFIXES = ("fc.", "aux.", "aux1.", "aux2.", "AuxLogits.")
 
 
 def load_start_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True, reinit_head: bool = False,
-                       head_prefixes: tuple[str, ...] = HEAD_PREFIXES, log=print) -> tuple[int, int]:
+                       head_prefixes: tuple[str, ...] = HEAD_PREFIXES, log=print,
+                       ckpt: dict[str, Any] | None = None) -> tuple[int, int]:
     """Load the start weights of a training run (``weights=``) into ``model`` and say how many tensors loaded.
+
+    ``path`` is a classification checkpoint, a plain state dict, or a detector (``gdet train det``), whose backbone
+    is taken (``ckpt``: the file, already loaded with :func:`load_checkpoint`).
 
     Classifier-head tensors (``head_prefixes``) that are missing, unexpected or of another shape are expected
     (fine-tuning to another class count re-initialises them); with ``reinit_head`` the classifier layers among
@@ -245,8 +249,10 @@ def load_start_weights(model: nn.Module, path: str | os.PathLike, *, strict: boo
     Returns:
         ``(loaded, total)``: tensors taken from the file, tensors in ``model``'s state dict.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     state = _strip_prefix(_strip_prefix(ckpt["model"], "module."), "_orig_mod.")
+    if ckpt.get("task") == "detect":  # a detector's state dict: backbone.*, bbox_head.*
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     own = model.state_dict()
     head = lambda k: k.startswith(head_prefixes)  # noqa: E731
     n_cls = getattr(model, "num_classes", None)
