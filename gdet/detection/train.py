@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "scales": [600],              # shared: shorter image side(s) the trunk runs at (one drawn per training image)
     "train_pyramid": False,       # shared: train on every scale, each region from its nearest (as inference does)
     "max_size": 1000,             # shared: cap on the longer side
-    "stage": None,                # shared: the stride-16 stage regions are pooled from (null: the deepest one)
+    "stage": None,                # shared: the feature_info stage regions are pooled from (null: deepest stride 16)
     "pooled_size": None,          # shared: pooled region side (null: the stage's size at input_size)
     "frozen_bn": False,           # batch norm in eval mode while training (running statistics kept as loaded)
     "backbone": "googlenet",
