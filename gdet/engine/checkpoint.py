@@ -271,7 +271,9 @@ def load_start_weights(model: nn.Module, path: str | os.PathLike, *, strict: boo
     if missing or unexpected or shapes:
         parts = [f"{what} ({len(keys)}): {_short(keys, 3)}" for what, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
-        problem = f"only {len(fits)}/{len(own)} tensors of {name} fit ({'; '.join(parts)})"
+        arch = ckpt.get("backbone")
+        problem = (f"only {len(fits)}/{len(own)} tensors of {name} fit"
+                   f"{f' (checkpoint is for backbone {arch!r})' if arch else ''} ({'; '.join(parts)})")
         if strict:
             raise CheckpointError(f"{path}: {problem}; set weights_strict=false to load them anyway")
         log(f"weights: warning: {problem}")
