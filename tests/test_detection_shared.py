@@ -13,6 +13,7 @@ from gdet.detection.shared import (SharedDetectorNet, rescale_image, sample_imag
                                    shared_stage, split_backbone)
 from gdet.engine.checkpoint import save_checkpoint
 from gdet.errors import GdetError
+from helpers_detection import make_voc, save_detector, tiny_detector
 
 
 def _lively(bb: nn.Module) -> nn.Module:
@@ -453,3 +454,64 @@ def test_training_step_equals_rcnn_on_the_same_crops():
     held = {id(p) for grp in build_optimizer({"lr": 0.01, "weight_decay": 1e-4}, det).param_groups
             for p in grp["params"]}
     assert {id(p) for p in det.parameters() if p.grad is not None} <= held
+
+
+def test_views_warp_is_a_shift_and_a_resize():
+    from gdet.benchmarks.shared_views import warp
+
+    img = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(0))
+    moved = warp(img, 1.0, 1.0, 3.0, 2.0)[0]
+    assert moved.shape == (3, 22, 27)
+    torch.testing.assert_close(moved[:, 2:, 3:], img, rtol=0, atol=1e-6)
+    assert moved[:, :2].abs().max() < 1e-5 and moved[:, :, :3].abs().max() < 1e-5  # grid rounding only
+    big = warp(img, 2.0, 2.0, 0.0, 0.0)[0]
+    ref = F.interpolate(img[None], scale_factor=2, mode="bilinear", align_corners=False)[0]
+    assert big.shape == ref.shape
+    torch.testing.assert_close(big[:, 1:-1, 1:-1], ref[:, 1:-1, 1:-1], rtol=0, atol=1e-5)
+
+
+def test_views_field_scene_and_shared_geometry():
+    """On an image that is the crop itself surrounded by the mean colour, the field and scene views see the same
+    canvas; the shared view at a box of the crop's area is shared mode at the image's own scale."""
+    from gdet.benchmarks.shared_views import view_logits
+
+    det = tiny_detector(num_classes=2, input_size=32).eval()  # context_pad 2: box [2, 2, 30, 30] -> [0, 0, 32, 32]
+    net = SharedDetectorNet.from_detector(det).eval()
+    m = 16 * math.ceil(32 / 2 / 16)
+    mean01 = torch.tensor(det.backbone.mean).view(3, 1, 1) / det.backbone.input_scale  # normalises to 0
+    img = mean01.expand(3, 32 + 2 * m, 32 + 2 * m).clone()
+    img[:, m:m + 32, m:m + 32] = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    box = torch.tensor([[m + 2.0, m + 2.0, m + 30.0, m + 30.0]])
+    torch.testing.assert_close(det.normalize(img[None])[0, :, 0, 0], torch.zeros(3), rtol=0, atol=1e-6)
+    out = view_logits(det, net, img, box)
+    torch.testing.assert_close(out["scene"], out["field"], rtol=0, atol=1e-5)
+    whole = torch.tensor([[m + 0.0, m + 0.0, m + 32.0, m + 32.0]])  # 32 x 32 = the crop's area: scale 1
+    probs, _ = SharedDetectorNet.from_detector(det, scales=[32 + 2 * m], max_size=None).score_regions(img, whole)
+    torch.testing.assert_close(F.softmax(view_logits(det, net, img, whole)["shared"], 1), probs, rtol=0, atol=1e-5)
+
+
+def test_views_script_tiny(tmp_path):
+    from click.testing import CliRunner
+
+    from gdet.benchmarks.shared_views import main
+
+    res = CliRunner().invoke(main, ["--limit", "3", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[0]: line.split() for line in res.output.splitlines()[2:]}
+    assert list(rows) == ["rcnn", "field", "scene", "shared"] and rows["rcnn"][2] == "1.00x"
+    assert all(0 <= float(r[1]) <= 1 for r in rows.values())
+    from gdet.detection.model import Detector
+
+    rcnn = tiny_detector()
+    det = Detector(rcnn.backbone, rcnn.class_names, input_size=rcnn.input_size, mode="shared")
+    path = save_detector(det, tmp_path / "shared.pth")
+    bad = CliRunner().invoke(main, ["--weights", str(path), "--limit", "1"])
+    assert isinstance(bad.exception, GdetError) and "a shared-mode detector" in str(bad.exception)
+    voc = make_voc(tmp_path)  # classes square, disc: the tiny detector's
+    rcnn_path = save_detector(rcnn, tmp_path / "rcnn.pth")
+    res = CliRunner().invoke(main, ["--weights", str(rcnn_path), "--data", str(voc), "--scales", "72"])
+    assert res.exit_code == 0, res.output
+    assert "4 boxes in 2 images" in res.output and res.output.splitlines()[-1].split()[0] == "pyramid"
+    other = save_detector(tiny_detector(num_classes=3), tmp_path / "other.pth")
+    bad = CliRunner().invoke(main, ["--weights", str(other), "--data", str(voc)])
+    assert isinstance(bad.exception, GdetError) and "are not the detector's" in str(bad.exception)

@@ -13,6 +13,7 @@ AREAS: dict[str, tuple[str, str]] = {
     "eval": ("gdet.benchmarks.eval:main", "mAP evaluation speed: gdet's evaluators vs pycocotools and faster-coco-eval."),
     "loader": ("gdet.benchmarks.loader:main", "Training input: per-image CPU workers vs batched decode + augmentation."),
     "shared": ("gdet.benchmarks.shared_speed:main", "Detection network stage: R-CNN crops vs shared features."),
+    "shared-views": ("gdet.benchmarks.shared_views:main", "Class accuracy on ground truth: R-CNN crops vs shared pooling."),
 }
 
 
