@@ -28,7 +28,6 @@ import math
 from collections import Counter
 
 import click
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -167,6 +166,7 @@ def _warped_side(det, img01: Tensor, boxes: Tensor) -> Tensor:
 
 def _generated(limit: int) -> list[tuple[Tensor, Tensor, Tensor]]:
     from gdet.data.synth import SynthConfig, generate_image
+    from gdet.detection.model import image_to_tensor
 
     cfg = SynthConfig(images=limit, seed=2, width=320, height=240)
     out = []
@@ -175,13 +175,13 @@ def _generated(limit: int) -> list[tuple[Tensor, Tensor, Tensor]]:
         objects = [o for o in objects if not o["difficult"]]
         boxes = torch.tensor([o["box"] for o in objects], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([o["label"] for o in objects], dtype=torch.long)
-        out.append((torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255, boxes, labels))
+        out.append((image_to_tensor(img), boxes, labels))
     return out
 
 
 def _dataset(data: str, split: str, limit: int, class_names: list[str]) -> list[tuple[Tensor, Tensor, Tensor]]:
-    from gdet.data import read_image
     from gdet.data.dataset import load_detection_set
+    from gdet.detection.model import image_to_tensor
     from gdet.errors import DataError
 
     ds = load_detection_set(data, split)
@@ -190,8 +190,7 @@ def _dataset(data: str, split: str, limit: int, class_names: list[str]) -> list[
     out = []
     for rec in ds.records[:limit]:
         keep = ~rec.ignore
-        img = torch.from_numpy(np.array(read_image(rec.path))).permute(2, 0, 1).float() / 255
-        out.append((img, rec.boxes.float().reshape(-1, 4)[keep], rec.labels[keep]))
+        out.append((image_to_tensor(rec.path), rec.boxes.float().reshape(-1, 4)[keep], rec.labels[keep]))
     return out
 
 
