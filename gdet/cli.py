@@ -38,6 +38,17 @@ def device_options(f):
     f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")(f)
     return f
 
+def int_list(text: str, option: str) -> list[int]:
+    """A comma list of positive integers given to ``option`` (e.g. ``--scales 480,600``); else a one-line error."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise GdetError(f"{option}: expected a comma list of positive integers, got {text!r}")
+    return values
+
+
 # name -> ("module:attribute", one-line help). Listing the commands imports nothing (so `gdet --help` is fast
 # and loads no torch); a command's module is imported only when that command runs or shows its own help.
 COMMANDS: dict[str, tuple[str, str]] = {

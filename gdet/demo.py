@@ -11,10 +11,10 @@ from tqdm import tqdm
 from gdet.cli import ASSETS, CONTEXT, device_options
 from gdet.data import load_detection_set
 from gdet.data.synth import SynthConfig, generate
-from gdet.detection.cli import detection_options
+from gdet.detection.cli import detection_options, load_cli_detectors, shared_options
 from gdet.detection.inference import (EVAL_SCORE_THR, ProposalSource, detect_records, detections_to_rows, format_table,
                                       write_detections)
-from gdet.detection.model import Detector, load_detector
+from gdet.detection.model import Detector
 from gdet.detection.visualize import draw_detections, save_png
 from gdet.engine import resolve_device
 from gdet.errors import GdetError
@@ -83,16 +83,17 @@ def demo_map(model: Detector, root: Path, *, max_proposals: int, nms_iou: float,
               help="Images of the generated val split for the mAP (0: skip the mAP).")
 @click.option("--seed", default=VAL_SEED, show_default=True, help="Seed of the generated val split.")
 @detection_options()
+@shared_options
 @device_options
-def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_iou, max_dets, device, precision,
-         compile_):
+def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_iou, max_dets, scales, max_size, device,
+         precision, compile_):
     """Detect objects in gdet/assets/sample.jpg and report the shipped detector's mAP on a generated val split."""
     if not Path(weights).is_file():
         raise GdetError(f"{weights}: detector checkpoint not found (the package ships "
                         f"gdet/assets/{DETECTOR.name}; `gdet train det` trains one)")
     out = Path(out)
     dev = resolve_device(device)
-    model = optimize(load_detector(weights, dev), device=dev, precision=precision, compile=compile_)
+    model = optimize(load_cli_detectors((weights,), dev, scales, max_size), device=dev, precision=precision, compile=compile_)
     size = f"{model.input_size} px {'crops' if model.mode == 'rcnn' else 'input'}"
     click.echo(f"detector: {weights} ({model.backbone.backbone_name}, {size}, "
                f"{model.num_classes} classes: {', '.join(model.class_names)})")

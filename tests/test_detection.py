@@ -190,14 +190,14 @@ def test_one_colour_per_class_in_ground_truth_and_detection_pictures():
         assert gt[40, 10].tolist() == det[40, 10].tolist() != [0, 0, 0], label  # the left edge, below the tag
 
 
-def _shared_twin(model):
+def _shared_twin(model, scales=(48,), max_size=64):
     """A shared-mode detector on a copy of ``model``'s weights (background + 2 classes, 32 px crops)."""
     from gdet.backbones import build_backbone
     from gdet.detection.model import Detector
 
     net = build_backbone("googlenet", num_classes=3, aux_logits=False)
     twin = Detector(net, CLASSES, context_pad=2, input_size=32, mode="shared",
-                    shared={"scales": [48], "max_size": 64}).eval()
+                    shared={"scales": list(scales), "max_size": max_size}).eval()
     twin.load_state_dict(model.state_dict())
     return twin
 
@@ -260,6 +260,48 @@ def test_cli_detect_shows_the_mode(tmp_path):
     res = CliRunner().invoke(main, [*args, "--weights", str(rcnn), "--weights", str(shared)])
     assert res.exit_code == 0, res.output
     assert "mode: 1: rcnn (warped crops, whole network per region); 2: shared (scales [48]" in res.output
+
+
+def test_cli_scales_set_a_shared_detectors_pyramid(tmp_path):
+    """``--scales``/``--max-size`` give a shared-mode checkpoint another pyramid at inference: the detections equal
+    those of a checkpoint saved with that pyramid. Without a shared-mode detector they are a one-line error."""
+    import cv2
+
+    from gdet.cli import main
+    from gdet.proposals import ProposalSet, save_proposals
+
+    cv2.imwrite(str(tmp_path / "scene.png"), IMAGE)
+    save_proposals(tmp_path / "p.npz", ProposalSet.from_lists(["scene"], [PROPS], [torch.ones(4)]))
+    base = tiny_detector()
+    shared = save_detector(_shared_twin(base), tmp_path / "shared.pth")  # scales [48], max 64
+    ref_path = save_detector(_shared_twin(base, scales=(24, 96), max_size=128), tmp_path / "ref.pth")
+    args = ["detect", "--image", str(tmp_path / "scene.png"), "--proposals", str(tmp_path / "p.npz"),
+            "--score-thr", "0", "--device", "cpu"]
+
+    def dets(*extra):
+        out = tmp_path / f"d{len(list(tmp_path.glob('d*.json')))}.json"
+        res = CliRunner().invoke(main, [*args, *extra, "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        return res.output, json.loads(out.read_text())
+
+    text, got = dets("--weights", str(shared), "--scales", "24,96", "--max-size", "128")
+    assert "mode: shared (scales [24, 96], max 128, stage inception4e, pooled 2)" in text.splitlines()
+    _, want = dets("--weights", str(ref_path))
+    _, plain = dets("--weights", str(shared))
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        assert g["category_id"] == w["category_id"] and g["bbox"] == pytest.approx(w["bbox"], abs=1e-3)
+        assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+    assert [d["score"] for d in plain] != pytest.approx([d["score"] for d in got], abs=1e-4)  # the option acts
+
+    rcnn = save_detector(base, tmp_path / "rcnn.pth")
+    for extra, needle in ((["--weights", str(rcnn), "--scales", "300"], "error: --scales: sets a shared-mode "
+                           "detector's pyramid, but " + str(rcnn) + " is an rcnn-mode detector"),
+                          (["--weights", str(rcnn), "--max-size", "300"], "error: --max-size: sets a shared-mode"),
+                          (["--weights", str(shared), "--scales", "0,600"],
+                           "error: --scales: expected a comma list of positive integers, got '0,600'")):
+        res = CliRunner().invoke(main, [*args, *extra])
+        assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and needle in res.output, res.output
 
 
 def test_frozen_bn_keeps_running_statistics_in_both_modes():

@@ -121,18 +121,6 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
     return rows
 
 
-def _int_list(text: str, option: str) -> list[int]:
-    from gdet.errors import GdetError
-
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise GdetError(f"{option}: expected a comma list of positive integers, got {text!r}")
-    return values
-
-
 @click.command()
 @click.option("--backbones", default="googlenet,googlenet_tv", show_default=True, help="Comma list of registry names.")
 @click.option("--proposals", default="2000,500", show_default=True, help="Comma list of proposals per image.")
@@ -165,9 +153,11 @@ def _int_list(text: str, option: str) -> list[int]:
 def main(backbones, proposals, width, height, scales, max_size, pooled_size, stage, input_size, sampling_ratio,
          rcnn_sample, rcnn_full, repeats, threads, device, precision, eager, chunk, compile_, clock):
     """Per-image network-stage time, R-CNN vs shared-feature detection."""
+    from gdet.cli import int_list
+
     if threads:
         torch.set_num_threads(threads)
-    ns, sc = _int_list(proposals, "--proposals"), tuple(_int_list(scales, "--scales"))
+    ns, sc = int_list(proposals, "--proposals"), tuple(int_list(scales, "--scales"))
     click.echo(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, image "
                f"{width}x{height}, crops {input_size or 'default'} px, shared scales {list(sc)} max {max_size}, "
                f"stage {stage or 'stride 16'}, pooled {pooled_size or 'default'}, sampling ratio {sampling_ratio}, "

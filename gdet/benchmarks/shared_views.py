@@ -206,14 +206,14 @@ def _dataset(data: str, split: str, limit: int, class_names: list[str]) -> list[
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: torch's).")
 def main(weights, data, split, limit, stage, scales, threads):
     """Class accuracy on ground-truth boxes: R-CNN's crops against shared mode's pooling, one change per row."""
-    from gdet.benchmarks.shared_speed import _int_list
+    from gdet.cli import int_list
     from gdet.cli import ASSETS
     from gdet.detection.model import load_detector
     from gdet.errors import GdetError
 
     if threads:
         torch.set_num_threads(threads)
-    scale_list = _int_list(scales, "--scales") if scales else None
+    scale_list = int_list(scales, "--scales") if scales else None
     det = load_detector(weights or ASSETS / "detector_synth_fp16.pth", "cpu")
     images = _dataset(data, split, limit, det.class_names) if data else _generated(limit)
     counts, stage_name = read_views(det, images, stage=stage, scales=scale_list)

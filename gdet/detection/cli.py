@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from gdet.cli import CONTEXT, device_options, note_shipped_weights, write_json
+from gdet.cli import CONTEXT, device_options, int_list, note_shipped_weights, write_json
 from gdet.data import load_detection_set
 from gdet.data.image import expand_image_paths
 from gdet.detection.fusion import fuse_detections
@@ -55,6 +55,34 @@ def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: i
     return wrap
 
 
+def shared_options(f):
+    """``--scales`` and ``--max-size``: a shared-mode detector's image pyramid at inference, on every command that
+    detects."""
+    f = click.option("--max-size", default=None, type=click.IntRange(min=1),
+                     help="Shared-mode detectors: cap on the longer image side (default: the checkpoint's).")(f)
+    f = click.option("--scales", default=None,
+                     help="Shared-mode detectors: comma list of shorter image sides the trunk runs at, each region "
+                          "pooled from the one where it is nearest the crop size (default: the checkpoint's).")(f)
+    return f
+
+
+def load_cli_detectors(weights: tuple[str, ...], device, scales: str | None, max_size: int | None):
+    """The detector (or ensemble) of ``--weights`` with ``--scales``/``--max-size`` applied to its shared-mode
+    members; one of those options without any shared-mode member is an error."""
+    over = {}
+    if scales:
+        over["scales"] = int_list(scales, "--scales")
+    if max_size:
+        over["max_size"] = int(max_size)
+    model = load_detectors(list(weights), device, shared=over or None)
+    members = getattr(model, "members", [model])
+    if over and not any(m.mode == "shared" for m in members):
+        option = "--scales" if scales else "--max-size"
+        raise GdetError(f"{option}: sets a shared-mode detector's pyramid, but {', '.join(weights)} "
+                        f"{'is an rcnn-mode detector' if len(weights) == 1 else 'are rcnn-mode detectors'}")
+    return model
+
+
 @click.command("detect", context_settings=CONTEXT)
 @click.option("--image", "images", multiple=True, required=True,
               help="Image file, folder (its images, recursively) or glob pattern in quotes (repeatable).")
@@ -62,6 +90,7 @@ def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: i
               help="Detector checkpoint (repeatable: several form an ensemble, probabilities averaged).")
 @proposal_options
 @detection_options()
+@shared_options
 @click.option("--soft-nms", type=click.Choice(["linear", "gaussian"]), default=None, help="Soft-NMS instead of NMS.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder for the images with boxes drawn (OUT/<image stem>.png).")
@@ -70,7 +99,7 @@ def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: i
                    "(image_id = file stem).")
 @device_options
 def detect(images, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets,
-           soft_nms, out, json_path, device, precision, compile_, workers):
+           scales, max_size, soft_nms, out, json_path, device, precision, compile_, workers):
     """Detect objects: proposals -> region scores (warped crops, or the shared-feature mode the checkpoint says)
     -> softmax -> per-class NMS -> top detections.
 
@@ -79,7 +108,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     paths = expand_image_paths(images)
     ids = image_ids_for(paths) if json_path or out else [Path(p).stem for p in paths]  # names files
     dev = resolve_device(device)
-    model = optimize(load_detectors(list(weights), dev), device=dev, precision=precision, compile=compile_)
+    model = optimize(load_cli_detectors(weights, dev, scales, max_size), device=dev, precision=precision, compile=compile_)
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
     note_shipped_weights(weights)
     click.echo(f"mode: {model.describe_mode()}")
@@ -129,6 +158,7 @@ def _score(records, dets, class_names, metrics: list[str]) -> dict:
               help="Detector checkpoint (repeatable: ensemble).")
 @proposal_options
 @detection_options(EVAL_SCORE_THR, EVAL_MAX_PROPOSALS)
+@shared_options
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N images.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Result file (COCO-style JSON list; `gdet eval --dets`, `gdet fuse`).")
@@ -137,8 +167,8 @@ def _score(records, dets, class_names, metrics: list[str]) -> dict:
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write the metrics as JSON (- for stdout).")
 @device_options
-def test(data, split, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets, limit,
-         out, metrics, json_path, device, precision, compile_, workers):
+def test(data, split, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets, scales,
+         max_size, limit, out, metrics, json_path, device, precision, compile_, workers):
     """Detect every image of a dataset split, write COCO-format results and print their mAP.
 
     Under torchrun the images are dealt out over the processes (each on its own GPU, ``LOCAL_RANK``) and rank 0
@@ -150,7 +180,7 @@ def test(data, split, weights, proposals, proposal_weights, opts, max_proposals,
     records = dset.records[:limit] if limit else dset.records
     with process_group_from_env() as info:
         dev = resolve_device(device, info.local_rank)
-        model = optimize(load_detectors(list(weights), dev), device=dev, precision=precision, compile=compile_)
+        model = optimize(load_cli_detectors(weights, dev, scales, max_size), device=dev, precision=precision, compile=compile_)
         if list(model.class_names) != list(dset.class_names):
             raise GdetError(f"{weights[0]}: trained for classes {model.class_names}, but {data} has "
                             f"{dset.class_names}")

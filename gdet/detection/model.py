@@ -372,12 +372,16 @@ def detector_checkpoint_meta(model: Detector, backbone_kwargs: dict | None = Non
 
 
 def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", use_ema: bool = False,
-                  chunk_size: int = 256) -> Detector:
+                  chunk_size: int = 256, shared: dict | None = None) -> Detector:
     """Load a detector written by ``gdet train det`` (or its fp16 export), in eval mode on ``device``.
 
     Aux heads are dropped (inference never uses them). The mode (``rcnn`` or ``shared``) is the checkpoint's
     (``rcnn`` for files that do not say). A classification checkpoint or a foreign file raises a one-line
     :class:`~gdet.errors.CheckpointError`.
+
+    Args:
+        shared: shared-mode settings that replace the checkpoint's at inference, e.g. ``{"scales": [480, 600,
+            750], "max_size": 1250}`` (a test-time pyramid); ignored for an rcnn-mode checkpoint.
     """
     ckpt = load_checkpoint(path)
     if ckpt.get("task") != "detect" or "detector" not in ckpt:
@@ -399,7 +403,8 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", u
     try:
         model = Detector(net, names, context_pad=meta["context_pad"], input_size=meta["input_size"],
                          bbox_reg=meta.get("bbox_reg", False), sampling_ratio=meta.get("sampling_ratio", 1),
-                         chunk_size=chunk_size, mode=mode, shared=meta.get("shared"))
+                         chunk_size=chunk_size, mode=mode,
+                         shared={**(meta.get("shared") or {}), **(shared or {})} if mode == "shared" else None)
     except GdetError as e:
         raise CheckpointError(f"{path}: {e}") from None
     try:  # fp16 exports are cast to the model's fp32 on loading
