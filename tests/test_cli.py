@@ -90,7 +90,8 @@ def test_shared_vocabulary_across_commands():
                 "bench proposals"):
         assert "--json" in names[cmd], cmd
     for cmd in ("detect", "test", "demo"):
-        assert {"--max-proposals", "--score-thr", "--nms-iou", "--max-dets", "--device", "--precision"} <= names[cmd]
+        assert {"--max-proposals", "--score-thr", "--nms-iou", "--max-dets", "--device", "--precision", "--scales",
+                "--max-size"} <= names[cmd]
 
 
 @pytest.mark.parametrize("args, needle", [
