@@ -200,6 +200,8 @@ def test_fit_learns_and_writes_every_output(tmp_path, capsys):
     assert {"train_loss", "train_loss_cls", "train_acc1", "lr", "train_images_per_s", "val_acc1", "time"} <= set(rows[0])
     # One loss entry: the total is that entry.
     assert all(r["train_loss"] == pytest.approx(r["train_loss_cls"]) for r in rows)
+    # Each row's lr is the one its epoch trained at (lr 0.1 halved after every epoch), not the next epoch's.
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.05, 0.025, 0.0125])
     for f in ("last.pth", "best.pth", "curves.png", "config.yaml", "metrics.jsonl"):
         assert (tmp_path / f).is_file(), f
     last, best = load_checkpoint(tmp_path / "last.pth"), load_checkpoint(tmp_path / "best.pth")

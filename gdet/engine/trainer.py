@@ -248,8 +248,9 @@ def train_one_epoch(task: Task, run: Run, epoch: int, steps: int) -> dict[str, f
     n = 0
     bar = progress(total=steps, desc=f"epoch {epoch + 1}/{opts.epochs}", leave=False)
     t0 = time.perf_counter()
-    step = 0
+    step, lr = 0, float(optimizer.param_groups[0]["lr"])
     for step, batch in enumerate(task.train_batches(epoch), 1):
+        lr = float(optimizer.param_groups[0]["lr"])  # this step's; the scheduler moves it after the step
         with autocast(run.device, opts.precision):
             parts = task.loss(net, batch, run)
         losses = [v for k, v in parts.items() if k.startswith("loss")]
@@ -286,7 +287,7 @@ def train_one_epoch(task: Task, run: Run, epoch: int, steps: int) -> dict[str, f
             if not math.isfinite(cur):
                 raise GdetError(f"training diverged at epoch {epoch + 1} step {step} (loss {cur}); nothing of "
                                 "this epoch was saved; lower lr or set grad_clip")
-            bar.set_postfix(loss=f"{cur:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(loss=f"{cur:.4f}", lr=f"{lr:.2e}")
         bar.update(1)
         if step >= steps:
             break
@@ -298,7 +299,7 @@ def train_one_epoch(task: Task, run: Run, epoch: int, steps: int) -> dict[str, f
                                                         device=sums.device)]))
     n_steps, n_samples = float(totals[-2]), float(totals[-1])
     row = {f"train_{k}": float(totals[i]) / n_steps for i, k in enumerate(keys)}
-    row["lr"] = float(optimizer.param_groups[0]["lr"])
+    row["lr"] = lr  # the learning rate of the epoch's last step, not the next epoch's
     row[f"train_{task.unit}_per_s"] = n_samples / max(elapsed, 1e-9)
     return row
 
