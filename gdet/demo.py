@@ -93,7 +93,8 @@ def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_io
                         f"gdet/assets/{DETECTOR.name}; `gdet train det` trains one)")
     out = Path(out)
     dev = resolve_device(device)
-    model = optimize(load_cli_detectors((weights,), dev, scales, max_size), device=dev, precision=precision, compile=compile_)
+    model = optimize(load_cli_detectors((weights,), dev, scales, max_size), device=dev, precision=precision,
+                     compile=compile_)
     size = f"{model.input_size} px {'crops' if model.mode == 'rcnn' else 'input'}"
     click.echo(f"detector: {weights} ({model.backbone.backbone_name}, {size}, "
                f"{model.num_classes} classes: {', '.join(model.class_names)})")

@@ -108,7 +108,8 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     paths = expand_image_paths(images)
     ids = image_ids_for(paths) if json_path or out else [Path(p).stem for p in paths]  # names files
     dev = resolve_device(device)
-    model = optimize(load_cli_detectors(weights, dev, scales, max_size), device=dev, precision=precision, compile=compile_)
+    model = optimize(load_cli_detectors(weights, dev, scales, max_size), device=dev, precision=precision,
+                     compile=compile_)
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
     note_shipped_weights(weights)
     click.echo(f"mode: {model.describe_mode()}")
@@ -180,7 +181,8 @@ def test(data, split, weights, proposals, proposal_weights, opts, max_proposals,
     records = dset.records[:limit] if limit else dset.records
     with process_group_from_env() as info:
         dev = resolve_device(device, info.local_rank)
-        model = optimize(load_cli_detectors(weights, dev, scales, max_size), device=dev, precision=precision, compile=compile_)
+        model = optimize(load_cli_detectors(weights, dev, scales, max_size), device=dev, precision=precision,
+                         compile=compile_)
         if list(model.class_names) != list(dset.class_names):
             raise GdetError(f"{weights[0]}: trained for classes {model.class_names}, but {data} has "
                             f"{dset.class_names}")
