@@ -38,6 +38,7 @@ def device_options(f):
     f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")(f)
     return f
 
+
 def int_list(text: str, option: str) -> list[int]:
     """A comma list of positive integers given to ``option`` (e.g. ``--scales 480,600``); else a one-line error."""
     try:
