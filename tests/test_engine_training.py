@@ -219,12 +219,17 @@ def test_without_validation_the_lowest_training_loss_is_best(tmp_path):
     assert load_checkpoint(tmp_path / "best.pth")["epoch"] == res["best_epoch"]
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, capsys):
     straight = _cfg(tmp_path / "a")
     fit(TinyTask(straight), straight)
     fit(TinyTask(_cfg(tmp_path / "b", epochs=2)), _cfg(tmp_path / "b", epochs=2))
     resumed = _cfg(tmp_path / "b", resume=str(tmp_path / "b" / "last.pth"))
+    capsys.readouterr()
     fit(TinyTask(resumed), resumed)
+    assert "last.pth: epoch 2 of 3 done, continuing" in capsys.readouterr().out
+    # Resuming a finished run says so and trains nothing.
+    fit(TinyTask(resumed), resumed)
+    assert "all 3 epochs done, nothing to train" in capsys.readouterr().out
     a, b = load_checkpoint(tmp_path / "a" / "last.pth"), load_checkpoint(tmp_path / "b" / "last.pth")
     assert a["epoch"] == b["epoch"] == 3 and a["ema"] is not None
     _same_weights(a, b)

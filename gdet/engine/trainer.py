@@ -423,6 +423,11 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
         history = list(ck.get("history") or [])
         if is_main_process():
             _repair_outputs(work, ck, opts.resume)
+            if start < opts.epochs:
+                print(f"resume: {opts.resume}: epoch {start} of {opts.epochs} done, continuing", flush=True)
+            else:
+                print(f"resume: {opts.resume}: all {opts.epochs} epochs done, nothing to train "
+                      f"(set epochs= above {start} to train longer)", flush=True)
     if is_main_process():
         _save_config(cfg, work / "config.yaml")
     logger = MetricLogger(work / "metrics.jsonl", resume=start > 0)
@@ -430,7 +435,7 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
     meta = task.checkpoint_meta()
     # Without validation the lowest training loss picks best.pth; its score is then the negated loss.
     score_name = task.score_name if task.can_evaluate and opts.eval_every else "neg_train_loss"
-    row: dict[str, Any] = {}
+    row: dict[str, Any] = dict(history[-1]) if history else {}  # a finished run resumed: its last epoch
     try:
         for epoch in range(start, opts.epochs):
             t0 = time.perf_counter()
