@@ -228,8 +228,9 @@ def test_resume_continues_exactly(tmp_path, capsys):
     fit(TinyTask(resumed), resumed)
     assert "last.pth: epoch 2 of 3 done, continuing" in capsys.readouterr().out
     # Resuming a finished run says so and trains nothing.
-    fit(TinyTask(resumed), resumed)
+    done = fit(TinyTask(resumed), resumed)
     assert "all 3 epochs done, nothing to train" in capsys.readouterr().out
+    assert done["last"]["epoch"] == 3 and done["last"] == _rows(tmp_path / "b")[-1]
     a, b = load_checkpoint(tmp_path / "a" / "last.pth"), load_checkpoint(tmp_path / "b" / "last.pth")
     assert a["epoch"] == b["epoch"] == 3 and a["ema"] is not None
     _same_weights(a, b)
