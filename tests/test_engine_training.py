@@ -304,6 +304,30 @@ def _orphan(path):
     return temp
 
 
+def test_resume_takes_the_schedule_from_the_config(tmp_path, capsys):
+    # A step run without a decay in its 2 epochs, resumed to 3 epochs with the decay moved to epoch 2: the third
+    # epoch trains at half the lr, as it would have in a 3-epoch run with lr_step_epochs=2.
+    fit(TinyTask(_cfg(tmp_path / "s", epochs=2, lr_step_epochs=4)), _cfg(tmp_path / "s", epochs=2, lr_step_epochs=4))
+    resumed = _cfg(tmp_path / "s", epochs=3, lr_step_epochs=2, resume=str(tmp_path / "s" / "last.pth"))
+    capsys.readouterr()
+    fit(TinyTask(resumed), resumed)
+    assert "lr_step_epochs 4 → 2; the optimizer and schedule follow the config (lr 0.05 at epoch 3)" in capsys.readouterr().out
+    assert [r["lr"] for r in _rows(tmp_path / "s")] == pytest.approx([0.1, 0.1, 0.05])
+    # A cosine run lengthened at its resume follows the longer curve from there on.
+    cos = {"lr_schedule": "cosine", "min_lr": 0.0}
+    straight = _cfg(tmp_path / "a", epochs=4, **cos)
+    fit(TinyTask(straight), straight)
+    fit(TinyTask(_cfg(tmp_path / "b", epochs=2, **cos)), _cfg(tmp_path / "b", epochs=2, **cos))
+    longer = _cfg(tmp_path / "b", epochs=4, resume=str(tmp_path / "b" / "last.pth"), **cos)
+    fit(TinyTask(longer), longer)
+    assert "epochs 2 → 4" in capsys.readouterr().out
+    a, b = [r["lr"] for r in _rows(tmp_path / "a")], [r["lr"] for r in _rows(tmp_path / "b")]
+    assert b[2:] == pytest.approx(a[2:]) and b[1] < a[1] and b[2] > b[1]
+    # Another optimizer cannot take the saved state.
+    with pytest.raises(CheckpointError, match="trained with optimizer sgd, not adamw"):
+        fit(TinyTask(longer), {**longer, "optimizer": "adamw"})
+
+
 def test_kill_before_the_metrics_row_then_resume_repairs(tmp_path, monkeypatch):
     from gdet.engine.logger import MetricLogger
 

@@ -211,9 +211,20 @@ def resume_training_state(path_or_ckpt: str | os.PathLike | dict, *, model: nn.M
         raise CheckpointError(f"{name}: not a training checkpoint (no optimizer state/epoch); cannot resume from it")
     load_model_weights(unwrap_model(model), ckpt["model"])
     if optimizer is not None:
+        # The checkpoint gives the optimizer's state (momentum buffers, steps); the hyperparameters of each group
+        # (lr, momentum, weight decay) stay those the optimizer was built with from the run's config.
+        built = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group, hyper in zip(optimizer.param_groups, built):
+            group.update(hyper)
     if scheduler is not None and ckpt.get("scheduler") is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
+        # Likewise the position on the schedule comes from the checkpoint, the schedule itself (a LambdaLR's
+        # multiplier and base lrs) from the config; the caller sets the lr there (optim.set_schedule_position).
+        state = {k: v for k, v in ckpt["scheduler"].items() if k not in ("lr_lambdas", "base_lrs")}
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if lambdas is not None:
+            state["lr_lambdas"] = [None] * len(lambdas)
+        scheduler.load_state_dict(state)
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
     if ema is not None:

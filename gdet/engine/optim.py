@@ -1,7 +1,9 @@
 """Optimizer and learning-rate schedule builders shared by every trainer (classification, MultiBox, detection).
 
 The schedule is a per-iteration multiplier of the base learning rate (a :class:`LrSchedule` inside
-``torch.optim.lr_scheduler.LambdaLR``), so warm-up is smooth and a resumed run continues on the same curve.
+``torch.optim.lr_scheduler.LambdaLR``), so warm-up is smooth. A resumed run takes its position on the curve from the
+checkpoint and the curve itself from its config (:func:`set_schedule_position`), so that ``epochs=`` or
+``lr_step_epochs=`` given at a resume take effect.
 """
 from __future__ import annotations
 
@@ -135,3 +137,15 @@ def build_scheduler(cfg: dict, optimizer: torch.optim.Optimizer,
         milestones=_get(cfg, "lr_milestones") or (), min_factor=float(_get(cfg, "min_lr")) / lr if lr > 0 else 0.0,
         warmup_epochs=float(_get(cfg, "warmup_epochs")), warmup_factor=float(_get(cfg, "warmup_factor")))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def set_schedule_position(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> list[float]:
+    """Put a :func:`build_scheduler` scheduler at optimizer step ``step`` of its own curve and set each parameter
+    group's lr to the curve's value there (as if it had run ``step`` steps). Returns the lrs."""
+    scheduler.last_epoch = int(step)
+    scheduler._step_count = int(step) + 1
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+    return lrs

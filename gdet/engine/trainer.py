@@ -25,7 +25,7 @@ from gdet.engine.ema import build_ema
 from gdet.engine.loader import set_epoch
 from gdet.engine.logger import MetricLogger, plot_curves, progress
 from gdet.engine.loop import build_grad_scaler
-from gdet.engine.optim import OPTIM_DEFAULTS, SCHEDULES, build_optimizer, build_scheduler
+from gdet.engine.optim import OPTIM_DEFAULTS, SCHEDULES, build_optimizer, build_scheduler, set_schedule_position
 from gdet.errors import CheckpointError, GdetError
 from gdet.io import atomic_write, remove_stale_temps
 
@@ -379,6 +379,19 @@ def fit(task: Task, cfg: dict) -> dict[str, Any]:
             cleanup()
 
 
+def _optim_key(cfg: dict, key: str) -> Any:
+    value = cfg.get(key, OPTIM_DEFAULTS[key])
+    return value.lower() if isinstance(value, str) else value
+
+
+def _changed_optim_keys(saved: dict, cfg: dict) -> list[str]:
+    """``key old → new`` for each optimizer or schedule key that differs from the checkpoint's config (``epochs``
+    only where it shapes the curve, i.e. under cosine)."""
+    keys = [k for k in OPTIM_DEFAULTS if k != "epochs" or _optim_key(cfg, "lr_schedule") == "cosine"]
+    return [f"{k} {_optim_key(saved, k)} → {_optim_key(cfg, k)}" for k in keys
+            if saved and _optim_key(saved, k) != _optim_key(cfg, k)]
+
+
 def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str, Any]:
     device = resolve_device(opts.device, info.local_rank)
     seed_everything(opts.seed, info.rank)
@@ -395,6 +408,10 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
                                   "cannot resume from it")
         if resume_ckpt.get("task") not in (None, task.name):
             raise CheckpointError(f"{opts.resume}: a {resume_ckpt.get('task')!r} checkpoint, not {task.name!r}")
+        before = _optim_key(resume_ckpt.get("config") or {}, "optimizer")
+        if before != _optim_key(cfg, "optimizer"):
+            raise CheckpointError(f"{opts.resume}: trained with optimizer {before}, not {_optim_key(cfg, 'optimizer')}; "
+                                  f"resume with optimizer={before}")
     run = Run(cfg=cfg, opts=opts, info=info, device=device, resume_ckpt=resume_ckpt)
     model = task.setup(run).to(device)
     if run.channels_last:
@@ -421,8 +438,13 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
         if ck.get("best_score") is not None:
             best, best_epoch = float(ck["best_score"]), ck.get("best_epoch")
         history = list(ck.get("history") or [])
+        lr_now = set_schedule_position(run.scheduler, start * steps)[0]
         if is_main_process():
             _repair_outputs(work, ck, opts.resume)
+            changed = _changed_optim_keys(ck.get("config") or {}, cfg)
+            if changed and start < opts.epochs:
+                print(f"resume: {opts.resume}: {', '.join(changed)}; the optimizer and schedule follow the "
+                      f"config (lr {lr_now:g} at epoch {start + 1})", flush=True)
             if start < opts.epochs:
                 print(f"resume: {opts.resume}: epoch {start} of {opts.epochs} done, continuing", flush=True)
             else:
