@@ -326,6 +326,8 @@ def test_resume_takes_the_schedule_from_the_config(tmp_path, capsys):
     # Another optimizer cannot take the saved state.
     with pytest.raises(CheckpointError, match="trained with optimizer sgd, not adamw"):
         fit(TinyTask(longer), {**longer, "optimizer": "adamw"})
+    with pytest.raises(CheckpointError, match="optimizer state does not fit this run's parameters"):
+        fit(TinyTask(longer), {**longer, "no_decay_norm_bias": False})
 
 
 def test_kill_before_the_metrics_row_then_resume_repairs(tmp_path, monkeypatch):

@@ -214,7 +214,10 @@ def resume_training_state(path_or_ckpt: str | os.PathLike | dict, *, model: nn.M
         # The checkpoint gives the optimizer's state (momentum buffers, steps); the hyperparameters of each group
         # (lr, momentum, weight decay) stay those the optimizer was built with from the run's config.
         built = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:  # other parameter groups: another network, or no_decay_norm_bias changed
+            raise CheckpointError(f"{name}: its optimizer state does not fit this run's parameters ({e})") from None
         for group, hyper in zip(optimizer.param_groups, built):
             group.update(hyper)
     if scheduler is not None and ckpt.get("scheduler") is not None:

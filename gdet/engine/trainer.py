@@ -408,8 +408,9 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
                                   "cannot resume from it")
         if resume_ckpt.get("task") not in (None, task.name):
             raise CheckpointError(f"{opts.resume}: a {resume_ckpt.get('task')!r} checkpoint, not {task.name!r}")
-        before = _optim_key(resume_ckpt.get("config") or {}, "optimizer")
-        if before != _optim_key(cfg, "optimizer"):
+        saved = resume_ckpt.get("config") or {}
+        before = _optim_key(saved, "optimizer")
+        if saved and before != _optim_key(cfg, "optimizer"):
             raise CheckpointError(f"{opts.resume}: trained with optimizer {before}, not {_optim_key(cfg, 'optimizer')}; "
                                   f"resume with optimizer={before}")
     run = Run(cfg=cfg, opts=opts, info=info, device=device, resume_ckpt=resume_ckpt)
