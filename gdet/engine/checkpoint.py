@@ -199,14 +199,16 @@ def save_training_state(path: str | os.PathLike, **kwargs) -> dict[str, Any] | N
 
 
 def resume_training_state(path_or_ckpt: str | os.PathLike | dict, *, model: nn.Module, optimizer=None,
-                          scheduler=None, scaler=None, ema=None, restore_rng: bool = True) -> dict[str, Any]:
+                          scheduler=None, scaler=None, ema=None, restore_rng: bool = True,
+                          name: str | None = None) -> dict[str, Any]:
     """Load a :func:`training_state` checkpoint into the given objects (model may be DDP-wrapped) and restore
-    this rank's RNG state. Returns the checkpoint; training continues at epoch ``ckpt["epoch"]``."""
+    this rank's RNG state. Returns the checkpoint; training continues at epoch ``ckpt["epoch"]``. ``name`` names
+    a checkpoint given as a dict in errors."""
     import torch.distributed as dist
 
 
     ckpt = load_checkpoint(path_or_ckpt) if not isinstance(path_or_ckpt, dict) else path_or_ckpt
-    name = path_or_ckpt if not isinstance(path_or_ckpt, dict) else "checkpoint"
+    name = name or (path_or_ckpt if not isinstance(path_or_ckpt, dict) else "checkpoint")
     if ckpt.get("optimizer") is None or "epoch" not in ckpt:
         raise CheckpointError(f"{name}: not a training checkpoint (no optimizer state/epoch); cannot resume from it")
     load_model_weights(unwrap_model(model), ckpt["model"])

@@ -434,7 +434,7 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
     start, best, best_epoch, history = 0, -math.inf, None, []
     if resume_ckpt is not None:
         ck = resume_training_state(resume_ckpt, model=model, optimizer=run.optimizer, scheduler=run.scheduler,
-                                   scaler=run.scaler, ema=run.ema)
+                                   scaler=run.scaler, ema=run.ema, name=opts.resume)
         start = int(ck["epoch"])
         if ck.get("best_score") is not None:
             best, best_epoch = float(ck["best_score"]), ck.get("best_epoch")
