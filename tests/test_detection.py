@@ -306,13 +306,14 @@ def test_cli_scales_set_a_shared_detectors_pyramid(tmp_path):
 
 def test_frozen_bn_keeps_running_statistics_in_both_modes():
     """Batch norm uses batch statistics while a detector trains (both modes) unless ``frozen_bn``: then it stays in
-    eval mode and the loaded running statistics are untouched; the trainer's key must be a boolean."""
+    eval mode and the loaded running statistics are untouched (``trunk``: only the shared trunk's); the trainer's
+    key must be a boolean or ``trunk`` in shared mode."""
     from torch import nn
 
     from gdet.backbones import build_backbone
     from gdet.detection.model import Detector
     from gdet.detection.train import check
-    from gdet.errors import ConfigError
+    from gdet.errors import ConfigError, GdetError
 
     def bn_modes(det):
         return {m.training for m in det.backbone.modules() if isinstance(m, nn.BatchNorm2d)}
@@ -334,9 +335,31 @@ def test_frozen_bn_keeps_running_statistics_in_both_modes():
     before = frozen.backbone.conv1.bn.running_mean.clone()
     frozen(image, box)
     assert torch.equal(before, frozen.backbone.conv1.bn.running_mean)
+    # "trunk": the stages that run once per image keep their statistics, the per-region stages train theirs.
+    trunk = shared_det()
+    trunk.frozen_bn = "trunk"
+    trunk.train()
+    bb = trunk.backbone
+    assert not bb.conv1.bn.training and not bb.inception4e.branch1.bn.training
+    assert bb.inception5a.branch1.bn.training and bb.inception5b.branch4[1].bn.training
+    before = {n: bb.get_submodule(n).running_mean.clone() for n in ("conv1.bn", "inception4e.branch1.bn",
+                                                                     "inception5a.branch1.bn")}
+    out = trunk(image, box)
+    after = {n: bb.get_submodule(n).running_mean for n in before}
+    assert torch.equal(before["conv1.bn"], after["conv1.bn"])
+    assert torch.equal(before["inception4e.branch1.bn"], after["inception4e.branch1.bn"])
+    assert not torch.equal(before["inception5a.branch1.bn"], after["inception5a.branch1.bn"])
+    out.logits.sum().backward()  # the frozen layers' affine parameters still learn
+    assert bb.conv1.bn.weight.grad is not None and bb.conv1.bn.weight.grad.abs().sum() > 0
     rcnn = Detector(build_backbone("googlenet_tv", num_classes=3, aux_logits=False), CLASSES, input_size=32).train()
     assert bn_modes(rcnn) == {True}
+    rcnn.frozen_bn = "trunk"
+    with pytest.raises(GdetError, match="shared mode"):
+        rcnn.train()
     with pytest.raises(ConfigError, match="frozen_bn"):
         check({"data": "x", "frozen_bn": "yes"})
+    with pytest.raises(ConfigError, match="frozen_bn: trunk is for mode: shared"):
+        check({"data": "x", "frozen_bn": "trunk"})
+    assert check({"data": "x", "frozen_bn": "trunk", "mode": "shared", "aux_logits": False})["frozen_bn"] == "trunk"
     with pytest.raises(ConfigError, match="train_pyramid"):
         check({"data": "x", "train_pyramid": 1})

@@ -82,10 +82,11 @@ class Detector(nn.Module):
             raise GdetError(f"detector mode {mode!r}: use {' or '.join(MODES)}")
         self.mode = mode
         # Batch norm in eval mode while training (running statistics kept as loaded): the trainer's ``frozen_bn``
-        # key. Off by default in both modes: from the synthetic classifier, frozen statistics stall fine-tuning
-        # (R-CNN's loss at step 300: 1.05 frozen, 0.87 with batch statistics; shared mode stays at the class
-        # prior for 750 steps frozen).
-        self.frozen_bn = False
+        # key, True (the whole backbone) or "trunk" (shared mode: the stages that run once per image, whose batch
+        # statistics in training are one image's, while inference uses the running ones). Off by default in both
+        # modes: from the synthetic classifier, frozen statistics stall fine-tuning (R-CNN's loss at step 300:
+        # 1.05 frozen, 0.87 with batch statistics; shared mode stays at the class prior for 750 steps frozen).
+        self.frozen_bn: bool | str = False
         if mode == "shared":
             if backbone.aux_logits:
                 raise GdetError("shared mode: the backbone must have no aux heads (aux_logits: false); they sit "
@@ -114,7 +115,12 @@ class Detector(nn.Module):
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)
         if mode and self.frozen_bn:
-            for m in self.backbone.modules():
+            frozen = self.backbone
+            if self.frozen_bn == "trunk":
+                if self.mode != "shared":
+                    raise GdetError("frozen_bn: trunk is for shared mode")
+                frozen = self.shared_net.split.trunk  # holds the backbone's own modules up to the pooled stage
+            for m in frozen.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self

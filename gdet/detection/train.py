@@ -54,7 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "max_size": 1000,             # shared: cap on the longer side
     "stage": None,                # shared: the feature_info stage regions are pooled from (null: deepest stride 16)
     "pooled_size": None,          # shared: pooled region side (null: the stage's size at input_size)
-    "frozen_bn": False,           # batch norm in eval mode while training (running statistics kept as loaded)
+    "frozen_bn": None,            # true: batch norm in eval mode while training (running statistics kept as
+                                  # loaded); trunk (shared): only the trunk's; null or false: batch statistics
     "backbone": "googlenet",
     "backbone_kwargs": {},
     "weights": None,              # classification or detector checkpoint to start from (null: from scratch)
@@ -116,6 +117,14 @@ def _images_per_batch_check(v: Any, cfg: dict) -> str | None:
     return problem
 
 
+def _frozen_bn_check(v, cfg) -> str | None:
+    if v is None or isinstance(v, bool):
+        return None
+    if v == "trunk":
+        return None if cfg.get("mode") == "shared" else "trunk is for mode: shared (the stages before the pooled one)"
+    return f"must be true, false or trunk, got {v!r}"
+
+
 CHECKS = {
     **ENGINE_CHECKS,
     "mode": _mode_check,
@@ -123,7 +132,7 @@ CHECKS = {
     "max_size": number(ge=1, integer=True, null=True),
     "stage": lambda v, cfg: None if v is None or isinstance(v, str) else f"must be a stage name or null, got {v!r}",
     "pooled_size": number(ge=1, integer=True, null=True),
-    "frozen_bn": lambda v, cfg: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
+    "frozen_bn": _frozen_bn_check,
     "train_pyramid": lambda v, cfg: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
     "images_per_batch": _images_per_batch_check,
     "proposal_kwargs": mapping,
@@ -428,7 +437,7 @@ class DetectionTask(Task):
             raise ConfigError(f"{'stage' if 'stage' in str(e) else 'mode'}: {e}") from None
         if cfg["weights"] and ck is None:  # a resumed run's weights all come from its checkpoint
             self._load_start_weights(model, cfg["weights"], class_names, bool(cfg["weights_strict"]))
-        model.frozen_bn = bool(cfg["frozen_bn"])
+        model.frozen_bn = "trunk" if cfg["frozen_bn"] == "trunk" else bool(cfg["frozen_bn"])
         if self.mode == "shared":
             model.shared_net.train_pyramid = bool(cfg["train_pyramid"])
         self.meta = detector_checkpoint_meta(model, bb_kwargs)
