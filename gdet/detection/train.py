@@ -121,7 +121,7 @@ def _frozen_bn_check(v, cfg) -> str | None:
     if v is None or isinstance(v, bool):
         return None
     if v == "trunk":
-        return None if cfg.get("mode") == "shared" else "trunk is for mode: shared (the stages before the pooled one)"
+        return None if cfg.get("mode") == "shared" else "trunk is for mode: shared (the stages up to the pooled one)"
     return f"must be true, false or trunk, got {v!r}"
 
 
