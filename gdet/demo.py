@@ -85,15 +85,15 @@ def demo_map(model: Detector, root: Path, *, max_proposals: int, nms_iou: float,
 @detection_options()
 @shared_options
 @device_options
-def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_iou, max_dets, scales, max_size, device,
-         precision, compile_):
+def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_iou, max_dets, mode, scales, max_size,
+         device, precision, compile_):
     """Detect objects in gdet/assets/sample.jpg and report the shipped detector's mAP on a generated val split."""
     if not Path(weights).is_file():
         raise GdetError(f"{weights}: detector checkpoint not found (the package ships "
                         f"gdet/assets/{DETECTOR.name}; `gdet train det` trains one)")
     out = Path(out)
     dev = resolve_device(device)
-    model = optimize(load_cli_detectors((weights,), dev, scales, max_size), device=dev, precision=precision,
+    model = optimize(load_cli_detectors((weights,), dev, scales, max_size, mode), device=dev, precision=precision,
                      compile=compile_)
     size = f"{model.input_size} px {'crops' if model.mode == 'rcnn' else 'input'}"
     click.echo(f"detector: {weights} ({model.backbone.backbone_name}, {size}, "

@@ -304,6 +304,57 @@ def test_cli_scales_set_a_shared_detectors_pyramid(tmp_path):
         assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and needle in res.output, res.output
 
 
+def test_cli_mode_runs_the_same_weights_in_the_other_mode(tmp_path):
+    """``--mode`` scores a checkpoint's weights in the other mode: an R-CNN checkpoint with ``--mode shared`` detects
+    as a shared-mode checkpoint of the same weights does, and a shared-mode one with ``--mode rcnn`` as the R-CNN
+    checkpoint does."""
+    import cv2
+
+    from gdet.cli import main
+    from gdet.proposals import ProposalSet, save_proposals
+
+    cv2.imwrite(str(tmp_path / "scene.png"), IMAGE)
+    save_proposals(tmp_path / "p.npz", ProposalSet.from_lists(["scene"], [PROPS], [torch.ones(4)]))
+    base = tiny_detector()
+    rcnn = save_detector(base, tmp_path / "rcnn.pth")
+    shared = save_detector(_shared_twin(base, scales=(24, 96), max_size=128), tmp_path / "shared.pth")
+    args = ["detect", "--image", str(tmp_path / "scene.png"), "--proposals", str(tmp_path / "p.npz"),
+            "--score-thr", "0", "--device", "cpu"]
+
+    def dets(*extra):
+        out = tmp_path / f"d{len(list(tmp_path.glob('d*.json')))}.json"
+        res = CliRunner().invoke(main, [*args, *extra, "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        return res.output, json.loads(out.read_text())
+
+    def same(a, b):
+        assert len(a) == len(b) > 0
+        for g, w in zip(a, b):
+            assert g["category_id"] == w["category_id"] and g["bbox"] == pytest.approx(w["bbox"], abs=1e-3)
+            assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+
+    text, as_shared = dets("--weights", str(rcnn), "--mode", "shared", "--scales", "24,96", "--max-size", "128")
+    assert "mode: shared (scales [24, 96], max 128, stage inception4e, pooled 2)" in text.splitlines()
+    _, want_shared = dets("--weights", str(shared))
+    same(as_shared, want_shared)
+    text, as_rcnn = dets("--weights", str(shared), "--mode", "rcnn")
+    assert "mode: rcnn (warped crops, whole network per region)" in text.splitlines()
+    _, want_rcnn = dets("--weights", str(rcnn))
+    same(as_rcnn, want_rcnn)
+    assert [d["score"] for d in as_rcnn] != pytest.approx([d["score"] for d in as_shared], abs=1e-4)
+    # Without --scales an R-CNN checkpoint runs at shared mode's default pyramid.
+    assert "mode: shared (scales [600], max 1000" in dets("--weights", str(rcnn), "--mode", "shared")[0]
+
+    for extra, needle in ((["--weights", str(shared), "--mode", "rcnn", "--scales", "300"],
+                           "error: --scales: sets shared mode's image pyramid, but --mode rcnn scores warped crops"),
+                          (["--weights", str(rcnn), "--scales", "300"], "(add --mode shared to run it in shared mode)"),
+                          (["--weights", str(rcnn), "--mode", "fast"], "Invalid value for '--mode'")):
+        res = CliRunner().invoke(main, [*args, *extra])
+        assert res.exit_code != 0 and needle in res.output, res.output
+    with pytest.raises(GdetError, match="mode: 'fast' is not a detector mode"):
+        load_detector(rcnn, mode="fast")
+
+
 def test_frozen_bn_keeps_running_statistics_in_both_modes():
     """Batch norm uses batch statistics while a detector trains (both modes) unless ``frozen_bn``: then it stays in
     eval mode and the loaded running statistics are untouched (``trunk``: only the shared trunk's); the trainer's

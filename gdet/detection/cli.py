@@ -13,7 +13,7 @@ from gdet.data.image import expand_image_paths
 from gdet.detection.fusion import fuse_detections
 from gdet.detection.inference import (DEFAULTS, EVAL_MAX_PROPOSALS, EVAL_SCORE_THR, ProposalSource, detect_records,
                                       detections_to_rows, format_table, image_ids_for, write_detections)
-from gdet.detection.model import load_detectors
+from gdet.detection.model import MODES, load_detectors
 from gdet.detection.visualize import draw_detections, save_png
 from gdet.engine import resolve_device
 from gdet.errors import GdetError
@@ -56,30 +56,39 @@ def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: i
 
 
 def shared_options(f):
-    """``--scales`` and ``--max-size``: a shared-mode detector's image pyramid at inference, on every command that
-    detects."""
+    """``--mode``, ``--scales`` and ``--max-size``: the scoring mode and a shared-mode detector's image pyramid at
+    inference, on every command that detects."""
     f = click.option("--max-size", default=None, type=click.IntRange(min=1),
                      help="Shared-mode detectors: cap on the longer image side (default: the checkpoint's).")(f)
     f = click.option("--scales", default=None,
                      help="Shared-mode detectors: comma list of shorter image sides the trunk runs at, each region "
                           "pooled from the one where it is nearest the crop size (default: the checkpoint's).")(f)
+    f = click.option("--mode", default=None, type=click.Choice(MODES),
+                     help="Score regions in this mode whatever the checkpoint was trained in (the weights are the "
+                          "same): `shared` runs an R-CNN detector Fast R-CNN's way (set its pyramid with --scales), "
+                          "`rcnn` a shared-mode one the paper's way (default: each checkpoint's own mode).")(f)
     return f
 
 
-def load_cli_detectors(weights: tuple[str, ...], device, scales: str | None, max_size: int | None):
-    """The detector (or ensemble) of ``--weights`` with ``--scales``/``--max-size`` applied to its shared-mode
-    members; one of those options without any shared-mode member is an error."""
+def load_cli_detectors(weights: tuple[str, ...], device, scales: str | None, max_size: int | None,
+                       mode: str | None = None):
+    """The detector (or ensemble) of ``--weights``, every member in ``--mode`` when given, with
+    ``--scales``/``--max-size`` applied to its shared-mode members; one of those options without any shared-mode
+    member is an error."""
     over = {}
     if scales:
         over["scales"] = int_list(scales, "--scales")
     if max_size:
         over["max_size"] = int(max_size)
-    model = load_detectors(list(weights), device, shared=over or None)
+    model = load_detectors(list(weights), device, shared=over or None, mode=mode)
     members = getattr(model, "members", [model])
     if over and not any(m.mode == "shared" for m in members):
         option = "--scales" if scales else "--max-size"
+        if mode == "rcnn":
+            raise GdetError(f"{option}: sets shared mode's image pyramid, but --mode rcnn scores warped crops")
         raise GdetError(f"{option}: sets a shared-mode detector's pyramid, but {', '.join(weights)} "
-                        f"{'is an rcnn-mode detector' if len(weights) == 1 else 'are rcnn-mode detectors'}")
+                        f"{'is an rcnn-mode detector' if len(weights) == 1 else 'are rcnn-mode detectors'} "
+                        f"(add --mode shared to run {'it' if len(weights) == 1 else 'them'} in shared mode)")
     return model
 
 
@@ -99,7 +108,7 @@ def load_cli_detectors(weights: tuple[str, ...], device, scales: str | None, max
                    "(image_id = file stem).")
 @device_options
 def detect(images, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets,
-           scales, max_size, soft_nms, out, json_path, device, precision, compile_, workers):
+           mode, scales, max_size, soft_nms, out, json_path, device, precision, compile_, workers):
     """Detect objects: proposals -> region scores (warped crops, or the shared-feature mode the checkpoint says)
     -> softmax -> per-class NMS -> top detections.
 
@@ -108,7 +117,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     paths = expand_image_paths(images)
     ids = image_ids_for(paths) if json_path or out else [Path(p).stem for p in paths]  # names files
     dev = resolve_device(device)
-    model = optimize(load_cli_detectors(weights, dev, scales, max_size), device=dev, precision=precision,
+    model = optimize(load_cli_detectors(weights, dev, scales, max_size, mode), device=dev, precision=precision,
                      compile=compile_)
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
     note_shipped_weights(weights)
@@ -168,8 +177,8 @@ def _score(records, dets, class_names, metrics: list[str]) -> dict:
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write the metrics as JSON (- for stdout).")
 @device_options
-def test(data, split, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets, scales,
-         max_size, limit, out, metrics, json_path, device, precision, compile_, workers):
+def test(data, split, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets, mode,
+         scales, max_size, limit, out, metrics, json_path, device, precision, compile_, workers):
     """Detect every image of a dataset split, write COCO-format results and print their mAP.
 
     Under torchrun the images are dealt out over the processes (each on its own GPU, ``LOCAL_RANK``) and rank 0
@@ -181,7 +190,7 @@ def test(data, split, weights, proposals, proposal_weights, opts, max_proposals,
     records = dset.records[:limit] if limit else dset.records
     with process_group_from_env() as info:
         dev = resolve_device(device, info.local_rank)
-        model = optimize(load_cli_detectors(weights, dev, scales, max_size), device=dev, precision=precision,
+        model = optimize(load_cli_detectors(weights, dev, scales, max_size, mode), device=dev, precision=precision,
                          compile=compile_)
         if list(model.class_names) != list(dset.class_names):
             raise GdetError(f"{weights[0]}: trained for classes {model.class_names}, but {data} has "

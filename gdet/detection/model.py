@@ -378,16 +378,19 @@ def detector_checkpoint_meta(model: Detector, backbone_kwargs: dict | None = Non
 
 
 def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", use_ema: bool = False,
-                  chunk_size: int = 256, shared: dict | None = None) -> Detector:
+                  chunk_size: int = 256, shared: dict | None = None, mode: str | None = None) -> Detector:
     """Load a detector written by ``gdet train det`` (or its fp16 export), in eval mode on ``device``.
 
     Aux heads are dropped (inference never uses them). The mode (``rcnn`` or ``shared``) is the checkpoint's
-    (``rcnn`` for files that do not say). A classification checkpoint or a foreign file raises a one-line
-    :class:`~gdet.errors.CheckpointError`.
+    (``rcnn`` for files that do not say) unless ``mode`` is given. A classification checkpoint or a foreign file
+    raises a one-line :class:`~gdet.errors.CheckpointError`.
 
     Args:
         shared: shared-mode settings that replace the checkpoint's at inference, e.g. ``{"scales": [480, 600,
-            750], "max_size": 1250}`` (a test-time pyramid); ignored for an rcnn-mode checkpoint.
+            750], "max_size": 1250}`` (a test-time pyramid); ignored when the detector runs in rcnn mode.
+        mode: run the weights in this mode whatever the checkpoint was trained in (both modes use the same
+            state dict): an rcnn-mode checkpoint in ``shared`` mode takes the checkpoint's shared settings if it
+            has any, else the defaults, then ``shared``.
     """
     ckpt = load_checkpoint(path)
     if ckpt.get("task") != "detect" or "detector" not in ckpt:
@@ -398,9 +401,12 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", u
     kw["aux_logits"] = False
     meta = ckpt["detector"]
     names = list(ckpt["class_names"])
-    mode = meta.get("mode", "rcnn")
-    if mode not in MODES or not isinstance(meta.get("shared") or {}, dict):
-        raise CheckpointError(f"{path}: unknown detector mode {mode!r} (known: {', '.join(MODES)})")
+    saved_mode = meta.get("mode", "rcnn")
+    if saved_mode not in MODES or not isinstance(meta.get("shared") or {}, dict):
+        raise CheckpointError(f"{path}: unknown detector mode {saved_mode!r} (known: {', '.join(MODES)})")
+    if mode is not None and mode not in MODES:
+        raise GdetError(f"mode: {mode!r} is not a detector mode (use {' or '.join(MODES)})")
+    mode = mode or saved_mode
     net = build_backbone(ckpt["backbone"], num_classes=len(names) + 1, **kw)
     pre = ckpt.get("preprocessing")
     if pre:
