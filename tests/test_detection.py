@@ -262,9 +262,9 @@ def test_cli_detect_shows_the_mode(tmp_path):
     assert "mode: 1: rcnn (warped crops, whole network per region); 2: shared (scales [48]" in res.output
 
 
-def test_cli_scales_set_a_shared_detectors_pyramid(tmp_path):
-    """``--scales``/``--max-size`` give a shared-mode checkpoint another pyramid at inference: the detections equal
-    those of a checkpoint saved with that pyramid. Without a shared-mode detector they are a one-line error."""
+def _detect_scene(tmp_path):
+    """A scene image and its proposal file for ``gdet detect``; returns the command's common arguments and a
+    runner ``dets(*extra) -> (output, detections)`` that asserts success."""
     import cv2
 
     from gdet.cli import main
@@ -272,9 +272,6 @@ def test_cli_scales_set_a_shared_detectors_pyramid(tmp_path):
 
     cv2.imwrite(str(tmp_path / "scene.png"), IMAGE)
     save_proposals(tmp_path / "p.npz", ProposalSet.from_lists(["scene"], [PROPS], [torch.ones(4)]))
-    base = tiny_detector()
-    shared = save_detector(_shared_twin(base), tmp_path / "shared.pth")  # scales [48], max 64
-    ref_path = save_detector(_shared_twin(base, scales=(24, 96), max_size=128), tmp_path / "ref.pth")
     args = ["detect", "--image", str(tmp_path / "scene.png"), "--proposals", str(tmp_path / "p.npz"),
             "--score-thr", "0", "--device", "cpu"]
 
@@ -284,14 +281,30 @@ def test_cli_scales_set_a_shared_detectors_pyramid(tmp_path):
         assert res.exit_code == 0, res.output
         return res.output, json.loads(out.read_text())
 
-    text, got = dets("--weights", str(shared), "--scales", "24,96", "--max-size", "128")
-    assert "mode: shared (scales [24, 96], max 128, stage inception4e, pooled 2)" in text.splitlines()
-    _, want = dets("--weights", str(ref_path))
-    _, plain = dets("--weights", str(shared))
+    return args, dets
+
+
+def _same_detections(got, want):
     assert len(got) == len(want) > 0
     for g, w in zip(got, want):
         assert g["category_id"] == w["category_id"] and g["bbox"] == pytest.approx(w["bbox"], abs=1e-3)
         assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+
+
+def test_cli_scales_set_a_shared_detectors_pyramid(tmp_path):
+    """``--scales``/``--max-size`` give a shared-mode checkpoint another pyramid at inference: the detections equal
+    those of a checkpoint saved with that pyramid. Without a shared-mode detector they are a one-line error."""
+    from gdet.cli import main
+
+    args, dets = _detect_scene(tmp_path)
+    base = tiny_detector()
+    shared = save_detector(_shared_twin(base), tmp_path / "shared.pth")  # scales [48], max 64
+    ref_path = save_detector(_shared_twin(base, scales=(24, 96), max_size=128), tmp_path / "ref.pth")
+    text, got = dets("--weights", str(shared), "--scales", "24,96", "--max-size", "128")
+    assert "mode: shared (scales [24, 96], max 128, stage inception4e, pooled 2)" in text.splitlines()
+    _, want = dets("--weights", str(ref_path))
+    _, plain = dets("--weights", str(shared))
+    _same_detections(got, want)
     assert [d["score"] for d in plain] != pytest.approx([d["score"] for d in got], abs=1e-4)  # the option acts
 
     rcnn = save_detector(base, tmp_path / "rcnn.pth")
@@ -308,39 +321,20 @@ def test_cli_mode_runs_the_same_weights_in_the_other_mode(tmp_path):
     """``--mode`` scores a checkpoint's weights in the other mode: an R-CNN checkpoint with ``--mode shared`` detects
     as a shared-mode checkpoint of the same weights does, and a shared-mode one with ``--mode rcnn`` as the R-CNN
     checkpoint does."""
-    import cv2
-
     from gdet.cli import main
-    from gdet.proposals import ProposalSet, save_proposals
 
-    cv2.imwrite(str(tmp_path / "scene.png"), IMAGE)
-    save_proposals(tmp_path / "p.npz", ProposalSet.from_lists(["scene"], [PROPS], [torch.ones(4)]))
+    args, dets = _detect_scene(tmp_path)
     base = tiny_detector()
     rcnn = save_detector(base, tmp_path / "rcnn.pth")
     shared = save_detector(_shared_twin(base, scales=(24, 96), max_size=128), tmp_path / "shared.pth")
-    args = ["detect", "--image", str(tmp_path / "scene.png"), "--proposals", str(tmp_path / "p.npz"),
-            "--score-thr", "0", "--device", "cpu"]
-
-    def dets(*extra):
-        out = tmp_path / f"d{len(list(tmp_path.glob('d*.json')))}.json"
-        res = CliRunner().invoke(main, [*args, *extra, "--json", str(out)])
-        assert res.exit_code == 0, res.output
-        return res.output, json.loads(out.read_text())
-
-    def same(a, b):
-        assert len(a) == len(b) > 0
-        for g, w in zip(a, b):
-            assert g["category_id"] == w["category_id"] and g["bbox"] == pytest.approx(w["bbox"], abs=1e-3)
-            assert g["score"] == pytest.approx(w["score"], abs=1e-5)
-
     text, as_shared = dets("--weights", str(rcnn), "--mode", "shared", "--scales", "24,96", "--max-size", "128")
     assert "mode: shared (scales [24, 96], max 128, stage inception4e, pooled 2)" in text.splitlines()
     _, want_shared = dets("--weights", str(shared))
-    same(as_shared, want_shared)
+    _same_detections(as_shared, want_shared)
     text, as_rcnn = dets("--weights", str(shared), "--mode", "rcnn")
     assert "mode: rcnn (warped crops, whole network per region)" in text.splitlines()
     _, want_rcnn = dets("--weights", str(rcnn))
-    same(as_rcnn, want_rcnn)
+    _same_detections(as_rcnn, want_rcnn)
     assert [d["score"] for d in as_rcnn] != pytest.approx([d["score"] for d in as_shared], abs=1e-4)
     # Without --scales an R-CNN checkpoint runs at shared mode's default pyramid.
     assert "mode: shared (scales [600], max 1000" in dets("--weights", str(rcnn), "--mode", "shared")[0]
