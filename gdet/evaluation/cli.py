@@ -14,7 +14,7 @@ from gdet.evaluation import METRICS, build_evaluator, format_table, plot_pr_curv
 def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str = "voc", split: str = "val",
                    plots: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                    use_plus_one: bool = False, compat: str = "devkit",
-                   max_dets: tuple[int, int, int] = (1, 10, 100)) -> dict:
+                   max_dets: tuple[int, int, int] = (1, 10, 100), errors: bool = False) -> dict:
     """Evaluate a result file (see :mod:`gdet.evaluation.results`) against a dataset.
 
     Args:
@@ -26,9 +26,11 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str =
         out: path of the JSON with every figure.
         use_plus_one, compat: VOC/ILSVRC options (see :class:`~gdet.evaluation.VOCEvaluator`).
         max_dets: COCO: COCOeval's ``maxDets`` (see :class:`~gdet.evaluation.COCOEvaluator`).
+        errors: also break each class's top detections into kinds of error (:mod:`gdet.evaluation.errors`, on
+            the VOC devkit's matching at IoU 0.5 whatever ``metric`` is; with ``plots``, ``errors.png``).
 
     Returns:
-        the evaluator's result dict, plus ``gt``, ``dets``, ``seconds``.
+        the evaluator's result dict, plus ``gt``, ``dets``, ``seconds`` (and ``errors`` if asked).
     """
     from gdet.data import load_detection_set
 
@@ -46,6 +48,16 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str =
     ev = build_evaluator(metric, dset.class_names, **kwargs)
     ev.process(dset.records, detections)
     result = ev.evaluate()
+    if errors:
+        from gdet.evaluation.errors import error_breakdown, plot_errors
+
+        voc = ev if metric in ("voc07", "voc") else build_evaluator("voc", dset.class_names,
+                                                                    use_plus_one=use_plus_one, compat=compat)
+        if voc is not ev:
+            voc.process(dset.records, detections)
+        result["errors"] = error_breakdown(voc)
+        if plots:
+            plot_errors(result["errors"], Path(plots) / "errors.png", title=f"{Path(dets).name}: top-N detections")
     result.update(gt=str(gt), dets=str(dets), seconds=round(time.perf_counter() - t0, 3))
     if plots:
         aps = {r["class"]: r["ap"] if metric != "coco" else r["ap50"] for r in result["per_class"]}
@@ -71,15 +83,25 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str =
               help="VOC: the official devkit's rules or its py-faster-rcnn port (IoU > 0.5, arange thresholds).")
 @click.option("--max-dets", default="1,10,100", show_default=True,
               help="COCO: the three per-image detection limits of COCOeval (AR1/AR10/AR100; AP uses the last).")
-def eval_cmd(gt, dets, metric, split, plots, out, plus_one, compat, max_dets):
+@click.option("--errors", is_flag=True,
+              help="Also split each class's N best detections (N = its objects) into correct, localisation, "
+                   "duplicate, confusion and background, at IoU 0.5 (with --plots: errors.png).")
+def eval_cmd(gt, dets, metric, split, plots, out, plus_one, compat, max_dets, errors):
     """Score a detection result file (mAP per class, PR curves, JSON)."""
     try:
         limits = tuple(int(v) for v in max_dets.split(","))
     except ValueError:
         raise GdetError(f"--max-dets: expected three integers like 1,10,100, got {max_dets!r}") from None
-    result = evaluate_files(gt, dets, metric, split, plots, out, plus_one, compat, limits)
+    result = evaluate_files(gt, dets, metric, split, plots, out, plus_one, compat, limits, errors)
     click.echo(format_table(result))
+    if errors:
+        from gdet.evaluation.errors import format_errors
+
+        click.echo("")
+        click.echo(format_errors(result["errors"]))
     if plots:
         click.echo(f"wrote {Path(plots) / f'pr_{metric}.png'}")
+        if errors:
+            click.echo(f"wrote {Path(plots) / 'errors.png'}")
     if out:
         click.echo(f"wrote {out}")

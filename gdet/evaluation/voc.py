@@ -54,6 +54,10 @@ class VOCEvaluator(DetectionEvaluator):
         self.compat = compat
         super().__init__(class_names)
 
+    def reaches(self, iou: np.ndarray) -> np.ndarray:
+        """Whether each IoU counts as a match: ``>=`` the threshold (devkit) or ``>`` it (py-faster-rcnn)."""
+        return iou > self.iou_threshold if self.compat == "py-faster-rcnn" else iou >= self.iou_threshold
+
     def match(self):
         """TP/FP flags of every detection.
 
@@ -77,8 +81,7 @@ class VOCEvaluator(DetectionEvaluator):
         jmax = iou.argmax(axis=1)
         ovmax = iou[np.arange(D), jmax]
         gt = g.gt_index[order][np.arange(D), jmax]
-        hit = ovmax > self.iou_threshold if self.compat == "py-faster-rcnn" else ovmax >= self.iou_threshold
-        hit &= gt >= 0
+        hit = self.reaches(ovmax) & (gt >= 0)
         difficult = np.zeros(D, dtype=bool)
         difficult[hit] = flat.gt_ignore[gt[hit]]
         claim = np.flatnonzero(hit & ~difficult)  # in score order: the first claim of a box is its TP
