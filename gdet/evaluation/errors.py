@@ -36,10 +36,9 @@ def error_breakdown(ev: VOCEvaluator, low_iou: float = 0.1) -> dict:
         "total": {"n", <kind>: count...}}``; ``background_side`` is the median side in pixels of the background
         false positives (NaN without any).
     """
-    flat, order, tp, fp, _npos = ev.match()
-    npos = np.bincount(flat.gt_labels[~flat.gt_ignore], minlength=ev.num_classes)
-    same = group_overlaps(flat, ev.use_plus_one).iou[order]
-    same_best = same.max(axis=1, initial=-np.inf) if same.shape[1] else np.full(order.size, -np.inf)
+    flat, order, tp, fp, npos = ev.match()
+    # best IoU with an object of the same class (-inf without one); match() takes the same maximum for its flags
+    same_best = group_overlaps(flat, ev.use_plus_one).iou[order].max(axis=1, initial=-np.inf)
     hit = ev.reaches(same_best)
     labels = flat.dt_labels[order]
     bounds = np.searchsorted(labels, np.arange(ev.num_classes + 1))
