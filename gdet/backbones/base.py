@@ -90,8 +90,14 @@ class Backbone(nn.Module):
 
     def normalize(self, x: Tensor) -> Tensor:
         """Map a float image batch in 0-1, ``Tensor[N, 3, H, W]`` RGB, to the network's input."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        # Kept per device and dtype: a new tensor from a list on a GPU is a copy that waits for the device.
+        key = (tuple(self.mean), tuple(self.std), x.device, x.dtype)
+        cache = self.__dict__.setdefault("_normalize_cache", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = (torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1),
+                          torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1))
+        mean, std = cache[key]
         return (x * self.input_scale - mean) / std
 
     def forward(self, x: Tensor) -> Tensor | BackboneOutput:

@@ -52,7 +52,8 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
             scales: tuple[int, ...] = (600,), max_size: int | None = 1000, pooled_size: int | None = None,
             stage: str | None = None, sampling_ratio: int = 1, input_size: int | None = None,
             rcnn_sample: int | None = 128, repeats: int = 1, device: str = "cpu", clock: str = "wall",
-            precision: str | None = "auto", chunk_size: int | None = None, compile: bool = False) -> list[dict]:
+            precision: str | None = "auto", chunk_size: int | None = None, compile: bool = False,
+            cuda_graphs: bool = False) -> list[dict]:
     """Seconds per image of the network stage in both modes.
 
     Args:
@@ -69,9 +70,12 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
             on a CPU), or None for the eager fp32 networks without the runtime.
         chunk_size: regions per network call in both modes (default: the detector's, 256).
         compile: ``torch.compile`` both modes' networks (R-CNN: the whole network; shared: the per-region head).
-    Returns (continued): ``pool_s`` and ``head_s``, shared mode's RoIAlign and per-region network on all ``N``.
+        cuda_graphs: on CUDA, replay both modes' networks from CUDA graphs (R-CNN: per chunk; shared: the trunk
+            per image size and the head per chunk).
     Returns:
-        one dict per ``N``: ``backbone, proposals, rcnn_s, rcnn_measured_on, shared_s, trunk_s, speedup``.
+        one dict per ``N``: ``backbone, proposals, rcnn_s, rcnn_measured_on, shared_s, trunk_s, speedup``, and
+        ``pool_s``, ``head_s``: shared mode's RoIAlign and per-region network on all ``N``; on CUDA ``pool_tv_s``:
+        the same RoIAlign through torchvision's kernel (the peer of gdet's NHWC kernel), else None.
     """
     from gdet.detection.model import build_detector
     from gdet.runtime import optimize
@@ -91,7 +95,8 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
     if precision is None:
         det, sh = det.to(dev), sh.to(dev)
     else:
-        det, sh = (optimize(m, device=dev, precision=precision, compile=compile) for m in (det, sh))
+        det, sh = (optimize(m, device=dev, precision=precision, compile=compile, cuda_graphs=cuda_graphs)
+                   for m in (det, sh))
     shared = sh.shared_net
     image = torch.rand((3, height, width), generator=torch.Generator().manual_seed(1)).to(dev)
     boxes_all = random_boxes(max(proposals), width, height).to(dev)
@@ -111,12 +116,18 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
         t_shared = _median_time(lambda: shared.score_regions(image, boxes), dev, repeats, clock)
         with torch.no_grad():
             pool_s = _median_time(lambda: shared.pool(levels, boxes), dev, repeats, clock)
+            pool_tv_s = None
+            if cuda:
+                shared.fast_pool = False
+                pool_tv_s = _median_time(lambda: shared.pool(levels, boxes), dev, repeats, clock)
+                shared.fast_pool = True
             pooled = shared.pool(levels, boxes)
             step = shared.chunk_size
-            head_s = _median_time(lambda: [shared.forward_regions(pooled[i:i + step]) for i in range(0, n, step)],
+            head_s = _median_time(lambda: [shared._head(pooled[i:i + step]) for i in range(0, n, step)],
                                   dev, repeats, clock)
         rows.append({"backbone": backbone, "proposals": n, "rcnn_s": t_rcnn, "rcnn_measured_on": m,
-                     "shared_s": t_shared, "trunk_s": trunk_s, "pool_s": pool_s, "head_s": head_s,
+                     "shared_s": t_shared, "trunk_s": trunk_s, "pool_s": pool_s, "pool_tv_s": pool_tv_s,
+                     "head_s": head_s,
                      "speedup": t_rcnn / t_shared})
     return rows
 
@@ -148,10 +159,12 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
 @click.option("--chunk", default=None, type=click.IntRange(min=1),
               help="Regions per network call in both modes (default: the detector's, 256).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile both networks (shared: the per-region head).")
+@click.option("--cuda-graphs", is_flag=True, help="CUDA: replay both networks from CUDA graphs (shared: the trunk and "
+              "the per-region head).")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="cpu: process CPU time (with --threads 1, immune to other jobs on a shared machine).")
 def main(backbones, proposals, width, height, scales, max_size, pooled_size, stage, input_size, sampling_ratio,
-         rcnn_sample, rcnn_full, repeats, threads, device, precision, eager, chunk, compile_, clock):
+         rcnn_sample, rcnn_full, repeats, threads, device, precision, eager, chunk, compile_, cuda_graphs, clock):
     """Per-image network-stage time, R-CNN vs shared-feature detection."""
     from gdet.cli import int_list
 
@@ -161,19 +174,21 @@ def main(backbones, proposals, width, height, scales, max_size, pooled_size, sta
     click.echo(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, image "
                f"{width}x{height}, crops {input_size or 'default'} px, shared scales {list(sc)} max {max_size}, "
                f"stage {stage or 'stride 16'}, pooled {pooled_size or 'default'}, sampling ratio {sampling_ratio}, "
-               f"{clock} clock, " + ("eager fp32" if eager else f"inference runtime, precision {precision}"))
+               f"{clock} clock, " + ("eager fp32" if eager else f"inference runtime, precision {precision}")
+               + (", compiled" if compile_ else "") + (", CUDA graphs" if cuda_graphs else ""))
     click.echo(f"{'backbone':<14} {'N':>5} {'rcnn ms/img':>12} {'(timed on)':>10} {'shared ms/img':>14} "
-               f"{'speed-up':>9} {'trunk ms':>9} {'RoIAlign ms':>12} {'head ms':>9}")
+               f"{'speed-up':>9} {'trunk ms':>9} {'RoIAlign ms':>12} {'head ms':>9} {'tv RoIAlign ms':>15}")
     for name in [b.strip() for b in backbones.split(",") if b.strip()]:
         rows = measure(name, ns, width=width, height=height, scales=sc, max_size=max_size, pooled_size=pooled_size,
                        stage=stage, sampling_ratio=sampling_ratio, input_size=input_size,
                        rcnn_sample=None if rcnn_full else rcnn_sample,
                        repeats=repeats, device=device, clock=clock, precision=None if eager else precision,
-                       chunk_size=chunk, compile=compile_)
+                       chunk_size=chunk, compile=compile_, cuda_graphs=cuda_graphs)
         for r in rows:
+            tv = "-" if r["pool_tv_s"] is None else f"{1e3 * r['pool_tv_s']:.2f} ({r['pool_tv_s'] / r['pool_s']:.1f}x)"
             click.echo(f"{r['backbone']:<14} {r['proposals']:>5} {1e3 * r['rcnn_s']:>12.1f} "
                        f"{r['rcnn_measured_on']:>10} {1e3 * r['shared_s']:>14.2f} {r['speedup']:>8.1f}x "
-                       f"{1e3 * r['trunk_s']:>9.2f} {1e3 * r['pool_s']:>12.2f} {1e3 * r['head_s']:>9.2f}")
+                       f"{1e3 * r['trunk_s']:>9.2f} {1e3 * r['pool_s']:>12.2f} {1e3 * r['head_s']:>9.2f} {tv:>15}")
 
 
 if __name__ == "__main__":

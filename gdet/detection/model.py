@@ -93,7 +93,8 @@ class Detector(nn.Module):
                                 "in the trunk, which runs once per image")
             self._attach_shared({k: v for k, v in (shared or {}).items() if v is not None})
 
-    def _attach_shared(self, opts: dict, channels_last: bool = False, compile: bool = False) -> None:
+    def _attach_shared(self, opts: dict, channels_last: bool = False, compile: bool = False,
+                       cuda_graphs: bool = False) -> None:
         from gdet.detection.shared import SharedDetectorNet
 
         # Outside the module tree: it only re-uses the backbone's and box head's modules, so the state dict (and a
@@ -101,16 +102,18 @@ class Detector(nn.Module):
         net = SharedDetectorNet.from_detector(self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size,
                                               **opts)
         net.channels_last = bool(channels_last)
+        net.cuda_graphs = bool(cuda_graphs)
         if compile:
             net.forward_regions = torch.compile(net.forward_regions, dynamic=False)
         self.__dict__["shared_net"] = net
 
-    def refresh_shared(self, channels_last: bool = False, compile: bool = False) -> None:
+    def refresh_shared(self, channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False) -> None:
         """Re-split the backbone for shared mode after its modules were replaced (the inference runtime folds and
         fuses them), keeping the settings; ``channels_last`` makes the trunk and head inputs NHWC, ``compile``
-        runs the per-region head through ``torch.compile``. No-op in rcnn mode."""
+        runs the per-region head through ``torch.compile``, ``cuda_graphs`` replays the trunk and the head from
+        CUDA graphs (on CUDA, at inference). No-op in rcnn mode."""
         if self.mode == "shared":
-            self._attach_shared(self.shared_settings(), channels_last, compile)
+            self._attach_shared(self.shared_settings(), channels_last, compile, cuda_graphs)
 
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torchvision.ops import roi_align
 
+from gdet.detection import roi_align as nhwc
 from gdet.detection.labels import encode_boxes, label_regions
 from gdet.detection.sampler import RegionSampler
 from gdet.engine.device import autocast
@@ -99,6 +100,9 @@ def _eval_mode(module: nn.Module):
     """Eval mode inside the block; afterwards every submodule gets its own mode back (a trainer may keep some,
     e.g. frozen batch norm, in eval mode while the rest trains)."""
     modes = [(m, m.training) for m in module.modules()]
+    if not any(t for _, t in modes):  # already (an inference runtime's network): no walk of the tree per call
+        yield module
+        return
     module.eval()
     try:
         yield module
@@ -204,6 +208,15 @@ def rescaled_size(h: int, w: int, short_side: int, max_size: int | None = DEFAUL
     return max(1, int(round(h * s))), max(1, int(round(w * s)))
 
 
+def _scale_boxes(boxes: Tensor, fx: float, fy: float, dtype: torch.dtype) -> Tensor:
+    """Tensor[R, 4] boxes times (fx, fy, fx, fy) in ``dtype``; Python scalars, so no host-to-GPU copy (which
+    would wait for the trunk to finish before the next kernel is queued)."""
+    out = boxes.to(dtype=dtype, copy=True)
+    out[:, 0::2] *= fx
+    out[:, 1::2] *= fy
+    return out
+
+
 class SharedDetectorNet(nn.Module):
     """The shared-feature detection network on an R-CNN detector's backbone (and box-regression head).
 
@@ -252,6 +265,14 @@ class SharedDetectorNet(nn.Module):
         self.pooled_size = int(pooled_size) if pooled_size else self._stage_size(self.input_size)
         self.channels_last = False
         self.train_pyramid = bool(train_pyramid)
+        # Inference on CUDA: RoIAlign through the NHWC kernel of :mod:`gdet.detection.roi_align` (same numbers as
+        # torchvision's), and with ``cuda_graphs`` (set by the inference runtime) the trunk and the per-region head
+        # replayed from CUDA graphs: one per image size for the trunk (the last ``graph_sizes``), one per chunk for
+        # the head (the last chunk padded).
+        self.fast_pool = True
+        self.cuda_graphs = False
+        self.graph_sizes = 8
+        self._graphs: dict[str, object] = {}
 
     @torch.no_grad()
     def _stage_size(self, size: int) -> int:
@@ -291,8 +312,56 @@ class SharedDetectorNet(nn.Module):
             img = img[None].to(dtype)
             if self.channels_last:
                 img = img.contiguous(memory_format=torch.channels_last)
-            levels.append((self.split.trunk(img), fx_, fy_))  # 1 x C x h x w
+            levels.append((self._trunk(img), fx_, fy_))  # 1 x C x h x w
         return levels
+
+    def _graphed(self, x: Tensor) -> bool:
+        return self.cuda_graphs and x.is_cuda and not self.backbone.training and not torch.is_grad_enabled()
+
+    def _trunk(self, img: Tensor) -> Tensor:
+        if not self._graphed(img):
+            return self.split.trunk(img)
+        from gdet.runtime.runtime import _GraphedCall
+
+        if "trunk" not in self._graphs:
+            self._graphs["trunk"] = _GraphedCall(self.split.trunk, max_graphs=self.graph_sizes)
+        return self._graphs["trunk"](img)
+
+    def _pool_and_head(self, feat: Tensor, rois: Tensor) -> tuple[Tensor, Tensor | None]:
+        # One CUDA graph's body: the pooled regions (650 MB at 2,000 x 832 x 14 x 14 in fp16) never leave it.
+        pooled = nhwc.roi_align_nhwc(feat, rois, self.pooled_size, 1.0 / self.stride, self.sampling_ratio)
+        return self.forward_regions(pooled)
+
+    def _graphed_regions(self, level: tuple[Tensor, float, float], boxes: Tensor
+                         ) -> tuple[list[Tensor], list[Tensor | None]]:
+        """Pooling and head of one image's regions from one map, replayed from a CUDA graph per map size, in
+        chunks of ``chunk_size`` (the last one padded with empty boxes, whose outputs are dropped)."""
+        from gdet.runtime.runtime import _GraphedCall
+
+        feat, fx_, fy_ = level
+        if "regions" not in self._graphs:
+            self._graphs["regions"] = _GraphedCall(self._pool_and_head, max_graphs=self.graph_sizes)
+        call = self._graphs["regions"]
+        rois = _scale_boxes(boxes, fx_, fy_, torch.float32)
+        logits, deltas = [], []
+        for start in range(0, rois.shape[0], self.chunk_size):
+            part = rois[start:start + self.chunk_size]
+            k = part.shape[0]
+            if k < self.chunk_size:
+                part = torch.cat([part, part.new_zeros((self.chunk_size - k, 4))])
+            lg, dl = call(feat, part)
+            logits.append(lg[:k])
+            deltas.append(None if dl is None else dl[:k])
+        return logits, deltas
+
+    def _head(self, pooled: Tensor) -> tuple[Tensor, Tensor | None]:
+        if not self._graphed(pooled):
+            return self.forward_regions(pooled)
+        from gdet.runtime.runtime import Runner
+
+        if "head" not in self._graphs:
+            self._graphs["head"] = Runner(self.forward_regions, chunk_size=self.chunk_size, cuda_graphs=True)
+        return self._graphs["head"](pooled)
 
     def _nearest_level(self, boxes: Tensor, factors: Sequence[tuple[float, float]]) -> Tensor:
         """Tensor[R]: for each box, the index of the ``(fx, fy)`` scale where its area is nearest ``input_size**2``."""
@@ -329,14 +398,21 @@ class SharedDetectorNet(nn.Module):
             # Pooled in fp32 (fp64 in the tests) even from a half-precision map: fp16 box coordinates would be
             # 0.5 px apart at 512-1024 px.
             work = torch.float64 if feat.dtype == torch.float64 else torch.float32
-            rois = b.to(work) * b.new_tensor([fx_, fy_, fx_, fy_], dtype=work)
+            rois = _scale_boxes(b, fx_, fy_, work)
+            if (self.fast_pool and work == torch.float32 and nhwc.available(feat)
+                    and not (torch.is_grad_enabled() and feat.requires_grad)):
+                # Reads the map in its own dtype and accumulates in fp32: torchvision's numbers, no fp32 copy.
+                return nhwc.roi_align_nhwc(feat, rois, p, 1.0 / self.stride, self.sampling_ratio, aligned=True)
             return roi_align(feat.to(work), [rois], (p, p), spatial_scale=1.0 / self.stride,
                              sampling_ratio=self.sampling_ratio, aligned=True).to(feat.dtype)
 
         if len(levels) == 1:
             return one(levels[0], boxes)
         which = self._nearest_level(boxes, [(fx_, fy_) for _, fx_, fy_ in levels])
-        out = levels[0][0].new_empty((boxes.shape[0], levels[0][0].shape[1], p, p))
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        first = levels[0][0]
+        out = torch.empty((boxes.shape[0], first.shape[1], p, p), dtype=first.dtype, device=first.device,
+                          memory_format=fmt)
         for i, level in enumerate(levels):
             m = which == i
             if m.any():
@@ -387,21 +463,30 @@ class SharedDetectorNet(nn.Module):
                 scales = self.needed_scales(img, b)
             per_image.append((self.image_features(img, scales), b.to(img.device)))
         # Regions of all images go through the remaining stages together, in chunks of chunk_size.
-        pooled, logits, deltas, pending = [], [], [], 0
+        pooled: list[Tensor] = []
+        logits: list[Tensor] = []
+        deltas: list[Tensor | None] = []
+
+        def flush() -> None:
+            if pooled:
+                lg, dl = self._head(pooled[0] if len(pooled) == 1 else torch.cat(pooled))
+                logits.append(lg)
+                deltas.append(dl)
+                pooled.clear()
+
         for levels, b in per_image:
+            if (levels is not None and len(levels) == 1 and self._graphed(levels[0][0]) and self.fast_pool
+                    and nhwc.available(levels[0][0])):
+                flush()  # regions of earlier images first, in order
+                lg, dl = self._graphed_regions(levels[0], b)
+                logits += lg
+                deltas += dl
+                continue
             for start in range(0, b.shape[0], self.chunk_size):
-                part = b[start:start + self.chunk_size]
-                pooled.append(self.pool(levels, part))
-                pending += part.shape[0]
-                if pending >= self.chunk_size:
-                    lg, dl = self.forward_regions(torch.cat(pooled))
-                    logits.append(lg)
-                    deltas.append(dl)
-                    pooled, pending = [], 0
-        if pooled:
-            lg, dl = self.forward_regions(torch.cat(pooled))
-            logits.append(lg)
-            deltas.append(dl)
+                pooled.append(self.pool(levels, b[start:start + self.chunk_size]))
+                if sum(x.shape[0] for x in pooled) >= self.chunk_size:
+                    flush()
+        flush()
         if not logits:
             p = next(self.parameters())
             empty = p.new_zeros((0, self.num_classes + 1))

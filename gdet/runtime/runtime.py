@@ -67,32 +67,39 @@ def _cat_outputs(outs: list[Any]) -> Any:
 
 
 class _GraphedCall:
-    """Replays one captured CUDA graph per input shape; inputs are copied into a static buffer and the outputs
-    are cloned out of the graph's static ones (the next replay overwrites them)."""
+    """Replays one captured CUDA graph per input shape; inputs (one or more tensors) are copied into static
+    buffers and the outputs are cloned out of the graph's static ones (the next replay overwrites them)."""
 
-    def __init__(self, fn: Callable[[Tensor], Any], warmup: int = 3):
-        self.fn, self.warmup = fn, warmup
+    def __init__(self, fn: Callable[[Tensor], Any], warmup: int = 3, max_graphs: int | None = None):
+        self.fn, self.warmup, self.max_graphs = fn, warmup, max_graphs
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Any]] = {}
 
-    def _capture(self, x: Tensor):
-        static = x.clone()
-        stream = torch.cuda.Stream(x.device)
-        stream.wait_stream(torch.cuda.current_stream(x.device))
+    def _capture(self, xs: tuple[Tensor, ...]):
+        static = tuple(x.clone() for x in xs)
+        device = xs[0].device
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
-            for _ in range(self.warmup):  # cuDNN autotuning and allocator warm-up stay out of the graph
-                self.fn(static)
-        torch.cuda.current_stream(x.device).wait_stream(stream)
+            for _ in range(self.warmup):  # cuDNN and Triton autotuning, allocator warm-up: out of the graph
+                self.fn(*static)
+        torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self.fn(static)
+            out = self.fn(*static)
         return graph, static, out
 
-    def __call__(self, x: Tensor) -> Any:
-        key = (tuple(x.shape), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last))
+    def __call__(self, *xs: Tensor) -> Any:
+        key = tuple((tuple(x.shape), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last))
+                    for x in xs)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(x)
+            if self.max_graphs is not None and len(self.graphs) >= self.max_graphs:
+                self.graphs.pop(next(iter(self.graphs)))  # the oldest shape: bounds the graphs' memory
+            self.graphs[key] = self._capture(xs)
+        else:
+            self.graphs[key] = self.graphs.pop(key)  # most recently used last
         graph, static, out = self.graphs[key]
-        static.copy_(x)
+        for buf, x in zip(static, xs):
+            buf.copy_(x)
         graph.replay()
         return _map_tensors(out, lambda t: t.clone())
 
@@ -243,9 +250,11 @@ def _optimize(model: nn.Module, *, device, precision, channels_last, fuse, compi
     onednn = bool(onednn) and device.type == "cpu" and dtype == torch.float32 and not compile and onednn_available()
     if onednn:
         net = use_onednn(net)
+    shared = getattr(net, "mode", None) == "shared"
     if callable(getattr(net, "refresh_shared", None)):
         # After every module replacement: a shared-mode detector's trunk/head split must call the final modules.
-        net.refresh_shared(channels_last=cl, compile=compile)
+        # Its CUDA graphs live inside that split (the trunk per image size, the head per chunk).
+        net.refresh_shared(channels_last=cl, compile=compile, cuda_graphs=cuda_graphs and device.type == "cuda")
     fmt = torch.channels_last if cl else torch.contiguous_format
 
     def prepare(module, args):
@@ -271,7 +280,7 @@ def _optimize(model: nn.Module, *, device, precision, channels_last, fuse, compi
     if compile:
         forward = _inference_mode(torch.compile(forward, dynamic=False))
         changed = True
-    if cuda_graphs and device.type == "cuda":
+    if cuda_graphs and device.type == "cuda" and not shared:
         size = chunk_size or getattr(net, "chunk_size", None)
         forward = Runner(forward, chunk_size=size, cuda_graphs=True) if size else _GraphedCall(forward)
         changed = True
