@@ -30,7 +30,11 @@ PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 
 
 def device_options(f):
-    """``--device``, ``--precision`` and ``--compile``: the same three options on every command that runs a network."""
+    """``--device``, ``--precision``, ``--compile`` and ``--cuda-graphs``: the same options on every command that runs
+    a network."""
+    f = click.option("--cuda-graphs", is_flag=True,
+                     help="CUDA: replay the network from CUDA graphs, one per input size (pays when sizes repeat; "
+                     "ignored elsewhere).")(f)
     f = click.option("--compile", "compile_", is_flag=True,
                      help="torch.compile the network (pays on long jobs; the first batch compiles).")(f)
     f = click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),

@@ -86,7 +86,7 @@ def demo_map(model: Detector, root: Path, *, max_proposals: int, nms_iou: float,
 @shared_options
 @device_options
 def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_iou, max_dets, mode, scales, max_size,
-         device, precision, compile_):
+         device, precision, compile_, cuda_graphs):
     """Detect objects in gdet/assets/sample.jpg and report the shipped detector's mAP on a generated val split."""
     if not Path(weights).is_file():
         raise GdetError(f"{weights}: detector checkpoint not found (the package ships "
@@ -94,7 +94,7 @@ def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_io
     out = Path(out)
     dev = resolve_device(device)
     model = optimize(load_cli_detectors((weights,), dev, scales, max_size, mode), device=dev, precision=precision,
-                     compile=compile_)
+                     compile=compile_, cuda_graphs=cuda_graphs)
     size = f"{model.input_size} px {'crops' if model.mode == 'rcnn' else 'input'}"
     click.echo(f"detector: {weights} ({model.backbone.backbone_name}, {size}, "
                f"{model.num_classes} classes: {', '.join(model.class_names)})")

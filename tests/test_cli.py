@@ -89,6 +89,8 @@ def test_shared_vocabulary_across_commands():
     for cmd in ("detect", "test", "fuse", "eval", "classify", "classify eval", "models", "proposals eval",
                 "bench proposals"):
         assert "--json" in names[cmd], cmd
+    for cmd in ("detect", "test", "demo", "classify", "classify eval"):
+        assert {"--device", "--precision", "--compile", "--cuda-graphs"} <= names[cmd], cmd
     for cmd in ("detect", "test", "demo"):
         assert {"--max-proposals", "--score-thr", "--nms-iou", "--max-dets", "--device", "--precision", "--scales",
                 "--max-size"} <= names[cmd]

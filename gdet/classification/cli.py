@@ -32,8 +32,8 @@ from gdet.train_cli import run_training
 @click.option("--class-names", "class_names_file", default=None, type=click.Path(dir_okay=False),
               help="With --backbone: a text file with one class name per line.")
 @click.pass_context
-def classify(ctx, images, weights, top_k, crops, json_path, device, precision, compile_, raw, backbone,
-             class_names_file):
+def classify(ctx, images, weights, top_k, crops, json_path, device, precision, compile_, cuda_graphs, raw,
+             backbone, class_names_file):
     """Top-k classes of images; several --weights form an ensemble (softmax averaged over models and crops).
 
     Example: gdet classify --image photos/ --weights runs/cls_synth/best.pth --crops 10 --top-k 3
@@ -46,7 +46,7 @@ def classify(ctx, images, weights, top_k, crops, json_path, device, precision, c
     dev = resolve_device(device)
     names = read_class_names(class_names_file) if class_names_file else None
     models = [optimize(load_classifier(w, dev, use_ema=not raw, backbone=backbone, class_names=names), device=dev,
-                       precision=precision, compile=compile_) for w in weights]
+                       precision=precision, compile=compile_, cuda_graphs=cuda_graphs) for w in weights]
     note_shipped_weights(weights)
     results = predict(paths, models, crops=int(crops), topk=top_k)
     if json_path:
@@ -96,11 +96,12 @@ def parse_crops(value: str) -> list[int]:
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the Polyak-averaged ones.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write the rows as JSON (- for stdout instead of the table).")
-def eval_cmd(data, weights, crops, device, precision, compile_, workers, limit, raw, json_path):
+def eval_cmd(data, weights, crops, device, precision, compile_, cuda_graphs, workers, limit, raw, json_path):
     """Top-1/top-5 error for every (number of models x crops), like Table 3 of the paper."""
     schemes = parse_crops(crops)
     dev = resolve_device(device)
-    models = [optimize(load_classifier(w, dev, use_ema=not raw), device=dev, precision=precision, compile=compile_)
+    models = [optimize(load_classifier(w, dev, use_ema=not raw), device=dev, precision=precision, compile=compile_,
+                       cuda_graphs=cuda_graphs)
               for w in weights]
     rows = evaluate_multicrop(data, models, schemes, workers=workers, limit=limit)
     if json_path:

@@ -108,7 +108,8 @@ def load_cli_detectors(weights: tuple[str, ...], device, scales: str | None, max
                    "(image_id = file stem).")
 @device_options
 def detect(images, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets,
-           mode, scales, max_size, soft_nms, out, json_path, device, precision, compile_, workers):
+           mode, scales, max_size, soft_nms, out, json_path, device, precision, compile_, cuda_graphs,
+           workers):
     """Detect objects: proposals -> region scores (warped crops, or the shared-feature mode the checkpoint says)
     -> softmax -> per-class NMS -> top detections.
 
@@ -118,7 +119,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     ids = image_ids_for(paths) if json_path or out else [Path(p).stem for p in paths]  # names files
     dev = resolve_device(device)
     model = optimize(load_cli_detectors(weights, dev, scales, max_size, mode), device=dev, precision=precision,
-                     compile=compile_)
+                     compile=compile_, cuda_graphs=cuda_graphs)
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
     note_shipped_weights(weights)
     click.echo(f"mode: {model.describe_mode()}")
@@ -178,7 +179,8 @@ def _score(records, dets, class_names, metrics: list[str]) -> dict:
               help="Write the metrics as JSON (- for stdout).")
 @device_options
 def test(data, split, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets, mode,
-         scales, max_size, limit, out, metrics, json_path, device, precision, compile_, workers):
+         scales, max_size, limit, out, metrics, json_path, device, precision, compile_, cuda_graphs,
+         workers):
     """Detect every image of a dataset split, write COCO-format results and print their mAP.
 
     Under torchrun the images are dealt out over the processes (each on its own GPU, ``LOCAL_RANK``) and rank 0
@@ -191,7 +193,7 @@ def test(data, split, weights, proposals, proposal_weights, opts, max_proposals,
     with process_group_from_env() as info:
         dev = resolve_device(device, info.local_rank)
         model = optimize(load_cli_detectors(weights, dev, scales, max_size, mode), device=dev, precision=precision,
-                         compile=compile_)
+                         compile=compile_, cuda_graphs=cuda_graphs)
         if list(model.class_names) != list(dset.class_names):
             raise GdetError(f"{weights[0]}: trained for classes {model.class_names}, but {data} has "
                             f"{dset.class_names}")
