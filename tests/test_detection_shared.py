@@ -379,6 +379,9 @@ def test_speed_script_tiny():
     assert len(row) == 1 and row[0][1] == "6" and row[0][3] == "3" and float(row[0][2]) > 0
     bad = CliRunner().invoke(main, ["--proposals", "many"])
     assert isinstance(bad.exception, GdetError) and "--proposals: expected a comma list" in str(bad.exception)
+    if not torch.cuda.is_available():
+        bad = CliRunner().invoke(main, [*args, "--device", "cuda"])
+        assert isinstance(bad.exception, GdetError) and "no CUDA GPU" in str(bad.exception)
 
 
 def test_modes_follow_the_backbone_and_are_restored():

@@ -140,3 +140,15 @@ def test_shared_detector_with_cuda_graphs_equals_plain():
         image = torch.rand(3, 200, 300, device="cuda")
     graphs = graphed.shared_net._graphs
     assert len(graphs["trunk"].graphs) == 2 and len(graphs["regions"].graphs) == 2 and "head" not in graphs
+
+
+def test_a_copy_of_a_shared_network_starts_without_graphs():
+    import copy
+
+    from gdet.detection.model import build_detector
+
+    det = build_detector("googlenet_tv", ["a", "b"], mode="shared", backbone_kwargs={"aux_logits": False})
+    det.shared_net._graphs["trunk"] = object()  # stands for a captured graph (needs CUDA)
+    clone = copy.deepcopy(det)
+    assert "trunk" in det.shared_net._graphs and not clone.shared_net._graphs
+    assert clone.shared_net.backbone is clone.backbone

@@ -8,21 +8,7 @@
 # (7 minutes in all), so one slow step cannot eat the others' time. CLASSIFY_FP32=0 skips the fp32 table.
 set -u
 OUT=${OUT:-gpu_check_out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-status=0
-run() {  # run NAME TIMEOUT CMD...: stdout+stderr to $OUT/NAME.txt, time and exit code appended
-  local name=$1 limit=$2; shift 2
-  local t0=$(date +%s)
-  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-  local rc=$?
-  echo "# exit code $rc after $(( $(date +%s) - t0 )) s: $*" >> "$OUT/$name.txt"
-  echo "$name: exit $rc ($(( $(date +%s) - t0 )) s)"
-  [ $rc -eq 0 ] || status=1
-}
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; \
-  $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"; } > "$OUT/env.txt" 2>&1
+. "$(dirname "$0")/gpu_lib.sh"
 # 1. Shared-feature vs R-CNN network stage, 2,000 and 500 random proposals, 480x640 image, R-CNN on all of them.
 run shared 90 $PY tools/bench.py shared --device cuda --backbones googlenet_tv,googlenet --proposals 2000,500 \
     --rcnn-full --repeats 5

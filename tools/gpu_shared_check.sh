@@ -8,21 +8,7 @@
 # step has its own time limit (8 minutes in all). ROI_ALIGN=0 skips the tile table (30 s).
 set -u
 OUT=${OUT:-gpu_shared_check_out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-status=0
-run() {  # run NAME TIMEOUT CMD...: stdout+stderr to $OUT/NAME.txt, time and exit code appended
-  local name=$1 limit=$2; shift 2
-  local t0=$(date +%s)
-  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-  local rc=$?
-  echo "# exit code $rc after $(( $(date +%s) - t0 )) s: $*" >> "$OUT/$name.txt"
-  echo "$name: exit $rc ($(( $(date +%s) - t0 )) s)"
-  [ $rc -eq 0 ] || status=1
-}
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; \
-  $PY -c "import torch, torchvision, triton; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"; } > "$OUT/env.txt" 2>&1
+. "$(dirname "$0")/gpu_lib.sh"
 run tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_roi_align.py
 [ "${ROI_ALIGN:-1}" = 0 ] || run roi_align 60 $PY - <<'EOF'
 import torch

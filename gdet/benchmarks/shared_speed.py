@@ -78,9 +78,10 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
         the same RoIAlign through torchvision's kernel (the peer of gdet's NHWC kernel), else None.
     """
     from gdet.detection.model import build_detector
+    from gdet.engine import resolve_device
     from gdet.runtime import optimize
 
-    dev = torch.device(device)
+    dev = resolve_device(device)
     torch.manual_seed(0)
     classes = [f"c{i}" for i in range(VOC_CLASSES)]
     common = dict(bbox_reg=True, input_size=input_size, backbone_kwargs={"aux_logits": False},

@@ -208,6 +208,14 @@ def rescaled_size(h: int, w: int, short_side: int, max_size: int | None = DEFAUL
     return max(1, int(round(h * s))), max(1, int(round(w * s)))
 
 
+class _GraphCache(dict):
+    """Captured CUDA graphs by name; a copy of the network (``copy.deepcopy``) starts without them: a graph
+    replays the buffers of the network it was captured from."""
+
+    def __deepcopy__(self, memo) -> "_GraphCache":
+        return _GraphCache()
+
+
 def _scale_boxes(boxes: Tensor, fx: float, fy: float, dtype: torch.dtype) -> Tensor:
     """Tensor[R, 4] boxes times (fx, fy, fx, fy) in ``dtype``; Python scalars, so no host-to-GPU copy (which
     would wait for the trunk to finish before the next kernel is queued)."""
@@ -272,7 +280,7 @@ class SharedDetectorNet(nn.Module):
         self.fast_pool = True
         self.cuda_graphs = False
         self.graph_sizes = 8
-        self._graphs: dict[str, object] = {}
+        self._graphs = _GraphCache()
 
     @torch.no_grad()
     def _stage_size(self, size: int) -> int:
