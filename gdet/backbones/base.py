@@ -95,8 +95,9 @@ class Backbone(nn.Module):
         cache = self.__dict__.setdefault("_normalize_cache", {})
         if key not in cache:
             cache.clear()
-            cache[key] = (torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1),
-                          torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1))
+            with torch.inference_mode(False):  # plain tensors, usable in training after an inference-mode call
+                cache[key] = (torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1),
+                              torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1))
         mean, std = cache[key]
         return (x * self.input_scale - mean) / std
 

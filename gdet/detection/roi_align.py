@@ -15,6 +15,7 @@ which is how the tests check it against torchvision.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 from torch import Tensor
@@ -115,8 +116,6 @@ def _triton_importable() -> bool:
 def available(feat: Tensor) -> bool:
     """Whether :func:`roi_align_nhwc` can pool from ``feat``: a CUDA tensor (or any tensor under
     ``TRITON_INTERPRET=1``), fp16/bf16/fp32, with Triton importable."""
-    import os
-
     on_device = feat.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     return on_device and feat.dtype in (torch.float16, torch.bfloat16, torch.float32) and _triton_importable()
 

@@ -274,9 +274,9 @@ class SharedDetectorNet(nn.Module):
         self.channels_last = False
         self.train_pyramid = bool(train_pyramid)
         # Inference on CUDA: RoIAlign through the NHWC kernel of :mod:`gdet.detection.roi_align` (same numbers as
-        # torchvision's), and with ``cuda_graphs`` (set by the inference runtime) the trunk and the per-region head
-        # replayed from CUDA graphs: one per image size for the trunk (the last ``graph_sizes``), one per chunk for
-        # the head (the last chunk padded).
+        # torchvision's), and with ``cuda_graphs`` (set by the inference runtime) two CUDA graphs per image: the
+        # trunk (one graph per image size) and pooling plus head (one per map size, for a chunk of regions, the last
+        # chunk padded); the last ``graph_sizes`` sizes are kept.
         self.fast_pool = True
         self.cuda_graphs = False
         self.graph_sizes = 8
