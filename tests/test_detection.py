@@ -408,3 +408,5 @@ def test_frozen_bn_keeps_running_statistics_in_both_modes():
     assert check({"data": "x", "frozen_bn": "trunk", "mode": "shared", "aux_logits": False})["frozen_bn"] == "trunk"
     with pytest.raises(ConfigError, match="train_pyramid"):
         check({"data": "x", "train_pyramid": 1})
+    with pytest.raises(ConfigError, match="pool_context"):
+        check({"data": "x", "pool_context": "yes"})

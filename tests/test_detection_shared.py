@@ -518,3 +518,37 @@ def test_views_script_tiny(tmp_path):
     other = save_detector(tiny_detector(num_classes=3), tmp_path / "other.pth")
     bad = CliRunner().invoke(main, ["--weights", str(other), "--data", str(voc)])
     assert isinstance(bad.exception, GdetError) and "are not the detector's" in str(bad.exception)
+
+
+def test_pool_context_pools_rcnn_crops_dilated_box_and_survives_a_round_trip(tmp_path):
+    """pool_context: each proposal is pooled dilated as R-CNN's crop is (context_pad pixels at input_size): the
+    same logits as the plain shared network on boxes dilated by R-CNN's own crop code; the setting is saved."""
+    from gdet.detection.crops import context_boxes
+    from gdet.detection.model import build_detector, load_detector
+
+    torch.manual_seed(0)
+    common = dict(input_size=48, context_pad=6, bbox_reg=True, backbone_kwargs={"aux_logits": False})
+    det = build_detector("googlenet_tv", ["a", "b"], mode="shared", shared={"scales": [64, 96], "max_size": None,
+                                                                            "pool_context": True}, **common).eval()
+    _lively(det.backbone)
+    nn.init.normal_(det.bbox_head.weight, std=0.1)
+    plain = build_detector("googlenet_tv", ["a", "b"], mode="shared", shared={"scales": [64, 96], "max_size": None},
+                           **common).eval()
+    plain.load_state_dict(det.state_dict())
+    assert det.shared_net.context_pad == 6 and plain.shared_net.context_pad == 0
+    assert "context 6 px" in det.describe_mode() and "context" not in plain.describe_mode()
+    image = torch.rand(3, 70, 90)
+    boxes = torch.tensor([[5.0, 8.0, 40.0, 60.0], [30.0, 2.0, 88.0, 69.0], [10.0, 10.0, 22.0, 18.0]])
+    p_ctx, d_ctx = det.score_regions(image, boxes)
+    p_ref, d_ref = plain.score_regions(image, context_boxes(boxes, 48, 6))
+    assert p_ctx.std(0).max() > 1e-3 and d_ctx.abs().max() > 1e-3  # outputs that differ between regions
+    torch.testing.assert_close(p_ctx, p_ref, rtol=0, atol=0)
+    torch.testing.assert_close(d_ctx, d_ref, rtol=0, atol=0)
+    p_plain, _ = plain.score_regions(image, boxes)
+    assert (p_plain - p_ctx).abs().max() > 1e-3  # the context changes what is pooled
+    back = load_detector(save_detector(det, tmp_path / "ctx.pth"))
+    assert back.shared_settings()["pool_context"] and back.shared_net.context_pad == 6
+    torch.testing.assert_close(back.score_regions(image, boxes)[0], p_ctx, rtol=1e-6, atol=1e-6)
+    with pytest.raises(GdetError, match="context_pad"):
+        SharedDetectorNet(build_backbone("googlenet_tv", num_classes=3, aux_logits=False), input_size=48,
+                          context_pad=24)

@@ -131,7 +131,7 @@ def test_train_shared_mode_resume_is_exact(tiny, capsys):
     last = load_checkpoint(root / "sfull" / "last.pth")
     assert last["detector"]["mode"] == "shared"
     assert last["detector"]["shared"] == {"scales": [64, 80], "max_size": 96, "stage": "inception4e",
-                                          "pooled_size": 2}
+                                          "pooled_size": 2, "pool_context": False}
     train(_cfg(root, voc, props, root / "shalf", epochs=1, eval_every=0, **kw))
     train(_cfg(root, voc, props, root / "shalf", resume=str(root / "shalf" / "last.pth"), eval_every=0, **kw))
     b = load_checkpoint(root / "shalf" / "last.pth")

@@ -57,7 +57,8 @@ class Detector(nn.Module):
         chunk_size: regions per network call at inference (bounds memory).
         mode: ``rcnn`` (the paper's method: the whole network on each warped region) or ``shared`` (the trunk once
             per image, see :class:`~gdet.detection.shared.SharedDetectorNet`).
-        shared: options of shared mode: ``scales``, ``max_size``, ``stage``, ``pooled_size`` (None: defaults).
+        shared: options of shared mode: ``scales``, ``max_size``, ``stage``, ``pooled_size``, ``pool_context`` (None:
+            defaults).
     """
 
     def __init__(self, backbone: Backbone, class_names: Sequence[str], *, context_pad: int = DEFAULT_CONTEXT_PAD,
@@ -99,8 +100,10 @@ class Detector(nn.Module):
 
         # Outside the module tree: it only re-uses the backbone's and box head's modules, so the state dict (and a
         # checkpoint) is the R-CNN one, and train()/eval()/to() on the detector reach it.
+        opts = dict(opts)
+        context_pad = self.context_pad if opts.pop("pool_context", False) else 0
         net = SharedDetectorNet.from_detector(self, sampling_ratio=self.sampling_ratio, chunk_size=self.chunk_size,
-                                              **opts)
+                                              context_pad=context_pad, **opts)
         net.channels_last = bool(channels_last)
         net.cuda_graphs = bool(cuda_graphs)
         if compile:
@@ -129,12 +132,13 @@ class Detector(nn.Module):
         return self
 
     def shared_settings(self) -> dict[str, Any] | None:
-        """Shared mode's resolved options ``{"scales", "max_size", "stage", "pooled_size"}`` (None in rcnn mode)."""
+        """Shared mode's resolved options ``{"scales", "max_size", "stage", "pooled_size", "pool_context"}`` (None
+        in rcnn mode)."""
         if self.mode != "shared":
             return None
         net = self.shared_net
         return {"scales": list(net.scales), "max_size": net.max_size, "stage": net.stage,
-                "pooled_size": net.pooled_size}
+                "pooled_size": net.pooled_size, "pool_context": net.context_pad > 0}
 
     def describe_mode(self) -> str:
         """One line, e.g. ``shared (scales [600], max 1000, stage inception4e, pooled 14)``."""
@@ -142,7 +146,7 @@ class Detector(nn.Module):
             return "rcnn (warped crops, whole network per region)"
         s = self.shared_settings()
         return (f"shared (scales {s['scales']}, max {s['max_size']}, stage {s['stage']}, "
-                f"pooled {s['pooled_size']})")
+                f"pooled {s['pooled_size']}" + (f", context {self.context_pad} px" if s["pool_context"] else "") + ")")
 
     @property
     def num_classes(self) -> int:

@@ -24,6 +24,7 @@ from torch import Tensor, fx, nn
 from torchvision.ops import roi_align
 
 from gdet.detection import roi_align as nhwc
+from gdet.detection.crops import context_boxes
 from gdet.detection.labels import encode_boxes, label_regions
 from gdet.detection.sampler import RegionSampler
 from gdet.engine.device import autocast
@@ -248,12 +249,14 @@ class SharedDetectorNet(nn.Module):
         chunk_size: regions per call of the remaining stages (bounds memory at 2,000 proposals).
         train_pyramid: with several scales, train as inference runs (every region pooled from the scale nearest
             the classifier's input) instead of one random scale per image (Fast R-CNN).
+        context_pad: pool each proposal dilated as R-CNN's crop is (``context_pad`` pixels of context at
+            ``input_size``); 0: the proposal itself (Fast R-CNN).
     """
 
     def __init__(self, backbone: nn.Module, bbox_head: nn.Linear | None = None, *, stage: str | None = None,
                  scales: Sequence[int] = DEFAULT_SCALES, max_size: int | None = DEFAULT_MAX_SIZE,
                  input_size: int | None = None, pooled_size: int | None = None, sampling_ratio: int = 1,
-                 chunk_size: int = 256, train_pyramid: bool = False):
+                 chunk_size: int = 256, train_pyramid: bool = False, context_pad: int = 0):
         super().__init__()
         self.backbone = backbone
         self.bbox_head = bbox_head
@@ -273,6 +276,9 @@ class SharedDetectorNet(nn.Module):
         self.pooled_size = int(pooled_size) if pooled_size else self._stage_size(self.input_size)
         self.channels_last = False
         self.train_pyramid = bool(train_pyramid)
+        if not 0 <= 2 * int(context_pad) < self.input_size:
+            raise GdetError(f"shared detection: context_pad must be >= 0 and < input_size / 2, got {context_pad}")
+        self.context_pad = int(context_pad)
         # Inference on CUDA: RoIAlign through the NHWC kernel of :mod:`gdet.detection.roi_align` (same numbers as
         # torchvision's), and with ``cuda_graphs`` (set by the inference runtime) two CUDA graphs per image: the
         # trunk (one graph per image size) and pooling plus head (one per map size, for a chunk of regions, the last
@@ -462,6 +468,8 @@ class SharedDetectorNet(nn.Module):
             if b.shape[0] == 0:
                 per_image.append((None, b))
                 continue
+            if self.context_pad:  # what R-CNN's crop of the proposal holds; labels stay the proposal's
+                b = context_boxes(b, self.input_size, self.context_pad)
             # The backbone's mode, not this module's: a Detector that holds this network outside its module tree
             # switches only the (shared) backbone with train() / eval().
             if self.backbone.training and len(self.scales) > 1 and not self.train_pyramid:

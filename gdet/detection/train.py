@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "max_size": 1000,             # shared: cap on the longer side
     "stage": None,                # shared: the feature_info stage regions are pooled from (null: deepest stride 16)
     "pooled_size": None,          # shared: pooled region side (null: the stage's size at input_size)
+    "pool_context": False,        # shared: pool each proposal with R-CNN's context (context_pad at input_size)
     "frozen_bn": None,            # true: batch norm in eval mode while training (running statistics kept as
                                   # loaded); trunk (shared): only the trunk's; null or false: batch statistics
     "backbone": "googlenet",
@@ -134,6 +135,7 @@ CHECKS = {
     "pooled_size": number(ge=1, integer=True, null=True),
     "frozen_bn": _frozen_bn_check,
     "train_pyramid": lambda v, cfg: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
+    "pool_context": lambda v, cfg: None if isinstance(v, bool) else f"must be true or false, got {v!r}",
     "images_per_batch": _images_per_batch_check,
     "proposal_kwargs": mapping,
     "proposal_workers": number(ge=0, integer=True),
@@ -424,7 +426,7 @@ class DetectionTask(Task):
             self.images_per_batch = int(cfg["images_per_batch"])
             per_step = self.images_per_batch * info.world_size
             self.iters = int(cfg["iters_per_epoch"] or -(-len(self.images) // per_step))
-            shared = {k: cfg[k] for k in ("scales", "max_size", "stage", "pooled_size")}
+            shared = {k: cfg[k] for k in ("scales", "max_size", "stage", "pooled_size", "pool_context")}
         else:
             self.iters = int(cfg["iters_per_epoch"] or self.sampler.batches_per_epoch())
         bb_kwargs = {**dict(cfg["backbone_kwargs"] or {}), "aux_logits": bool(cfg["aux_logits"])}
