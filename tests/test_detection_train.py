@@ -11,6 +11,7 @@ import torch
 
 from gdet.data import load_detection_set
 from gdet.detection.train import train
+from gdet.errors import ConfigError
 from gdet.engine import load_checkpoint
 from helpers_detection import make_proposals, make_voc
 
@@ -140,6 +141,8 @@ def test_train_shared_mode_resume_is_exact(tiny, capsys):
         assert torch.equal(v, b["model"][k]), k
     with pytest.raises(Exception, match="aux_logits: false"):
         train(_cfg(root, voc, props, root / "bad", mode="shared"))
+    with pytest.raises(ConfigError, match="^context_pad: .*< input_size / 2"):
+        train(_cfg(root, voc, props, root / "bad", **{**kw, "pool_context": True, "context_pad": 30}))
 
 
 def test_gdet_train_det_shared_mode_learns(tiny, tmp_path):

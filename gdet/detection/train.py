@@ -436,7 +436,8 @@ class DetectionTask(Task):
                                    bbox_reg=cfg["bbox_reg"], sampling_ratio=cfg["sampling_ratio"], mode=self.mode,
                                    shared=shared)
         except GdetError as e:
-            raise ConfigError(f"{'stage' if 'stage' in str(e) else 'mode'}: {e}") from None
+            key = next((k for k in ("stage", "context_pad") if k in str(e)), "mode")
+            raise ConfigError(f"{key}: {e}") from None
         if cfg["weights"] and ck is None:  # a resumed run's weights all come from its checkpoint
             self._load_start_weights(model, cfg["weights"], class_names, bool(cfg["weights_strict"]))
         model.frozen_bn = "trunk" if cfg["frozen_bn"] == "trunk" else bool(cfg["frozen_bn"])
