@@ -146,7 +146,7 @@ class Detector(nn.Module):
             return "rcnn (warped crops, whole network per region)"
         s = self.shared_settings()
         return (f"shared (scales {s['scales']}, max {s['max_size']}, stage {s['stage']}, "
-                f"pooled {s['pooled_size']}" + (f", context {self.context_pad} px" if s["pool_context"] else "") + ")")
+                f"pooled {s['pooled_size']}" + (f", context {self.shared_net.context_pad} px" if s["pool_context"] else "") + ")")
 
     @property
     def num_classes(self) -> int:

@@ -341,10 +341,14 @@ class SharedDetectorNet(nn.Module):
             self._graphs["trunk"] = _GraphedCall(self.split.trunk, max_graphs=self.graph_sizes)
         return self._graphs["trunk"](img)
 
+    def _pool_nhwc(self, feat: Tensor, rois: Tensor) -> Tensor:
+        """Regions (``rois`` in pixels of the map's input image) pooled by the NHWC kernel: torchvision's numbers,
+        read in the map's own dtype and accumulated in fp32, no fp32 copy of the map."""
+        return nhwc.roi_align_nhwc(feat, rois, self.pooled_size, 1.0 / self.stride, self.sampling_ratio)
+
     def _pool_and_head(self, feat: Tensor, rois: Tensor) -> tuple[Tensor, Tensor | None]:
         # One CUDA graph's body: the pooled regions (650 MB at 2,000 x 832 x 14 x 14 in fp16) never leave it.
-        pooled = nhwc.roi_align_nhwc(feat, rois, self.pooled_size, 1.0 / self.stride, self.sampling_ratio)
-        return self.forward_regions(pooled)
+        return self.forward_regions(self._pool_nhwc(feat, rois))
 
     def _graphed_regions(self, level: tuple[Tensor, float, float], boxes: Tensor
                          ) -> tuple[list[Tensor], list[Tensor | None]]:
@@ -415,8 +419,7 @@ class SharedDetectorNet(nn.Module):
             rois = _scale_boxes(b, fx_, fy_, work)
             if (self.fast_pool and work == torch.float32 and nhwc.available(feat)
                     and not (torch.is_grad_enabled() and feat.requires_grad)):
-                # Reads the map in its own dtype and accumulates in fp32: torchvision's numbers, no fp32 copy.
-                return nhwc.roi_align_nhwc(feat, rois, p, 1.0 / self.stride, self.sampling_ratio, aligned=True)
+                return self._pool_nhwc(feat, rois)
             return roi_align(feat.to(work), [rois], (p, p), spatial_scale=1.0 / self.stride,
                              sampling_ratio=self.sampling_ratio, aligned=True).to(feat.dtype)
 
