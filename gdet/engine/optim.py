@@ -7,6 +7,7 @@ checkpoint and the curve itself from its config (:func:`set_schedule_position`),
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable
 
@@ -38,8 +39,10 @@ OPTIM_DEFAULTS: dict[str, Any] = {
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def _get(cfg: dict, key: str):
-    return cfg.get(key, OPTIM_DEFAULTS[key])
+def optim_value(cfg: dict, key: str):
+    """The value of an optimizer or schedule key in ``cfg``, its default where unset; names lower-cased."""
+    value = cfg.get(key, OPTIM_DEFAULTS[key])
+    return value.lower() if isinstance(value, str) else value
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True) -> list[dict]:
@@ -66,11 +69,12 @@ def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
     Keys (defaults in :data:`OPTIM_DEFAULTS`): ``optimizer`` (sgd | adamw), ``lr``, ``momentum``, ``nesterov``,
     ``weight_decay``, ``no_decay_norm_bias`` (no weight decay on biases and norm layers).
     """
-    name = str(_get(cfg, "optimizer")).lower()
-    groups = param_groups(model, float(_get(cfg, "weight_decay")), bool(_get(cfg, "no_decay_norm_bias")))
-    lr = float(_get(cfg, "lr"))
+    get = functools.partial(optim_value, cfg)
+    name = str(get("optimizer"))
+    groups = param_groups(model, float(get("weight_decay")), bool(get("no_decay_norm_bias")))
+    lr = float(get("lr"))
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(_get(cfg, "momentum")), nesterov=bool(_get(cfg, "nesterov")))
+        return torch.optim.SGD(groups, lr=lr, momentum=float(get("momentum")), nesterov=bool(get("nesterov")))
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     raise ConfigError(f"optimizer {name!r}: unknown (use sgd or adamw)")
@@ -130,12 +134,13 @@ def build_scheduler(cfg: dict, optimizer: torch.optim.Optimizer,
     ``lr_milestones`` (epochs), ``min_lr`` (cosine floor, absolute), ``warmup_epochs``, ``warmup_factor``,
     ``epochs``, ``lr``. The paper's recipe is ``step`` with 8 epochs and gamma 0.96 (lr cut by 4%).
     """
-    lr = float(_get(cfg, "lr"))
+    get = functools.partial(optim_value, cfg)
+    lr = float(get("lr"))
     schedule = LrSchedule(
-        str(_get(cfg, "lr_schedule")), steps_per_epoch, epochs=int(_get(cfg, "epochs")),
-        step_epochs=float(_get(cfg, "lr_step_epochs")), gamma=float(_get(cfg, "lr_gamma")),
-        milestones=_get(cfg, "lr_milestones") or (), min_factor=float(_get(cfg, "min_lr")) / lr if lr > 0 else 0.0,
-        warmup_epochs=float(_get(cfg, "warmup_epochs")), warmup_factor=float(_get(cfg, "warmup_factor")))
+        str(get("lr_schedule")), steps_per_epoch, epochs=int(get("epochs")),
+        step_epochs=float(get("lr_step_epochs")), gamma=float(get("lr_gamma")),
+        milestones=get("lr_milestones") or (), min_factor=float(get("min_lr")) / lr if lr > 0 else 0.0,
+        warmup_epochs=float(get("warmup_epochs")), warmup_factor=float(get("warmup_factor")))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 

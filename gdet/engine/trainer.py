@@ -25,7 +25,8 @@ from gdet.engine.ema import build_ema
 from gdet.engine.loader import set_epoch
 from gdet.engine.logger import MetricLogger, plot_curves, progress
 from gdet.engine.loop import build_grad_scaler
-from gdet.engine.optim import OPTIM_DEFAULTS, SCHEDULES, build_optimizer, build_scheduler, set_schedule_position
+from gdet.engine.optim import (OPTIM_DEFAULTS, SCHEDULES, build_optimizer, build_scheduler, optim_value,
+                               set_schedule_position)
 from gdet.errors import CheckpointError, GdetError
 from gdet.io import atomic_write, remove_stale_temps
 
@@ -379,17 +380,12 @@ def fit(task: Task, cfg: dict) -> dict[str, Any]:
             cleanup()
 
 
-def _optim_key(cfg: dict, key: str) -> Any:
-    value = cfg.get(key, OPTIM_DEFAULTS[key])
-    return value.lower() if isinstance(value, str) else value
-
-
 def _changed_optim_keys(saved: dict, cfg: dict) -> list[str]:
     """``key old → new`` for each optimizer or schedule key that differs from the checkpoint's config (``epochs``
     only where it shapes the curve, i.e. under cosine)."""
-    keys = [k for k in OPTIM_DEFAULTS if k != "epochs" or _optim_key(cfg, "lr_schedule") == "cosine"]
-    return [f"{k} {_optim_key(saved, k)} → {_optim_key(cfg, k)}" for k in keys
-            if saved and _optim_key(saved, k) != _optim_key(cfg, k)]
+    keys = [k for k in OPTIM_DEFAULTS if k != "epochs" or optim_value(cfg, "lr_schedule") == "cosine"]
+    return [f"{k} {optim_value(saved, k)} → {optim_value(cfg, k)}" for k in keys
+            if saved and optim_value(saved, k) != optim_value(cfg, k)]
 
 
 def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str, Any]:
@@ -409,9 +405,10 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
         if resume_ckpt.get("task") not in (None, task.name):
             raise CheckpointError(f"{opts.resume}: a {resume_ckpt.get('task')!r} checkpoint, not {task.name!r}")
         saved = resume_ckpt.get("config") or {}
-        before = _optim_key(saved, "optimizer")
-        if saved and before != _optim_key(cfg, "optimizer"):
-            raise CheckpointError(f"{opts.resume}: trained with optimizer {before}, not {_optim_key(cfg, 'optimizer')}; "
+        before = optim_value(saved, "optimizer")
+        if saved and before != optim_value(cfg, "optimizer"):
+            now = optim_value(cfg, "optimizer")
+            raise CheckpointError(f"{opts.resume}: trained with optimizer {before}, not {now}; "
                                   f"resume with optimizer={before}")
     run = Run(cfg=cfg, opts=opts, info=info, device=device, resume_ckpt=resume_ckpt)
     model = task.setup(run).to(device)

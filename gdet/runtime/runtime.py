@@ -68,9 +68,11 @@ def _cat_outputs(outs: list[Any]) -> Any:
 
 class _GraphedCall:
     """Replays one captured CUDA graph per input shape; inputs (one or more tensors) are copied into static
-    buffers and the outputs are cloned out of the graph's static ones (the next replay overwrites them)."""
+    buffers and the outputs are cloned out of the graph's static ones (the next replay overwrites them). At most
+    ``max_graphs`` graphs are kept (the least recently used is dropped), which bounds their memory when shapes
+    vary (``None``: no bound)."""
 
-    def __init__(self, fn: Callable[[Tensor], Any], warmup: int = 3, max_graphs: int | None = None):
+    def __init__(self, fn: Callable[[Tensor], Any], warmup: int = 3, max_graphs: int | None = 8):
         self.fn, self.warmup, self.max_graphs = fn, warmup, max_graphs
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Any]] = {}
 
