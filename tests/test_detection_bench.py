@@ -1,5 +1,6 @@
 """`tools/bench.py detect` with random stand-in proposals (no OpenCV ximgproc needed)."""
 import math
+import re
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ def test_bench_detect_numbers():
     assert nets[NET_RUNTIME][0] == times["network (gdet runtime)"]
     assert all(w > 0 and 0 < lo <= t <= hi for t, w, lo, hi in nets.values())
     assert r["serial_s"] > 0 and r["overlap_s"] > 0 and r["images"] == 1
+    assert r["shared_s"] > 0 and r["shared_mode"].startswith("shared (scales [600], max 1000, stage inception4e")
 
 
 def test_bench_detect_cli_tiny_random_source():
@@ -44,3 +46,9 @@ def test_bench_detect_cli_tiny_random_source():
     assert t_rt > 0 and t_tv > 0
     assert float(rows[NET_TV][1].rstrip("x")) == pytest.approx(t_tv / t_rt, rel=0.02, abs=0.01)
     assert "img/s" in lines[-1]
+    shared = next(ln for ln in lines if ln.startswith("same weights, shared ("))
+    pattern = r"([\d.]+) ms/image against .* ([\d.]+) ms, speed-up x([\d.]+)"
+    t_sh, t_rcnn, speedup = (float(v) for v in re.findall(pattern, shared)[0])
+    crops = float(next(ln for ln in lines if ln.startswith("crops (roi_align)")).split()[-1])
+    assert t_rcnn == pytest.approx(crops + t_rt, abs=0.11)
+    assert speedup == pytest.approx(t_rcnn / t_sh, rel=0.02, abs=0.01)

@@ -5,11 +5,13 @@ jittered copies when it finds fewer). The network is a random-initialised GoogLe
 VOC) at ``--input-size`` (224 as the paper on GPU; the shipped detector's 48 px on CPU by default, since 2,000
 crops at 224 take minutes on a CPU), run by gdet's runtime (:func:`gdet.runtime.optimize`). Peers on the same
 crops, same run: the detector's eager network, torchvision's ``googlenet`` eager and under ``torch.compile``;
-and the serial pipeline (proposals then detection) for the overlapped one, where DataLoader workers compute the
-next images' proposals while the network runs.
+the same weights in shared-feature mode (trunk once per image at shorter side 600, RoIAlign, the last stages per
+region; no crops), against R-CNN mode's crops plus network; and the serial pipeline (proposals then detection) for
+the overlapped one, where DataLoader workers compute the next images' proposals while the network runs.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -123,8 +125,8 @@ def run_benchmark(device: str = "auto", n_props: int = 2000, input_size: int | N
 
     Returns:
         ``{"device", "header", "stages": [(name, s/image)], "network": [(name, median s/image, warm-up s, min s,
-        max s)],
-        "serial_s", "overlap_s", "workers", "props_s"}``; network times cover all proposals of one image.
+        max s)], "shared_s", "serial_s", "overlap_s", "workers", "props_s"}``; network times cover all proposals
+        of one image; ``shared_s`` is shared mode's image-to-probabilities time (its stand-in for crops + network).
     """
     from gdet.backbones import build_backbone
     from gdet.detection.model import Detector, detect_image
@@ -214,6 +216,13 @@ def run_benchmark(device: str = "auto", n_props: int = 2000, input_size: int | N
     t_net = network[0][1]
     t_nms, _ = _timed(lambda: postprocess(boxes, probs, 0.05, 0.3, 100), dev, repeats)
 
+    # The same weights in shared mode, through the same runtime: the image in, the proposals' probabilities out.
+    sh = Detector(copy.deepcopy(det.backbone), classes, input_size=size, context_pad=det.context_pad,
+                  chunk_size=chunk, mode="shared").to(dev).eval()
+    sh_fast = optimize(sh, device=dev, precision=precision)
+    with torch.inference_mode():
+        t_shared, _ = _timed(lambda: sh_fast.score_regions(image01, boxes), dev, repeats)
+
     # Whole pipeline over several images: serial vs proposals in DataLoader workers, on the runtime's network.
     def serial():
         for im in imgs:
@@ -238,7 +247,8 @@ def run_benchmark(device: str = "auto", n_props: int = 2000, input_size: int | N
     stages = [("proposals (selective search, CPU)" if source == "ss" else "proposals (random stand-in)", t_props),
               ("crops (roi_align)", t_crops), ("network (gdet runtime)", t_net), ("NMS (postprocess)", t_nms),
               ("sum of stages", t_props + t_crops + t_net + t_nms)]
-    return {"device": name, "header": header, "stages": stages, "network": network, "serial_s": t_serial,
+    return {"device": name, "header": header, "stages": stages, "network": network, "shared_s": t_shared,
+            "shared_mode": sh.describe_mode(), "serial_s": t_serial,
             "overlap_s": t_overlap, "workers": workers, "props_s": t_props, "images": len(imgs)}
 
 
@@ -274,6 +284,9 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
     tv = {k: v for k, v, *_ in r["network"]}
     click.echo(f"gdet runtime is {tv[NET_TV] / t_net:.2f}x faster than torchvision googlenet eager"
                + (f", {tv[NET_TV_COMPILE] / t_net:.2f}x than torchvision + compile" if NET_TV_COMPILE in tv else ""))
+    rcnn_s = r["stages"][1][1] + t_net
+    click.echo(f"same weights, {r['shared_mode']}: {1000 * r['shared_s']:.1f} ms/image against R-CNN mode's crops + "
+               f"network {1000 * rcnn_s:.1f} ms, speed-up x{rcnn_s / r['shared_s']:.2f}")
     wk = max(r["workers"], 1)
     net_stages = sum(v for k, v in r["stages"][1:4])
     click.echo(f"pipeline over {r['images']} images: serial {1 / r['serial_s']:.3f} img/s, overlapped ({r['workers']} "
