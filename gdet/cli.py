@@ -72,16 +72,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def run_guarded(fn, *args, **kwargs):
-    """Call ``fn``; a :class:`GdetError` (or a missing file) becomes a one-line message and exit code 1.
+def _option_name(e: click.BadParameter) -> str:
+    """``--max-size`` for an option, the metavar's name for an argument (click's hint without its quotes)."""
+    param = e.param
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    if param is not None:
+        return param.human_readable_name
+    hint = e.param_hint if isinstance(e.param_hint, str) else " / ".join(e.param_hint or [])
+    return hint.strip("'\"") or "value"
 
-    Used by the CLI and by every ``tools/`` script so that bad input never shows a traceback.
+
+def run_guarded(fn, *args, **kwargs):
+    """Call ``fn``; a :class:`GdetError`, a missing file or an invalid option value (out of range, not a choice,
+    not a number) becomes a one-line message and exit code 1.
+
+    Used by the CLI and by every ``tools/`` script so that bad input never shows a traceback. Command-line grammar
+    (an unknown or misspelt command or option, a missing required option) stays click's usage error, exit code 2.
     """
     install_warning_format()
     try:
         return fn(*args, **kwargs)
     except GdetError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except click.BadParameter as e:
+        if isinstance(e, click.MissingParameter):
+            raise
+        click.echo(f"error: {_option_name(e)}: {e.message.rstrip('.')}", err=True)
         sys.exit(1)
     except FileNotFoundError as e:
         name = e.filename or str(e)
@@ -94,7 +112,25 @@ def run_guarded(fn, *args, **kwargs):
 
 def run_tool(cmd: click.Command) -> None:
     """Entry point of a ``tools/*.py`` script: run ``cmd`` as a program, bad input printed as one line."""
-    run_guarded(cmd.main, standalone_mode=True, prog_name=sys.argv[0])
+    def program():
+        try:
+            # Not standalone: click would print a bad value with its usage block; run_guarded prints one line.
+            # ``-h`` and ``ctx.exit(n)`` return their exit code; a finished command exits 0.
+            rv = cmd.main(standalone_mode=False, prog_name=sys.argv[0])
+            sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+        except click.BadParameter as e:
+            if not isinstance(e, click.MissingParameter):
+                raise  # run_guarded's one line
+            e.show()
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    run_guarded(program)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

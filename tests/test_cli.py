@@ -67,6 +67,19 @@ def test_misspelt_commands_and_options_get_a_suggestion(args, hint):
     assert r.exit_code == 2 and hint in r.output, r.output
 
 
+def test_tool_scripts_print_bad_values_as_one_line_and_keep_usage_errors(tmp_path):
+    script = str(ROOT / "tools" / "test_det.py")
+    bad = subprocess.run([sys.executable, script, "--data", str(tmp_path), "--max-size", "-3"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == ["error: --max-size: -3 is not in the range x>=1"]
+    # Grammar stays click's usage error (exit 2): a misspelt option and a missing required one.
+    typo = subprocess.run([sys.executable, script, "--dat", "x"], capture_output=True, text=True, cwd=tmp_path)
+    assert typo.returncode == 2 and "Did you mean one of: '--data'" in typo.stderr
+    missing = CliRunner().invoke(main, ["detect", "--weights", "w.pth"])
+    assert missing.exit_code == 2 and "Missing option '--image'" in missing.output
+
+
 def test_shared_vocabulary_across_commands():
     """The same idea has one option name in every command that has it."""
     ctx = click.Context(main)
@@ -116,6 +129,11 @@ def test_shared_vocabulary_across_commands():
     (["train", "multibox", "epochz=3"], "epochz"),
     (["bench", "proposals", "--size", "big"], "expected WxH"),
     (["data", "browse", "--data", "{tmp}/nothing", "--out", "{tmp}/o"], "nothing"),
+    # invalid option values: the option and click's reason, no usage block
+    (["detect", "--image", "x.jpg", "--weights", "w.pth", "--mode", "fast"],
+     "error: --mode: 'fast' is not one of 'rcnn', 'shared'"),
+    (["test", "--data", "{tmp}", "--weights", "w.pth", "--max-size", "-5"], "error: --max-size: -5 is not in the range"),
+    (["bench", "detect", "--repeats", "many"], "error: --repeats: 'many' is not a valid integer"),
 ])
 def test_bad_input_is_one_error_line_and_exit_1(tmp_path, args, needle):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

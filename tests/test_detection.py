@@ -342,7 +342,7 @@ def test_cli_mode_runs_the_same_weights_in_the_other_mode(tmp_path):
     for extra, needle in ((["--weights", str(shared), "--mode", "rcnn", "--scales", "300"],
                            "error: --scales: sets shared mode's image pyramid, but --mode rcnn scores warped crops"),
                           (["--weights", str(rcnn), "--scales", "300"], "(add --mode shared to run it in shared mode)"),
-                          (["--weights", str(rcnn), "--mode", "fast"], "Invalid value for '--mode'")):
+                          (["--weights", str(rcnn), "--mode", "fast"], "error: --mode: 'fast' is not one of 'rcnn', 'shared'")):
         res = CliRunner().invoke(main, [*args, *extra])
         assert res.exit_code != 0 and needle in res.output, res.output
     with pytest.raises(GdetError, match="mode: 'fast' is not a detector mode"):
