@@ -10,7 +10,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from gdet.engine.distributed import is_main_process
-from gdet.io import atomic_path
+from gdet.plotting import pyplot, save_figure
 
 
 def progress(iterable: Iterable | None = None, **kwargs):
@@ -48,10 +48,7 @@ _QUALITY = ("acc", "recall", "map", "ap", "ar", "top", "mabo", "prec")
 def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, x: str = "epoch",
                 title: str | None = None) -> None:
     """Plot every numeric metric of a JSONL log against ``x``: losses on one panel, the rest on another."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = MetricLogger.__new__(MetricLogger)
     rows.path = Path(jsonl_path)
@@ -76,9 +73,4 @@ def plot_curves(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, x: s
         ax.grid(alpha=0.3)
         if group:
             ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png_path, title)

@@ -23,7 +23,7 @@ import numpy as np
 
 from gdet.evaluation.base import group_overlaps, pairwise_iou
 from gdet.evaluation.voc import VOCEvaluator
-from gdet.io import atomic_path
+from gdet.plotting import pyplot, save_figure
 
 KINDS = ("correct", "localisation", "duplicate", "confusion", "background")
 
@@ -92,10 +92,7 @@ def format_errors(result: dict) -> str:
 
 def plot_errors(result: dict, path: str | os.PathLike, title: str = "") -> None:
     """One PNG: a horizontal bar per class, split into the shares of :data:`KINDS`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["per_class"][::-1]
     fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.32 * len(rows)))
@@ -109,9 +106,4 @@ def plot_errors(result: dict, path: str | os.PathLike, title: str = "") -> None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the class's top-N detections (N = its ground-truth objects)", fontsize=8)
     ax.legend(ncol=len(KINDS), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=9, y=0.995)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, title, dpi=100, fontsize=9, y=0.995)

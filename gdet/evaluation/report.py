@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from gdet.io import atomic_path, save_json
+from gdet.io import save_json
+from gdet.plotting import pyplot, save_figure
 
 
 def _pct(v: float) -> str:
@@ -62,10 +63,7 @@ def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str |
         aps: class name -> AP, shown in each panel's title.
         title: figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(curves)
     n = max(1, len(names))
@@ -93,9 +91,4 @@ def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str |
         ax.set_xlabel("recall", fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("precision", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, title, dpi=100, fontsize=10)

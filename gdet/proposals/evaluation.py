@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from gdet.io import atomic_path
+from gdet.plotting import pyplot, save_figure
 
 AR_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 DEFAULT_COUNTS: tuple[int | None, ...] = (100, 500, 1000, 2000, None)  # None = all
@@ -165,10 +165,7 @@ def evaluate_proposals(records, proposals, counts: Sequence[int | None] = DEFAUL
 
 def plot_recall_curves(results: dict[str, dict], png_path, title: str | None = None) -> None:
     """Recall@0.5, recall@0.7 and AR against proposals per image (log scale), one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, key, label in zip(axes, ("recall@0.5", "recall@0.7", "ar"),
@@ -182,12 +179,7 @@ def plot_recall_curves(results: dict[str, dict], png_path, title: str | None = N
         ax.set_ylim(0, 1.01)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="lower right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png_path, title)
 
 
 def format_table(results: dict[str, dict]) -> str:
