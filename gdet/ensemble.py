@@ -12,6 +12,27 @@ from torch import Tensor
 from gdet.errors import GdetError
 
 
+def common_classes(members: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """The class list shared by every member of an ensemble (probabilities are averaged class by class).
+
+    Args:
+        members: ``(name, class names)`` per member; the name (its weights file) is what an error shows.
+
+    Raises:
+        GdetError: no member, or a member whose classes (names or order) differ from the first one's.
+    """
+    if not members:
+        raise GdetError("ensemble: no member given (--weights)")
+    first, names = members[0][0], list(members[0][1])
+    for name, classes in members[1:]:
+        if list(classes) != names:
+            diff = sorted(set(classes) ^ set(names))
+            why = (f"classes {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''} are in one and not the other"
+                   if diff else "the same classes in another order")
+            raise GdetError(f"{name}: its classes differ from {first}'s ({why}); an ensemble needs one label set")
+    return names
+
+
 def average_probabilities(probs: Sequence[Tensor] | Tensor, weights: Sequence[float] | None = None) -> Tensor:
     """Weighted mean of class-probability tensors.
 

@@ -17,8 +17,8 @@ from gdet.classification import (Crop, Lighting, TrainTransform, apply_crops, cr
 from gdet.classification.transforms import PCA_EIGVAL, PCA_EIGVEC
 from gdet.cli import main as gdet_main
 from gdet.engine import load_checkpoint, save_checkpoint
-from gdet.ensemble import average_probabilities, crop_probabilities
-from gdet.errors import CheckpointError, ConfigError
+from gdet.ensemble import average_probabilities, common_classes, crop_probabilities
+from gdet.errors import CheckpointError, ConfigError, GdetError
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square", "triangle", "cross"]
@@ -160,6 +160,17 @@ def test_ensemble_averaging():
     assert torch.allclose(crop_probabilities(logits, 2), torch.tensor([[0.625, 0.375]]))
     with pytest.raises(Exception, match="weights"):
         average_probabilities([a, b], [1])
+
+
+def test_ensemble_members_must_share_one_label_set():
+    assert common_classes([("a.pth", ["cat", "dog"]), ("b.pth", ("cat", "dog"))]) == ["cat", "dog"]
+    # probabilities are averaged class by class: another order is another label set
+    with pytest.raises(GdetError, match=r"^b\.pth: its classes differ from a\.pth's \(the same classes in another"):
+        common_classes([("a.pth", ["cat", "dog"]), ("b.pth", ["dog", "cat"])])
+    with pytest.raises(GdetError, match=r"^c\.pth: .*\(classes bird, dog are in one and not the other\)"):
+        common_classes([("a.pth", ["cat", "dog"]), ("b.pth", ["cat", "dog"]), ("c.pth", ["cat", "bird"])])
+    with pytest.raises(GdetError, match="no member"):
+        common_classes([])
 
 
 def test_ensemble_prediction_is_the_mean_of_its_members():

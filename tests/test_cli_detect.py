@@ -53,6 +53,17 @@ def test_detect_json_is_read_by_eval_and_matches_test(tiny, tmp_path):
     assert [(e["image_id"], round(e["score"], 6)) for e in d] == [(e["image_id"], round(e["score"], 6)) for e in t]
 
 
+def test_ensemble_of_detectors_with_other_classes_is_one_error_line(tiny, tmp_path):
+    root, voc, props, ckpt = tiny
+    other = save_detector(tiny_detector(num_classes=3), tmp_path / "other.pth")
+    r = CliRunner().invoke(main, [str(a) for a in ["detect", "--image", f"{voc}/JPEGImages/im001.png",
+                                                   "--weights", ckpt, "--weights", other, "--proposals", props]])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.strip().splitlines() == [f"error: {other}: its classes differ from {ckpt}'s (classes c0, c1, c2, "
+                                             "disc, square are in one and not the other); an ensemble needs one "
+                                             "label set"]
+
+
 def test_detect_folder_progress_and_duplicate_ids(tiny, tmp_path):
     root, voc, props, ckpt = tiny
     out = _run(["detect", "--image", voc / "JPEGImages", "--weights", ckpt, "--proposals", props,

@@ -59,7 +59,7 @@ def test_ensemble_averages_probabilities_before_nms():
     assert len(dets["scores"]) == 4 * 2
     assert sorted(dets["scores"].tolist()) == pytest.approx(sorted(pe[:, 1:].flatten().tolist()), abs=1e-6)
     other = tiny_detector(num_classes=3)
-    with pytest.raises(GdetError):
+    with pytest.raises(GdetError, match=r"^detector 2: its classes differ from detector 1's"):
         EnsembleDetector([a, other])
 
 

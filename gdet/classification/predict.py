@@ -12,19 +12,12 @@ from gdet.classification.model import Classifier
 from gdet.classification.multicrop import apply_crops, crop_boxes
 from gdet.data import ClassificationDataset, read_image, read_image_folder, to_chw
 from gdet.engine import progress
-from gdet.ensemble import average_probabilities, crop_probabilities
-from gdet.errors import GdetError
+from gdet.ensemble import average_probabilities, common_classes, crop_probabilities
 
 
 def check_compatible(models: Sequence[Classifier]) -> list[str]:
     """The shared class list of an ensemble; models trained on different label sets cannot be averaged."""
-    if not models:
-        raise GdetError("no model given (--weights)")
-    names = models[0].class_names
-    for m in models[1:]:
-        if m.class_names != names:
-            raise GdetError(f"{m.path}: its classes differ from {models[0].path}'s; an ensemble needs one label set")
-    return names
+    return common_classes([(str(m.path), m.class_names) for m in models])
 
 
 def image_probabilities(image: Tensor, model: Classifier, crops: int) -> Tensor:

@@ -21,7 +21,7 @@ from gdet.detection.crops import DEFAULT_CONTEXT_PAD, iter_region_chunks
 from gdet.detection.labels import decode_boxes
 from gdet.engine.checkpoint import load_checkpoint, load_model_weights
 from gdet.engine.device import autocast
-from gdet.ensemble import average_probabilities
+from gdet.ensemble import average_probabilities, common_classes
 from gdet.errors import CheckpointError, GdetError
 from gdet.nms import postprocess
 
@@ -239,15 +239,11 @@ class EnsembleDetector:
     shared-mode detector may be averaged).
     """
 
-    def __init__(self, members: Sequence[Detector]):
-        if not members:
-            raise GdetError("an ensemble needs at least one detector")
-        names = members[0].class_names
-        for m in members[1:]:
-            if m.class_names != names:
-                raise GdetError(f"ensemble members disagree on the classes: {names} vs {m.class_names}")
+    def __init__(self, members: Sequence[Detector], sources: Sequence[str] | None = None):
+        """``sources``: each member's weights file, named by the error when the classes differ."""
+        sources = list(sources) if sources is not None else [f"detector {i + 1}" for i in range(len(members))]
+        self.class_names = common_classes([(s, m.class_names) for s, m in zip(sources, members)])
         self.members = list(members)
-        self.class_names = list(names)
 
     @property
     def num_classes(self) -> int:
@@ -437,7 +433,7 @@ def load_detectors(paths: Sequence[str | os.PathLike], device: torch.device | st
                    **kwargs) -> Detector | EnsembleDetector:
     """One detector, or an :class:`EnsembleDetector` when several paths are given."""
     models = [load_detector(p, device, **kwargs) for p in paths]
-    return models[0] if len(models) == 1 else EnsembleDetector(models)
+    return models[0] if len(models) == 1 else EnsembleDetector(models, [str(p) for p in paths])
 
 
 def export_detector(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True, use_ema: bool = False) -> int:
