@@ -242,6 +242,8 @@ class EnsembleDetector:
     def __init__(self, members: Sequence[Detector], sources: Sequence[str] | None = None):
         """``sources``: each member's weights file, named by the error when the classes differ."""
         sources = list(sources) if sources is not None else [f"detector {i + 1}" for i in range(len(members))]
+        if len(sources) != len(members):
+            raise GdetError(f"ensemble: {len(sources)} sources for {len(members)} detectors")
         self.class_names = common_classes([(s, m.class_names) for s, m in zip(sources, members)])
         self.members = list(members)
 
