@@ -312,7 +312,11 @@ def test_cli_scales_set_a_shared_detectors_pyramid(tmp_path):
                            "detector's pyramid, but " + str(rcnn) + " is an rcnn-mode detector"),
                           (["--weights", str(rcnn), "--max-size", "300"], "error: --max-size: sets a shared-mode"),
                           (["--weights", str(shared), "--scales", "0,600"],
-                           "error: --scales: expected a comma list of positive integers, got '0,600'")):
+                           "error: --scales: expected a comma list of positive integers, got '0,600'"),
+                          (["--weights", str(shared), "--scales", "24,200", "--max-size", "128"],
+                           "error: --scales: 200 is above --max-size 128, so no image is rescaled to it"),
+                          (["--weights", str(shared), "--scales", "24,200"],
+                           f"error: {shared}: shared detection: scale 200 is above max_size 64")):
         res = CliRunner().invoke(main, [*args, *extra])
         assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and needle in res.output, res.output
 

@@ -143,6 +143,9 @@ def test_train_shared_mode_resume_is_exact(tiny, capsys):
         train(_cfg(root, voc, props, root / "bad", mode="shared"))
     with pytest.raises(ConfigError, match="^context_pad: .*< input_size / 2"):
         train(_cfg(root, voc, props, root / "bad", **{**kw, "pool_context": True, "context_pad": 30}))
+    with pytest.raises(ConfigError, match="^scales: 120 is above max_size 96, so no image is rescaled to it"):
+        train(_cfg(root, voc, props, root / "bad", **{**kw, "scales": [64, 120]}))
+    assert not (root / "bad").exists() or not any((root / "bad").iterdir())  # refused before anything is written
 
 
 def test_gdet_train_det_shared_mode_learns(tiny, tmp_path):

@@ -80,6 +80,9 @@ def load_cli_detectors(weights: tuple[str, ...], device, scales: str | None, max
         over["scales"] = int_list(scales, "--scales")
     if max_size:
         over["max_size"] = int(max_size)
+    if scales and max_size and max(over["scales"]) > max_size:
+        raise GdetError(f"--scales: {max(over['scales'])} is above --max-size {max_size}, so no image is rescaled "
+                        f"to it; raise --max-size or drop the scale")
     model = load_detectors(list(weights), device, shared=over or None, mode=mode)
     members = getattr(model, "members", [model])
     if over and not any(m.mode == "shared" for m in members):

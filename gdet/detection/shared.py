@@ -265,6 +265,10 @@ class SharedDetectorNet(nn.Module):
             raise GdetError(f"shared detection: scales must be positive image sides, got {list(scales)}")
         if max_size is not None and max_size < 1:
             raise GdetError(f"shared detection: max_size must be positive, got {max_size}")
+        if max_size is not None and max(scales) > max_size:
+            # The longer side is at least the shorter one, so every image is capped below such a scale.
+            raise GdetError(f"shared detection: scale {max(scales)} is above max_size {max_size}, so no image is "
+                            f"rescaled to it; raise max_size (--max-size) or drop the scale")
         self.scales = scales
         self.max_size = None if max_size is None else int(max_size)
         # A plain attribute (a tuple, not a Module): the split's modules are the backbone's own.

@@ -108,7 +108,13 @@ def _mode_check(v: Any, cfg: dict) -> str | None:
 def _scales_check(v: Any, cfg: dict) -> str | None:
     ok = isinstance(v, (list, tuple)) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
                                                      for x in v)
-    return None if ok else f"must be a list of positive image sides such as [600], got {v!r}"
+    if not ok:
+        return f"must be a list of positive image sides such as [600], got {v!r}"
+    cap = cfg.get("max_size")
+    if cfg.get("mode") == "shared" and isinstance(cap, int) and not isinstance(cap, bool) and max(v) > cap:
+        return (f"{max(v)} is above max_size {cap}, so no image is rescaled to it; raise max_size or drop the "
+                f"scale")
+    return None
 
 
 def _images_per_batch_check(v: Any, cfg: dict) -> str | None:
