@@ -9,7 +9,8 @@ from torch import nn
 
 from gdet.backbones import build_backbone, list_backbones
 from gdet.detection.labels import decode_boxes
-from gdet.detection.shared import (SharedDetectorNet, rescale_image, sample_image_regions, shared_loss,
+from gdet.detection.shared import (SharedDetectorNet, distillation_loss, rescale_image, sample_image_regions,
+                                   shared_loss,
                                    shared_stage, split_backbone)
 from gdet.engine.checkpoint import save_checkpoint
 from gdet.errors import GdetError
@@ -337,6 +338,66 @@ def test_short_training_lowers_the_loss():
         opt.step()
     after = eval_loss()
     assert after < 0.7 * before, (before, after)
+
+
+def test_distillation_loss_is_hintons_softened_kl():
+    """KL(teacher || student) of both distributions at temperature T, times T^2, against a sum written out from
+    the definition; zero when the student already predicts the teacher's distribution."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 4, generator=g)
+    teacher = torch.softmax(2.0 * torch.randn(6, 4, generator=g), 1)
+    for t in (1.0, 2.0, 4.0):
+        ref = 0.0
+        for i in range(6):
+            q = [float(teacher[i, c]) ** (1 / t) for c in range(4)]
+            q = [v / sum(q) for v in q]
+            e = [math.exp(float(z[i, c]) / t) for c in range(4)]
+            p = [v / sum(e) for v in e]
+            ref += sum(qc * math.log(qc / pc) for qc, pc in zip(q, p)) / 6
+        assert float(distillation_loss(z, teacher, t)) == pytest.approx(t * t * ref, rel=1e-5)
+        same = torch.log(teacher) + 3.0  # the teacher's logits up to a constant: the same distribution at any T
+        assert float(distillation_loss(same, teacher, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_shared_loss_with_a_teacher_mixes_cross_entropy_and_distillation():
+    """shared_loss(teacher=...) = (1 - w) CE + w KD on the same regions; the teacher is asked for exactly the
+    sampled regions of each image; with w = 1 the student follows the teacher, not the labels."""
+    g = torch.Generator().manual_seed(1)
+    scenes = [_scene(g) for _ in range(2)]
+    props = [_proposals(g, gt) for _, gt, _ in scenes]
+    bb = build_backbone("googlenet", num_classes=3, aux_logits=False)
+    net = SharedDetectorNet(bb, None, scales=(96,), max_size=96, pooled_size=4).eval()
+    imgs = [bb.normalize(im[None])[0] for im, _, _ in scenes]
+    targets = [{"boxes": gt, "labels": lab} for _, gt, lab in scenes]
+    asked = []
+
+    def teacher(i, boxes):  # a fixed preference for class 2, whatever the region
+        asked.append((i, boxes.clone()))
+        return torch.tensor([0.1, 0.2, 0.7]).expand(boxes.shape[0], 3)
+
+    with torch.no_grad():
+        plain = shared_loss(net, imgs, targets, props, regions_per_image=16, seed=5)
+        mixed = shared_loss(net, imgs, targets, props, regions_per_image=16, seed=5, teacher=teacher,
+                            distill_weight=0.25, distill_temperature=2.0)
+        out = net(imgs, [b for _, b in asked])
+    assert [i for i, _ in asked] == [0, 1] and sum(b.shape[0] for _, b in asked) == 32
+    kd = distillation_loss(out.logits, torch.tensor([0.1, 0.2, 0.7]).expand(32, 3), 2.0)
+    assert float(mixed["loss_distill"]) == pytest.approx(float(kd), rel=1e-5)
+    assert float(mixed["loss_cls"]) == pytest.approx(float(plain["loss_cls"]), rel=1e-6)
+    assert float(mixed["loss"]) == pytest.approx(0.75 * float(plain["loss_cls"]) + 0.25 * float(kd), rel=1e-5)
+
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for step in range(8):
+        res = shared_loss(net, imgs, targets, props, regions_per_image=16, seed=step, teacher=teacher,
+                          distill_weight=1.0, distill_temperature=1.0)
+        opt.zero_grad()
+        res["loss"].backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        probs = torch.softmax(net(imgs, [p[:20] for p in props]).logits, 1).mean(0)
+    assert probs.argmax() == 2 and probs[2] > 0.5, probs  # the teacher's class, though most regions are background
 
 
 def test_loads_classification_weights_with_the_same_keys(tmp_path):

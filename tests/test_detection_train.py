@@ -222,3 +222,65 @@ def test_a_detector_starts_a_detector_of_either_mode(tmp_path, capsys):
                 "model": state}, path)
     with pytest.raises(CheckpointError, match="box head"):
         DetectionTask._load_start_weights(bad, str(path), names, strict=True)
+
+
+def test_train_with_a_teacher_in_either_mode(tiny, capsys):
+    """``distill``: a detector file (or a list: an ensemble) teaches every region of either mode. The logged parts
+    add up to the loss; a shared run taught by an R-CNN detector resumes bit for bit; the R-CNN mode's teacher is
+    asked for each crop as it was warped (flipped or not); a wrong teacher is a one-line error before anything
+    is written."""
+    from types import SimpleNamespace
+
+    from gdet.detection.model import load_detector
+    from gdet.detection.sampler import RegionSampler
+    from gdet.detection.train import DetectionTask, RegionBatches, check, crop_batch, prepare_regions
+    from gdet.proposals import load_proposals
+
+    root, voc, props = tiny
+    train(_cfg(root, voc, props, root / "teacher", epochs=1, eval_every=0, bbox_reg=False))
+    teacher = str(root / "teacher" / "last.pth")
+    kw = dict(mode="shared", aux_logits=False, scales=[64, 80], max_size=96, hflip=0.5, eval_every=0,
+              distill=teacher, distill_weight=0.5, distill_temperature=2.0)
+    full = train(_cfg(root, voc, props, root / "kdfull", **kw))["last"]
+    assert "distill: taught by rcnn" in capsys.readouterr().out
+    assert full["train_loss"] == pytest.approx(full["train_loss_cls"] + full["train_loss_distill"]
+                                               + full["train_loss_bbox"], rel=1e-6)
+    assert full["train_loss_distill"] > 0
+    train(_cfg(root, voc, props, root / "kdhalf", **{**kw, "epochs": 1}))
+    train(_cfg(root, voc, props, root / "kdhalf", resume=str(root / "kdhalf" / "last.pth"), **kw))
+    a, b = load_checkpoint(root / "kdfull" / "last.pth"), load_checkpoint(root / "kdhalf" / "last.pth")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+    # R-CNN mode taught by an ensemble of the shared detector and the R-CNN one.
+    ens = [str(root / "kdfull" / "last.pth"), teacher]
+    res = train(_cfg(root, voc, props, root / "kdrcnn", epochs=1, eval_every=0, distill=ens, hflip=0.5))["last"]
+    assert "distill: taught by 1: shared" in capsys.readouterr().out
+    assert res["train_loss"] == pytest.approx(res["train_loss_cls"] + res["train_loss_distill"]
+                                              + res["train_loss_bbox"], rel=1e-6)
+
+    # The teacher scores each R-CNN crop as warped: a flipped crop is the flipped image's mirrored box.
+    task = DetectionTask(check(_cfg(root, voc, props, root / "unused", distill=teacher, bbox_reg=False)))
+    task.teacher = t = load_detector(teacher)
+    task.class_names = t.class_names
+    run = SimpleNamespace(device=torch.device("cpu"), precision="fp32", channels_last=False)
+    task.train_set = load_detection_set(voc, "train")
+
+    regions, bbox = prepare_regions(task.train_set.records, load_proposals(props), max_proposals=50)
+    batches = RegionSampler(regions, 24, 0.25, seed=0).epoch(0, 1)
+    batch = RegionBatches(task.train_set.records, regions, bbox, batches)[0]
+    torch.manual_seed(3)
+    crops, flipped = crop_batch(t, batch, run.device, hflip=0.5)
+    assert 0 < int(flipped.sum()) < flipped.numel()
+    with torch.no_grad():
+        want = torch.softmax(t(crops).logits, 1)
+    assert torch.allclose(task._teach_crops(batch, flipped, run), want, atol=1e-4)
+
+    bad = dict(kw, distill=str(root / "nope.pth"))
+    with pytest.raises(Exception, match="nope.pth"):
+        train(_cfg(root, voc, props, root / "kdbad", **bad))
+    with pytest.raises(ConfigError, match="^distill: must be a detector file"):
+        train(_cfg(root, voc, props, root / "kdbad", **dict(kw, distill=[])))
+    with pytest.raises(ConfigError, match=r"^distill_weight: must be in \[0, 1\], got 1.5"):
+        train(_cfg(root, voc, props, root / "kdbad", **dict(kw, distill_weight=1.5)))
+    assert not (root / "kdbad").exists() or not any((root / "kdbad").iterdir())

@@ -31,7 +31,7 @@ from gdet.engine.device import autocast
 from gdet.errors import GdetError
 
 __all__ = ["BackboneSplit", "SharedOutput", "SharedDetectorNet", "split_backbone", "shared_stage", "rescale_image",
-           "sample_image_regions", "shared_loss", "DEFAULT_SCALES", "DEFAULT_MAX_SIZE"]
+           "sample_image_regions", "shared_loss", "distillation_loss", "DEFAULT_SCALES", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_SCALES = (600,)
 DEFAULT_MAX_SIZE = 1000
@@ -586,9 +586,26 @@ def sample_image_regions(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
     return {"boxes": boxes, "labels": labels, "bbox_targets": targets, "bbox_use": use}
 
 
+def distillation_loss(logits: Tensor, teacher_probs: Tensor, temperature: float = 1.0) -> Tensor:
+    """Knowledge distillation (Hinton et al., 2015) of a batch of regions: ``KL(teacher || student)`` of the class
+    distributions softened by ``temperature`` (both divided by it in log space), times ``temperature ** 2`` so
+    that the gradient keeps its scale whatever the temperature, averaged over the regions.
+
+    Args:
+        logits (Tensor[R, C+1]): the student's.
+        teacher_probs (Tensor[R, C+1]): the teacher's class probabilities (a detector's softmax, or an
+            ensemble's average).
+    """
+    t = float(temperature)
+    log_q = F.log_softmax(torch.log(teacher_probs.float().clamp_min(1e-12)) / t, dim=1)
+    log_p = F.log_softmax(logits.float() / t, dim=1)
+    return (log_q.exp() * (log_q - log_p)).sum(1).mean() * (t * t)
+
+
 def shared_loss(model, images_norm: Sequence[Tensor], targets: Sequence[dict], proposals: Sequence[Tensor], *,
                 regions_per_image: int = 64, fg_fraction: float = 0.25, fg_iou: float = 0.5, bg_iou_lo: float = 0.1,
-                bbox_iou: float = 0.5, bbox_weight: float = 1.0, seed: int = 0) -> dict[str, Tensor]:
+                bbox_iou: float = 0.5, bbox_weight: float = 1.0, seed: int = 0, teacher=None,
+                distill_weight: float = 0.5, distill_temperature: float = 1.0) -> dict[str, Tensor]:
     """Loss of one image-centric mini-batch (Fast R-CNN: 2 images x 64 regions, 25% foreground).
 
     Cross-entropy over ``C + 1`` classes, plus smooth-L1 box regression (beta 1/9, summed over the regions that
@@ -603,9 +620,12 @@ def shared_loss(model, images_norm: Sequence[Tensor], targets: Sequence[dict], p
             (``ignore`` optional).
         proposals: per image ``Tensor[P, 4]``.
         seed: draws the regions (pass e.g. ``epoch * steps + step`` for a reproducible run).
+        teacher: optional ``teacher(i, boxes) -> Tensor[R, C+1]``, class probabilities of regions ``boxes`` of
+            image ``i`` (as passed here, flipped or not): the classification loss becomes ``(1 - distill_weight)
+            x cross-entropy + distill_weight x`` :func:`distillation_loss` at ``distill_temperature``.
     Returns:
-        ``{"loss"}`` (with gradient) and detached ``"loss_cls"``, ``"loss_bbox"`` (with a box head), ``"acc"``,
-        ``"num_fg"``, ``"num_regions"``.
+        ``{"loss"}`` (with gradient) and detached ``"loss_cls"`` (the cross-entropy), ``"loss_distill"`` (with a
+        teacher, unweighted), ``"loss_bbox"`` (with a box head), ``"acc"``, ``"num_fg"``, ``"num_regions"``.
     """
     if not images_norm:
         raise ValueError("shared_loss needs at least one image")
@@ -623,6 +643,12 @@ def shared_loss(model, images_norm: Sequence[Tensor], targets: Sequence[dict], p
     loss_cls = F.cross_entropy(out.logits.float(), labels)
     loss = loss_cls
     res = {"loss_cls": loss_cls.detach()}
+    if teacher is not None:
+        with torch.no_grad():
+            soft = torch.cat([teacher(i, s["boxes"]) for i, s in enumerate(picks)]).to(device)
+        kd = distillation_loss(out.logits, soft, distill_temperature)
+        loss = (1.0 - distill_weight) * loss_cls + distill_weight * kd
+        res["loss_distill"] = kd.detach()
     if out.bbox_deltas is not None:
         use = torch.cat([s["bbox_use"] for s in picks]).to(device)
         idx = torch.nonzero(use).flatten()

@@ -23,9 +23,9 @@ from gdet.config import complete_config, interval, mapping, number, one_of
 from gdet.data.image import read_image
 from gdet.detection.crops import crop_regions
 from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
-from gdet.detection.model import MODES, Detector, build_detector, detector_checkpoint_meta
+from gdet.detection.model import MODES, Detector, build_detector, detector_checkpoint_meta, load_detectors
 from gdet.detection.sampler import RegionSampler
-from gdet.detection.shared import shared_loss
+from gdet.detection.shared import distillation_loss, shared_loss
 from gdet.detection.visualize import draw_detections
 from gdet.engine.trainer import ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit, input_size_check
 from gdet.errors import CheckpointError, ConfigError, GdetError
@@ -68,6 +68,9 @@ DEFAULTS: dict[str, Any] = {
     "bbox_reg": False,            # class-specific box regression head (R-CNN appendix C)
     "bbox_iou": 0.6,              # regression trained on proposals with IoU > this
     "bbox_loss_weight": 1.0,
+    "distill": None,              # detector file(s) whose class probabilities teach every region (null: none)
+    "distill_weight": 0.5,        # classification loss: (1 - this) x cross-entropy + this x distillation
+    "distill_temperature": 2.0,   # softens both distributions
     # regions and batches
     "fg_iou": 0.5,
     "bg_iou_lo": 0.0,
@@ -124,6 +127,13 @@ def _images_per_batch_check(v: Any, cfg: dict) -> str | None:
     return problem
 
 
+def _distill_check(v: Any, cfg: dict) -> str | None:
+    paths = [v] if isinstance(v, str) else v
+    if v is None or (isinstance(paths, list) and paths and all(isinstance(p, str) and p for p in paths)):
+        return None
+    return f"must be a detector file, a list of them (an ensemble teaches) or null, got {v!r}"
+
+
 def _frozen_bn_check(v, cfg) -> str | None:
     if v is None or isinstance(v, bool):
         return None
@@ -154,6 +164,9 @@ CHECKS = {
     "aux_weight": number(ge=0),
     "bbox_iou": interval(0, 1, lo_open=True),
     "bbox_loss_weight": number(ge=0),
+    "distill": _distill_check,
+    "distill_weight": interval(0, 1),
+    "distill_temperature": number(gt=0),
     "fg_iou": interval(0, 1, lo_open=True),
     "bg_iou_lo": interval(0, 1, hi_open=True),
     "fg_fraction": interval(0, 1, lo_open=True),
@@ -446,6 +459,7 @@ class DetectionTask(Task):
             raise ConfigError(f"{key}: {e}") from None
         if cfg["weights"] and ck is None:  # a resumed run's weights all come from its checkpoint
             self._load_start_weights(model, cfg["weights"], class_names, bool(cfg["weights_strict"]))
+        self.teacher = self._load_teacher(cfg, class_names, run.device)
         model.frozen_bn = "trunk" if cfg["frozen_bn"] == "trunk" else bool(cfg["frozen_bn"])
         if self.mode == "shared":
             model.shared_net.train_pyramid = bool(cfg["train_pyramid"])
@@ -468,6 +482,9 @@ class DetectionTask(Task):
             print(f"train: {len(self.train_set)} images, {self.sampler.num_fg} foreground / {self.sampler.num_bg} "
                   f"background regions, {self.iters} iterations of {batch} per epoch, device {run.device}"
                   + (f", {info.world_size} processes" if info.distributed else ""), flush=True)
+            if self.teacher is not None:
+                print(f"distill: taught by {self.teacher.describe_mode()} (weight {cfg['distill_weight']}, "
+                      f"temperature {cfg['distill_temperature']})", flush=True)
         return model
 
     def steps_per_epoch(self) -> int:
@@ -515,21 +532,46 @@ class DetectionTask(Task):
             model.bbox_head.load_state_dict(head)
             print(f"weights: box head loaded from {path}")
 
+    @staticmethod
+    def _load_teacher(cfg: dict, class_names: Sequence[str], device: torch.device):
+        """The ``distill`` detector (an ensemble for several files), in eval mode on ``device``, or None."""
+        if not cfg["distill"]:
+            return None
+        paths = [cfg["distill"]] if isinstance(cfg["distill"], str) else list(cfg["distill"])
+        teacher = load_detectors(paths, device)
+        if list(teacher.class_names) != list(class_names):
+            raise ConfigError(f"distill: {paths[0]}: its classes ({', '.join(teacher.class_names)}) differ from "
+                              f"those of {cfg['data']} ({', '.join(class_names)})")
+        return teacher
+
+    def _teach(self, image01: Tensor, boxes: Tensor, run: Run) -> Tensor:
+        """The teacher's class probabilities (Tensor[R, C+1]) of regions of one image (float RGB 0-1)."""
+        with torch.autocast(run.device.type, enabled=False):  # the teacher applies the run's precision itself
+            return self.teacher.score_regions(image01, boxes, run.precision, run.channels_last)[0]
+
+    def _distill(self, cls_loss: Tensor, logits: Tensor, probs: Tensor) -> dict[str, Tensor]:
+        """The classification loss split into its weighted cross-entropy and distillation parts."""
+        w = float(self.cfg["distill_weight"])
+        kd = distillation_loss(logits, probs, float(self.cfg["distill_temperature"]))
+        return {"loss_cls": (1.0 - w) * cls_loss, "loss_distill": w * kd}
+
     def shared_loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
         """Loss of an image-centric batch (shared mode)."""
         cfg, model, dev = self.cfg, run.model, run.device
-        images, targets, proposals = [], [], []
+        images, images01, targets, proposals = [], [], [], []
         for i, img in zip(batch["index"], batch["images"]):
             rec = self.train_set.records[i]
-            with torch.autocast(dev.type, enabled=False):
-                x = model.normalize(img.to(dev, non_blocking=True).float().div_(255.0))  # 3 x H x W
+            img01 = img.to(dev, non_blocking=True).float().div_(255.0)  # 3 x H x W
             props = self.props[rec.image_id][0]
             props = props[:cfg["max_proposals"]] if cfg["max_proposals"] else props
             gt = rec.boxes.float().reshape(-1, 4)
             if self.hflip > 0 and float(torch.rand(())) < self.hflip:  # image, boxes and proposals together
-                w = x.shape[-1]
-                x, gt, props = x.flip(-1), flip_boxes(gt, w), flip_boxes(props.float(), w)
+                w = img01.shape[-1]
+                img01, gt, props = img01.flip(-1), flip_boxes(gt, w), flip_boxes(props.float(), w)
+            with torch.autocast(dev.type, enabled=False):
+                x = model.normalize(img01)
             images.append(x)
+            images01.append(img01)
             targets.append({"boxes": gt, "labels": rec.labels, "ignore": rec.ignore})
             proposals.append(props)
         model.shared_net.channels_last = run.channels_last
@@ -538,15 +580,20 @@ class DetectionTask(Task):
                           fg_fraction=float(cfg["fg_fraction"]), fg_iou=float(cfg["fg_iou"]),
                           bg_iou_lo=float(cfg["bg_iou_lo"]), bbox_iou=float(cfg["bbox_iou"]),
                           bbox_weight=self.bbox_weight,
-                          seed=int(cfg["seed"]) * 1_000_003 + int(batch["step"]))
+                          seed=int(cfg["seed"]) * 1_000_003 + int(batch["step"]),
+                          teacher=(lambda k, boxes: self._teach(images01[k], boxes, run)) if self.teacher else None,
+                          distill_weight=float(cfg["distill_weight"]),
+                          distill_temperature=float(cfg["distill_temperature"]))
         self._regions = int(res["num_regions"])
-        # The engine sums the "loss*" entries: the gradient rides on loss_cls (the total less the detached box
-        # term), so that the logged parts are the R-CNN mode's loss_cls and (weighted) loss_bbox.
+        # The engine sums the "loss*" entries: the gradient rides on loss_cls (the total less the detached
+        # distillation and box terms), so that the logged parts are the R-CNN mode's (weighted) ones.
         total = res["loss"]
         out = {"loss_cls": total}
+        if "loss_distill" in res:
+            out["loss_distill"] = float(cfg["distill_weight"]) * res["loss_distill"]
         if "loss_bbox" in res:
-            box = self.bbox_weight * res["loss_bbox"]
-            out = {"loss_cls": total - box, "loss_bbox": box}
+            out["loss_bbox"] = self.bbox_weight * res["loss_bbox"]
+        out["loss_cls"] = total - sum(v for k, v in out.items() if k != "loss_cls")
         out["acc"] = res["acc"].double()
         out["fg_share"] = res["num_fg"].double() / max(self._regions, 1)
         return out
@@ -560,12 +607,31 @@ class DetectionTask(Task):
         out = net(crops)
         losses = detection_loss(out, labels, batch["bbox_targets"].to(run.device), batch["bbox_use"].to(run.device),
                                 flipped, self.aux_weight, self.bbox_weight)
+        if self.teacher is not None:
+            losses.update(self._distill(losses["loss_cls"], out.logits, self._teach_crops(batch, flipped, run)))
         with torch.no_grad():
             pred = out.logits.argmax(1)
             fg = labels > 0
             losses["acc"] = (pred == labels).double().mean()
             losses["fg_acc"] = (pred[fg] == labels[fg]).double().sum() / fg.sum().clamp(min=1)
         return losses
+
+    @torch.no_grad()
+    def _teach_crops(self, batch, flipped: Tensor, run: Run) -> Tensor:
+        """The teacher's probabilities of an R-CNN batch's regions, each in its image as the crop was (flipped
+        or not)."""
+        dev = run.device
+        probs = torch.empty((batch["boxes"].shape[0], len(self.class_names) + 1), device=dev)
+        image_of, boxes, flipped = batch["image_of"].to(dev), batch["boxes"].to(dev).float(), flipped.to(dev)
+        for k, img in enumerate(batch["images"]):
+            img01 = img.to(dev, non_blocking=True).float().div_(255.0)
+            for f in (False, True):
+                sel = torch.nonzero((image_of == k) & (flipped == f)).flatten()
+                if sel.numel():
+                    w = img01.shape[-1]
+                    probs[sel] = (self._teach(img01.flip(-1), flip_boxes(boxes[sel], w), run) if f
+                                  else self._teach(img01, boxes[sel], run))
+        return probs
 
     def count(self, batch) -> int:
         return self._regions if self.mode == "shared" else int(batch["labels"].numel())
