@@ -13,7 +13,7 @@ from gdet.data import load_detection_set
 from gdet.detection.train import train
 from gdet.errors import ConfigError
 from gdet.engine import load_checkpoint
-from helpers_detection import make_proposals, make_voc
+from helpers_detection import make_proposals, make_voc, save_detector, tiny_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,6 +279,9 @@ def test_train_with_a_teacher_in_either_mode(tiny, capsys):
     bad = dict(kw, distill=str(root / "nope.pth"))
     with pytest.raises(Exception, match="nope.pth"):
         train(_cfg(root, voc, props, root / "kdbad", **bad))
+    other = save_detector(tiny_detector(num_classes=5), root / "five_classes.pth")
+    with pytest.raises(ConfigError, match=r"^distill: .*five_classes.pth: its classes \(.*\) differ from those of"):
+        train(_cfg(root, voc, props, root / "kdbad", **dict(kw, distill=str(other))))
     with pytest.raises(ConfigError, match="^distill: must be a detector file"):
         train(_cfg(root, voc, props, root / "kdbad", **dict(kw, distill=[])))
     with pytest.raises(ConfigError, match=r"^distill_weight: must be in \[0, 1\], got 1.5"):
