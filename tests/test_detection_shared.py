@@ -382,7 +382,7 @@ def test_shared_loss_with_a_teacher_mixes_cross_entropy_and_distillation():
         out = net(imgs, [b for _, b in asked])
     assert [i for i, _ in asked] == [0, 1] and sum(b.shape[0] for _, b in asked) == 32
     kd = distillation_loss(out.logits, torch.tensor([0.1, 0.2, 0.7]).expand(32, 3), 2.0)
-    assert float(mixed["loss_distill"]) == pytest.approx(float(kd), rel=1e-5)
+    assert float(mixed["loss_distill"]) == pytest.approx(0.25 * float(kd), rel=1e-5)  # weighted, as logged
     assert float(mixed["loss_cls"]) == pytest.approx(float(plain["loss_cls"]), rel=1e-6)
     assert float(mixed["loss"]) == pytest.approx(0.75 * float(plain["loss_cls"]) + 0.25 * float(kd), rel=1e-5)
 

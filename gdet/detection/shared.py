@@ -31,7 +31,7 @@ from gdet.engine.device import autocast
 from gdet.errors import GdetError
 
 __all__ = ["BackboneSplit", "SharedOutput", "SharedDetectorNet", "split_backbone", "shared_stage", "rescale_image",
-           "sample_image_regions", "shared_loss", "distillation_loss", "DEFAULT_SCALES", "DEFAULT_MAX_SIZE"]
+           "sample_image_regions", "shared_loss", "distillation_loss", "mix_distillation", "DEFAULT_SCALES", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_SCALES = (600,)
 DEFAULT_MAX_SIZE = 1000
@@ -602,6 +602,14 @@ def distillation_loss(logits: Tensor, teacher_probs: Tensor, temperature: float 
     return (log_q.exp() * (log_q - log_p)).sum(1).mean() * (t * t)
 
 
+def mix_distillation(cls_loss: Tensor, logits: Tensor, teacher_probs: Tensor, weight: float,
+                     temperature: float) -> tuple[Tensor, Tensor]:
+    """The classification loss with a teacher, as its two weighted parts (they add up to it):
+    ``(1 - weight) x cls_loss`` and ``weight x`` :func:`distillation_loss` ``(logits, teacher_probs, temperature)``."""
+    w = float(weight)
+    return (1.0 - w) * cls_loss, w * distillation_loss(logits, teacher_probs, temperature)
+
+
 def shared_loss(model, images_norm: Sequence[Tensor], targets: Sequence[dict], proposals: Sequence[Tensor], *,
                 regions_per_image: int = 64, fg_fraction: float = 0.25, fg_iou: float = 0.5, bg_iou_lo: float = 0.1,
                 bbox_iou: float = 0.5, bbox_weight: float = 1.0, seed: int = 0, teacher=None,
@@ -625,7 +633,7 @@ def shared_loss(model, images_norm: Sequence[Tensor], targets: Sequence[dict], p
             x cross-entropy + distill_weight x`` :func:`distillation_loss` at ``distill_temperature``.
     Returns:
         ``{"loss"}`` (with gradient) and detached ``"loss_cls"`` (the cross-entropy), ``"loss_distill"`` (with a
-        teacher, unweighted), ``"loss_bbox"`` (with a box head), ``"acc"``, ``"num_fg"``, ``"num_regions"``.
+        teacher, weighted by ``distill_weight``), ``"loss_bbox"`` (with a box head), ``"acc"``, ``"num_fg"``, ``"num_regions"``.
     """
     if not images_norm:
         raise ValueError("shared_loss needs at least one image")
@@ -646,9 +654,9 @@ def shared_loss(model, images_norm: Sequence[Tensor], targets: Sequence[dict], p
     if teacher is not None:
         with torch.no_grad():
             soft = torch.cat([teacher(i, s["boxes"]) for i, s in enumerate(picks)]).to(device)
-        kd = distillation_loss(out.logits, soft, distill_temperature)
-        loss = (1.0 - distill_weight) * loss_cls + distill_weight * kd
-        res["loss_distill"] = kd.detach()
+        ce_part, kd_part = mix_distillation(loss_cls, out.logits, soft, distill_weight, distill_temperature)
+        loss = ce_part + kd_part
+        res["loss_distill"] = kd_part.detach()
     if out.bbox_deltas is not None:
         use = torch.cat([s["bbox_use"] for s in picks]).to(device)
         idx = torch.nonzero(use).flatten()

@@ -25,7 +25,7 @@ from gdet.detection.crops import crop_regions
 from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
 from gdet.detection.model import MODES, Detector, build_detector, detector_checkpoint_meta, load_detectors
 from gdet.detection.sampler import RegionSampler
-from gdet.detection.shared import distillation_loss, shared_loss
+from gdet.detection.shared import mix_distillation, shared_loss
 from gdet.detection.visualize import draw_detections
 from gdet.engine.trainer import ENGINE_CHECKS, ENGINE_DEFAULTS, Run, Task, backbone_kwargs_check, fit, input_size_check
 from gdet.errors import CheckpointError, ConfigError, GdetError
@@ -551,9 +551,9 @@ class DetectionTask(Task):
 
     def _distill(self, cls_loss: Tensor, logits: Tensor, probs: Tensor) -> dict[str, Tensor]:
         """The classification loss split into its weighted cross-entropy and distillation parts."""
-        w = float(self.cfg["distill_weight"])
-        kd = distillation_loss(logits, probs, float(self.cfg["distill_temperature"]))
-        return {"loss_cls": (1.0 - w) * cls_loss, "loss_distill": w * kd}
+        ce, kd = mix_distillation(cls_loss, logits, probs, float(self.cfg["distill_weight"]),
+                                  float(self.cfg["distill_temperature"]))
+        return {"loss_cls": ce, "loss_distill": kd}
 
     def shared_loss(self, net: nn.Module, batch, run: Run) -> dict[str, Tensor]:
         """Loss of an image-centric batch (shared mode)."""
@@ -590,7 +590,7 @@ class DetectionTask(Task):
         total = res["loss"]
         out = {"loss_cls": total}
         if "loss_distill" in res:
-            out["loss_distill"] = float(cfg["distill_weight"]) * res["loss_distill"]
+            out["loss_distill"] = res["loss_distill"]
         if "loss_bbox" in res:
             out["loss_bbox"] = self.bbox_weight * res["loss_bbox"]
         out["loss_cls"] = total - sum(v for k, v in out.items() if k != "loss_cls")
