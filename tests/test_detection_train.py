@@ -279,6 +279,8 @@ def test_train_with_a_teacher_in_either_mode(tiny, capsys):
     bad = dict(kw, distill=str(root / "nope.pth"))
     with pytest.raises(Exception, match="nope.pth"):
         train(_cfg(root, voc, props, root / "kdbad", **bad))
+    with pytest.raises(Exception, match="nope.pth"):  # before any proposals are computed (and cached there)
+        train(_cfg(root, voc, props, root / "kdbad", **dict(bad, proposals="random")))
     other = save_detector(tiny_detector(num_classes=5), root / "five_classes.pth")
     with pytest.raises(ConfigError, match=r"^distill: .*five_classes.pth: its classes \(.*\) differ from those of"):
         train(_cfg(root, voc, props, root / "kdbad", **dict(kw, distill=str(other))))

@@ -425,6 +425,7 @@ class DetectionTask(Task):
         if ck is not None and ck.get("class_names") and list(ck["class_names"]) != list(class_names):
             raise ConfigError(f"{cfg['resume']}: its classes differ from those of {cfg['data']}; resuming would "
                               "permute the labels")
+        self.teacher = self._load_teacher(cfg, class_names, run.device)  # before proposals, which may take long
         # Proposals: every rank computes its share of the images; rank 0 writes (and caches) the file.
         props = load_proposal_set(cfg["proposals"], self.train_set.records, work, cfg["train_split"],
                                   cfg["proposal_kwargs"], cfg["proposal_workers"], distributed=True)
@@ -459,7 +460,6 @@ class DetectionTask(Task):
             raise ConfigError(f"{key}: {e}") from None
         if cfg["weights"] and ck is None:  # a resumed run's weights all come from its checkpoint
             self._load_start_weights(model, cfg["weights"], class_names, bool(cfg["weights_strict"]))
-        self.teacher = self._load_teacher(cfg, class_names, run.device)
         model.frozen_bn = "trunk" if cfg["frozen_bn"] == "trunk" else bool(cfg["frozen_bn"])
         if self.mode == "shared":
             model.shared_net.train_pyramid = bool(cfg["train_pyramid"])
