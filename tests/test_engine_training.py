@@ -494,3 +494,45 @@ def test_tensorboard_event_files_hold_the_logged_numbers(tmp_path):
     assert [e.step for e in loss] == [r["epoch"] for r in rows]
     assert [e.value for e in loss] == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
     assert [e.value for e in events.Scalars("val/val_acc1")] == pytest.approx([r["val_acc1"] for r in rows])
+
+
+class ScaledLossTask(TinyTask):
+    """:class:`TinyTask` whose loss is multiplied by the config key ``loss_scale``, which it declares as defining
+    what the loss measures."""
+
+    loss_keys = ("loss_scale",)
+
+    def loss(self, net, batch, run):
+        out = super().loss(net, batch, run)
+        out["loss_cls"] = out["loss_cls"] * float(self.cfg.get("loss_scale", 1.0))
+        return out
+
+
+def test_a_resume_that_changes_the_loss_restarts_the_best_epoch(tmp_path, capsys):
+    # Without validation the lowest training loss picks best.pth. Resumed with the loss unchanged, the earlier
+    # epochs still compete; resumed with a key that scales the loss (as a teacher or another background range
+    # changes it), the earlier losses measure something else and best.pth restarts at the first new epoch.
+    def run(work, epochs, val=False, **kw):
+        cfg = _cfg(work, epochs=epochs, lr=0.05, **{"loss_scale": 1.0, **kw})
+        return fit(ScaledLossTask(cfg, val=val), cfg)
+
+    for name in ("same", "scaled", "validated"):
+        run(tmp_path / name, 2)
+    capsys.readouterr()
+    same = run(tmp_path / "same", 3, resume=str(tmp_path / "same" / "last.pth"))
+    assert "restarts" not in capsys.readouterr().out
+    losses = [r["train_loss"] for r in _rows(tmp_path / "same")]
+    assert same["best_score"] == pytest.approx(-min(losses))
+    assert same["best_epoch"] == 1 + losses.index(min(losses))
+
+    scaled = run(tmp_path / "scaled", 3, loss_scale=10.0, resume=str(tmp_path / "scaled" / "last.pth"))
+    assert "loss_scale changed what the training loss measures; best.pth restarts at epoch 3" in capsys.readouterr().out
+    losses = [r["train_loss"] for r in _rows(tmp_path / "scaled")]
+    assert losses[2] > max(losses[:2])  # the new epoch would never have won against the old ones
+    assert scaled["best_epoch"] == 3 and scaled["best_score"] == pytest.approx(-losses[2])
+    assert load_checkpoint(tmp_path / "scaled" / "best.pth")["epoch"] == 3
+
+    validated = run(tmp_path / "validated", 3, val=True, eval_every=1,
+                    resume=str(tmp_path / "validated" / "last.pth"))
+    assert "best.pth now follows val_acc1, not neg_train_loss; best.pth restarts at epoch 3" in capsys.readouterr().out
+    assert validated["best_epoch"] == 3 and validated["score_name"] == "val_acc1"

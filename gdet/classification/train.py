@@ -132,6 +132,7 @@ class ClassificationTask(Task):
 
     name = TASK
     score_name = "val_acc1"
+    loss_keys = ("aux_logits", "aux_weight", "label_smoothing")
 
     def title(self) -> str:
         return f"{self.cfg['backbone']} on {Path(self.cfg['data']).name}"

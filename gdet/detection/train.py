@@ -409,6 +409,8 @@ class DetectionTask(Task):
     score_name = "val_voc_mAP"
     unit = "regions"
     hidden = ("val_per_class_ap",)
+    loss_keys = ("mode", "aux_logits", "aux_weight", "bbox_reg", "bbox_loss_weight", "bbox_iou", "fg_iou", "bg_iou_lo",
+                 "fg_fraction", "distill", "distill_weight", "distill_temperature")
 
     def title(self) -> str:
         return "R-CNN fine-tuning" if self.cfg["mode"] == "rcnn" else "shared-feature (Fast R-CNN style) fine-tuning"

@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 import yaml
@@ -161,12 +161,15 @@ class Task:
         score_name: the metric that selects ``best.pth`` (higher is better), e.g. ``val_acc1``.
         unit: what :meth:`count` counts, for the throughput column (``train_<unit>_per_s``).
         hidden: row keys logged but not printed.
+        loss_keys: config keys that define what the training loss measures; without validation the lowest
+            training loss selects ``best.pth``, so a resume that changes one of them restarts that selection.
     """
 
     name = "task"
     score_name = "score"
     unit = "images"
     hidden: tuple[str, ...] = ()
+    loss_keys: tuple[str, ...] = ()
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
@@ -332,6 +335,20 @@ class _Board:
         self.writer.close()
 
 
+def _best_restarts(ck: dict, cfg: dict, score_name: str, loss_keys: Sequence[str]) -> str | None:
+    """Why a resumed run's earlier best score no longer competes (None: it does): ``best.pth`` now follows
+    another score, or, selected by the training loss, one of ``loss_keys`` changed what that loss measures."""
+    old_name = ck.get("score_name")
+    if old_name and old_name != score_name:
+        return f"best.pth now follows {score_name}, not {old_name}"
+    if score_name == "neg_train_loss":
+        old = ck.get("config") or {}
+        keys = [k for k in loss_keys if k in old and old[k] != cfg.get(k)]
+        if keys:
+            return f"{', '.join(keys)} changed what the training loss measures"
+    return None
+
+
 def _repair_outputs(work: Path, ckpt: dict, resume_path: str | None) -> None:
     """Make a resumed run's folder agree with the checkpoint it resumes from: metrics rows up to its epoch are
     rewritten from its stored history (a kill may have lost the last row or left later ones), and ``best.pth``
@@ -428,12 +445,15 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
     run.scheduler = build_scheduler(cfg, run.optimizer, steps)
     run.scaler = build_grad_scaler(device, opts.precision)
 
+    # Without validation the lowest training loss picks best.pth; its score is then the negated loss.
+    score_name = task.score_name if task.can_evaluate and opts.eval_every else "neg_train_loss"
     start, best, best_epoch, history = 0, -math.inf, None, []
     if resume_ckpt is not None:
         ck = resume_training_state(resume_ckpt, model=model, optimizer=run.optimizer, scheduler=run.scheduler,
                                    scaler=run.scaler, ema=run.ema, name=opts.resume)
         start = int(ck["epoch"])
-        if ck.get("best_score") is not None:
+        restart = _best_restarts(ck, cfg, score_name, task.loss_keys) if start < opts.epochs else None
+        if ck.get("best_score") is not None and restart is None:
             best, best_epoch = float(ck["best_score"]), ck.get("best_epoch")
         history = list(ck.get("history") or [])
         lr_now = set_schedule_position(run.scheduler, start * steps)[0]
@@ -443,6 +463,8 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
             if changed and start < opts.epochs:
                 print(f"resume: {opts.resume}: {', '.join(changed)}; the optimizer and schedule follow the "
                       f"config (lr {lr_now:g} at epoch {start + 1})", flush=True)
+            if restart:
+                print(f"resume: {opts.resume}: {restart}; best.pth restarts at epoch {start + 1}", flush=True)
             if start < opts.epochs:
                 print(f"resume: {opts.resume}: epoch {start} of {opts.epochs} done, continuing", flush=True)
             else:
@@ -453,8 +475,6 @@ def _fit(task: Task, cfg: dict, opts: TrainOptions, info: DistInfo) -> dict[str,
     logger = MetricLogger(work / "metrics.jsonl", resume=start > 0)
     board = _Board(work) if opts.tensorboard and is_main_process() else None
     meta = task.checkpoint_meta()
-    # Without validation the lowest training loss picks best.pth; its score is then the negated loss.
-    score_name = task.score_name if task.can_evaluate and opts.eval_every else "neg_train_loss"
     row: dict[str, Any] = dict(history[-1]) if history else {}  # a finished run resumed: its last epoch
     try:
         for epoch in range(start, opts.epochs):

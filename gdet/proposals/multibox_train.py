@@ -129,6 +129,7 @@ class MultiBoxTask(Task):
     the one with the best val recall at IoU 0.5 of the top ``eval_top_k`` boxes."""
 
     name = TASK
+    loss_keys = ("alpha", "match_iou")
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
