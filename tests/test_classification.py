@@ -241,7 +241,7 @@ def test_predict_and_ensemble_api(trained):
 
 
 @pytest.mark.parametrize("loader", ["cpu", "gpu"])
-def test_resume_matches_uninterrupted_run(tmp_path, loader):
+def test_resume_matches_uninterrupted_run(tmp_path, loader, capsys):
     # loader=gpu is the batched decode + augmentation path, run on the CPU here.
     data = make_shapes(tmp_path / "d", per_class=4, size=48)
     (data / "classes.txt").write_text("\n".join(reversed(CLASSES)) + "\n")  # fixes the label order
@@ -256,6 +256,14 @@ def test_resume_matches_uninterrupted_run(tmp_path, loader):
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     rows = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+    if loader == "cpu":  # without validation, a resume that changes what the loss measures restarts best.pth
+        train(_cfg(data, tmp_path / "part", epochs=3, eval_every=0, resume=str(tmp_path / "part" / "last.pth"), **kw))
+        capsys.readouterr()
+        train(_cfg(data, tmp_path / "part", epochs=4, eval_every=0, label_smoothing=0.2,
+                   resume=str(tmp_path / "part" / "last.pth"), **kw))
+        out = capsys.readouterr().out
+        assert "label_smoothing changed what the training loss measures; best.pth restarts at epoch 4" in out
+        assert load_checkpoint(tmp_path / "part" / "best.pth")["epoch"] == 4
     # A changed label order cannot silently permute the labels of a resumed run.
     (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     with pytest.raises(ConfigError, match="class order differs"):
