@@ -262,7 +262,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, loader, capsys):
         train(_cfg(data, tmp_path / "part", epochs=4, eval_every=0, label_smoothing=0.2,
                    resume=str(tmp_path / "part" / "last.pth"), **kw))
         out = capsys.readouterr().out
-        assert "label_smoothing changed what the training loss measures; best.pth restarts at epoch 4" in out
+        assert "label_smoothing 0.0 → 0.2 changes what the training loss measures; best.pth restarts at epoch 4" in out
         assert load_checkpoint(tmp_path / "part" / "best.pth")["epoch"] == 4
     # A changed label order cannot silently permute the labels of a resumed run.
     (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")

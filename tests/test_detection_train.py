@@ -255,7 +255,8 @@ def test_train_with_a_teacher_in_either_mode(tiny, capsys):
     train(_cfg(root, voc, props, root / "kdlate", **{**kw, "epochs": 1, "distill": None}))
     capsys.readouterr()
     train(_cfg(root, voc, props, root / "kdlate", resume=str(root / "kdlate" / "last.pth"), **kw))
-    assert "distill changed what the training loss measures; best.pth restarts at epoch 2" in capsys.readouterr().out
+    assert (f"distill None → {teacher} changes what the training loss measures; best.pth restarts at epoch 2"
+            in capsys.readouterr().out)
     assert load_checkpoint(root / "kdlate" / "best.pth")["epoch"] == 2
 
     # R-CNN mode taught by an ensemble of the shared detector and the R-CNN one.

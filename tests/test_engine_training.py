@@ -526,7 +526,8 @@ def test_a_resume_that_changes_the_loss_restarts_the_best_epoch(tmp_path, capsys
     assert same["best_epoch"] == 1 + losses.index(min(losses))
 
     scaled = run(tmp_path / "scaled", 3, loss_scale=10.0, resume=str(tmp_path / "scaled" / "last.pth"))
-    assert "loss_scale changed what the training loss measures; best.pth restarts at epoch 3" in capsys.readouterr().out
+    assert ("loss_scale 1.0 → 10.0 changes what the training loss measures; best.pth restarts at epoch 3"
+            in capsys.readouterr().out)
     losses = [r["train_loss"] for r in _rows(tmp_path / "scaled")]
     assert losses[2] > max(losses[:2])  # the new epoch would never have won against the old ones
     assert scaled["best_epoch"] == 3 and scaled["best_score"] == pytest.approx(-losses[2])
@@ -534,5 +535,5 @@ def test_a_resume_that_changes_the_loss_restarts_the_best_epoch(tmp_path, capsys
 
     validated = run(tmp_path / "validated", 3, val=True, eval_every=1,
                     resume=str(tmp_path / "validated" / "last.pth"))
-    assert "best.pth now follows val_acc1, not neg_train_loss; best.pth restarts at epoch 3" in capsys.readouterr().out
+    assert "the score is now val_acc1, not neg_train_loss; best.pth restarts at epoch 3" in capsys.readouterr().out
     assert validated["best_epoch"] == 3 and validated["score_name"] == "val_acc1"

@@ -31,7 +31,8 @@ from gdet.engine.device import autocast
 from gdet.errors import GdetError
 
 __all__ = ["BackboneSplit", "SharedOutput", "SharedDetectorNet", "split_backbone", "shared_stage", "rescale_image",
-           "sample_image_regions", "shared_loss", "distillation_loss", "mix_distillation", "DEFAULT_SCALES", "DEFAULT_MAX_SIZE"]
+           "sample_image_regions", "shared_loss", "distillation_loss", "mix_distillation", "DEFAULT_SCALES",
+           "DEFAULT_MAX_SIZE"]
 
 DEFAULT_SCALES = (600,)
 DEFAULT_MAX_SIZE = 1000
@@ -633,7 +634,8 @@ def shared_loss(model, images_norm: Sequence[Tensor], targets: Sequence[dict], p
             x cross-entropy + distill_weight x`` :func:`distillation_loss` at ``distill_temperature``.
     Returns:
         ``{"loss"}`` (with gradient) and detached ``"loss_cls"`` (the cross-entropy), ``"loss_distill"`` (with a
-        teacher, weighted by ``distill_weight``), ``"loss_bbox"`` (with a box head), ``"acc"``, ``"num_fg"``, ``"num_regions"``.
+        teacher, weighted by ``distill_weight``), ``"loss_bbox"`` (with a box head), ``"acc"``, ``"num_fg"``,
+        ``"num_regions"``.
     """
     if not images_norm:
         raise ValueError("shared_loss needs at least one image")

@@ -340,12 +340,12 @@ def _best_restarts(ck: dict, cfg: dict, score_name: str, loss_keys: Sequence[str
     another score, or, selected by the training loss, one of ``loss_keys`` changed what that loss measures."""
     old_name = ck.get("score_name")
     if old_name and old_name != score_name:
-        return f"best.pth now follows {score_name}, not {old_name}"
+        return f"the score is now {score_name}, not {old_name}"
     if score_name == "neg_train_loss":
         old = ck.get("config") or {}
-        keys = [k for k in loss_keys if k in old and old[k] != cfg.get(k)]
-        if keys:
-            return f"{', '.join(keys)} changed what the training loss measures"
+        changed = [f"{k} {old[k]} → {cfg.get(k)}" for k in loss_keys if k in old and old[k] != cfg.get(k)]
+        if changed:
+            return f"{', '.join(changed)} changes what the training loss measures"
     return None
 
 
