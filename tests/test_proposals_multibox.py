@@ -325,6 +325,27 @@ def test_tool_trains_resumes_and_writes_outputs(trained):
     assert ck["best_score"] == max(recalls) and ck["score_name"] == "val_recall@100"
 
 
+def test_resume_that_changes_the_loss_restarts_best(trained, capsys):
+    # Without validation best.pth is the epoch of the lowest training loss; alpha weighs the localisation term
+    # of that loss, so a resume that changes it cannot compare the new epochs with the old ones.
+    from gdet.proposals.multibox_train import train
+
+    _, root = trained
+    tmp = root.parent / "mb_alpha"
+    base = {"backbone": "googlenet", "input_size": 64, "num_priors": 8, "batch_size": 2, "workers": 0,
+            "device": "cpu", "threads": 1, "optimizer": "adamw", "lr": 1.0e-3, "data": str(root),
+            "work_dir": str(tmp), "eval_every": 0}
+    train({**base, "epochs": 1})
+    capsys.readouterr()
+    train({**base, "epochs": 2, "resume": str(tmp / "last.pth")})  # alpha unchanged: epoch 1 still competes
+    assert "restarts" not in capsys.readouterr().out
+    assert torch.load(tmp / "last.pth", weights_only=True)["score_name"] == "neg_train_loss"
+    train({**base, "epochs": 3, "alpha": 3.0, "resume": str(tmp / "last.pth")})
+    out = capsys.readouterr().out
+    assert "alpha 0.3 → 3.0 changes what the training loss measures; best.pth restarts at epoch 3" in out
+    assert torch.load(tmp / "best.pth", weights_only=True)["epoch"] == 3
+
+
 def test_proposer_from_checkpoint_and_cli(trained):
     from click.testing import CliRunner
 
