@@ -21,10 +21,10 @@ $(STAMP): $(PY) setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	OMP_NUM_THREADS=2 $(VENV)/bin/gdet demo $(DEMO_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(VENV)/bin/gdet demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) tools/bench.py all

@@ -30,8 +30,15 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"junk\.pth: not a readable"):
+    with pytest.raises(CheckpointError, match=r"junk\.pth: not a readable PyTorch checkpoint \(not a torch.save"):
         load_checkpoint(tmp_path / "junk.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pth: .*\(the file is empty\)"):
+        load_checkpoint(tmp_path / "empty.pth")
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"cut\.pth: .*\(a damaged zip archive: truncated or corrupt\)"):
+        load_checkpoint(tmp_path / "cut.pth")
     torch.save({"model": nn.Linear(3, 5).state_dict()}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=r"shape mismatch.*weight"):
         load_model_weights(nn.Linear(3, 4), tmp_path / "other.pth")
@@ -85,3 +92,24 @@ def test_load_model_weights_accepts_checkpoint_dicts_and_skips_aux_for_aux_free_
     save_checkpoint({"model": dst.state_dict()}, tmp_path / "noaux.pth")
     with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): aux1"):
         load_model_weights(build_backbone("googlenet", num_classes=7, aux_logits=True), tmp_path / "noaux.pth")
+
+
+def test_erase_on_error_leaves_no_bar_behind():
+    import io
+
+    from tqdm import tqdm
+
+    from gdet.engine import erase_on_error
+
+    done = io.StringIO()
+    for _ in erase_on_error(tqdm(range(3), file=done, desc="ok")):
+        pass
+    assert done.getvalue().endswith("\n") and "3/3" in done.getvalue()  # a finished bar stays on its line
+    failed = io.StringIO()
+    with pytest.raises(ValueError):
+        for i in erase_on_error(tqdm(range(3), file=failed, desc="bad")):
+            if i == 1:
+                raise ValueError
+    out = failed.getvalue()
+    assert "\n" not in out and out.endswith("\r")  # erased: the error that follows starts a clean line
+    assert out.rsplit("\r", 2)[-2].strip() == ""

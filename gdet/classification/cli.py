@@ -47,17 +47,16 @@ def classify(ctx, images, weights, top_k, crops, json_path, device, precision, c
     names = read_class_names(class_names_file) if class_names_file else None
     models = [optimize(load_classifier(w, dev, use_ema=not raw, backbone=backbone, class_names=names), device=dev,
                        precision=precision, compile=compile_, cuda_graphs=cuda_graphs) for w in weights]
-    note_shipped_weights(weights)
     results = predict(paths, models, crops=int(crops), topk=top_k)
     if json_path:
         write_json([{"image": p, "top": [{"class": c, "prob": round(v, 6)} for c, v in r]}
                     for p, r in zip(paths, results)], json_path)
-        if json_path == "-":
-            return
-    for p, r in zip(paths, results):
-        click.echo(p)
-        for c, v in r:
-            click.echo(f"  {v:8.4f}  {c}")
+    if json_path != "-":
+        for p, r in zip(paths, results):
+            click.echo(p)
+            for c, v in r:
+                click.echo(f"  {v:8.4f}  {c}")
+    note_shipped_weights(weights)  # after the results, so that a bad input's error stays the only line
 
 
 @classify.command("train", hidden=True, context_settings=CONTEXT)

@@ -124,7 +124,6 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     model = optimize(load_cli_detectors(weights, dev, scales, max_size, mode), device=dev, precision=precision,
                      compile=compile_, cuda_graphs=cuda_graphs)
     source = ProposalSource(proposals, proposal_weights, parse_options(opts))
-    note_shipped_weights(weights)
     click.echo(f"mode: {model.describe_mode()}")
     records = [ImageRecord(image_id=i, path=p, width=0, height=0) for i, p in zip(ids, paths)]
 
@@ -141,6 +140,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     if json_path:
         n = write_detections(json_path, ids, dets, model.class_names)
         click.echo(f"wrote {json_path}: {n} detections on {len(paths)} image(s)")
+    note_shipped_weights(weights)  # after the results, so that a bad input's error stays the only line
 
 
 def _metrics(names: str) -> list[str]:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from gdet.data import read_image
 from gdet.detection.model import Detector, EnsembleDetector, detect_image
-from gdet.engine import progress
+from gdet.engine import erase_on_error, progress
 from gdet.errors import GdetError
 from gdet.io import atomic_write
 from gdet.proposals import ProposalSet, build_proposer, list_proposers, load_proposals
@@ -154,7 +154,7 @@ def detect_records(model: Detector | EnsembleDetector, records: Sequence[ImageRe
     indices = range(rank, len(records), world_size)
     with _ahead(source, [str(records[i].path) for i in indices], workers) as ahead:
         bar = progress(indices, desc=desc, unit="img", leave=leave)
-        for i in bar:
+        for i in erase_on_error(bar):
             t0 = time.perf_counter()
             rec = records[i]
             rgb = read_image(rec.path)

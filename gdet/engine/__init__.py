@@ -21,7 +21,7 @@ ShardSampler, pinned memory), ``set_epoch``.
 
 Distributed, devices, logs: ``init_distributed`` -> ``DistInfo``, ``wrap_ddp``, ``unwrap_model``,
 ``reduce_sum``, ``all_gather_objects``, ``barrier``, ``is_main_process``, ``seed_everything``; ``resolve_device``,
-``autocast``; ``MetricLogger`` (JSONL), ``plot_curves`` (PNG), ``progress`` (tqdm on rank 0).
+``autocast``; ``MetricLogger`` (JSONL), ``plot_curves`` (PNG), ``progress`` (tqdm on rank 0), ``erase_on_error``.
 """
 from gdet.engine.checkpoint import (load_checkpoint, load_model_weights, load_start_weights, resume_training_state,
                                     rng_state, save_checkpoint, save_training_state, set_rng_state, training_state)
@@ -31,7 +31,7 @@ from gdet.engine.distributed import (DistInfo, all_gather_objects, barrier, clea
                                      wrap_ddp)
 from gdet.engine.ema import EmaUpdate, build_ema, ema_state, load_ema_state
 from gdet.engine.loader import ShardSampler, build_loader, set_epoch
-from gdet.engine.logger import MetricLogger, plot_curves, progress
+from gdet.engine.logger import MetricLogger, erase_on_error, plot_curves, progress
 from gdet.engine.loop import build_grad_scaler, compute_loss, move_to_device, topk_correct
 from gdet.engine.optim import OPTIM_DEFAULTS, LrSchedule, build_optimizer, build_scheduler, param_groups
 
@@ -58,6 +58,7 @@ __all__ = [
     "cleanup",
     "compute_loss",
     "ema_state",
+    "erase_on_error",
     "fit",
     "init_distributed",
     "is_main_process",

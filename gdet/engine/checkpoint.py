@@ -33,6 +33,20 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
         torch.save(ckpt, tmp)
 
 
+def _unreadable(path: Path) -> str:
+    """Why ``torch.load`` could not read ``path``, in a user's words (the unpickler's own messages are opcode
+    numbers or zip-library internals)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK"):
+        return "a damaged zip archive: truncated or corrupt"
+    if head[:1] == b"\x80":
+        return "a damaged pickle: truncated or corrupt"
+    return "not a torch.save file"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint file. Returns a gdet checkpoint dict; a plain state dict comes back as
     ``{"model": state_dict}``. A missing, truncated or foreign file raises :class:`CheckpointError`."""
@@ -46,12 +60,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as e:
         what = _unsafe_global(str(e))
         if not what:  # not a pickle with a disallowed global: some other file (ONNX, text, truncated)
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (not a torch.save file)") from None
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_unreadable(path)})") from None
         raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and plain data"
                               f" ({what}); only weights files are loaded") from None
-    except Exception as e:  # a corrupt file can fail anywhere in the unpickler (IndexError, KeyError, ...)
-        msg = (str(e).splitlines() or [type(e).__name__])[0][:120]
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+    except Exception:  # a corrupt file can fail anywhere in the unpickler (IndexError, KeyError, ...)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_unreadable(path)})") from None
     if isinstance(obj, nn.Module):
         obj = {"model": obj.state_dict()}
     if not isinstance(obj, dict):

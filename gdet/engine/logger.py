@@ -19,6 +19,21 @@ def progress(iterable: Iterable | None = None, **kwargs):
     return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
 
 
+def erase_on_error(bar):
+    """Iterate ``bar`` (a :func:`progress` bar); if the loop stops early (an error in its body), the bar is
+    erased instead of left on the screen, so that the command's one-line error is all it leaves."""
+    finished = False
+    steps = iter(bar)  # held here: ``yield from`` would let tqdm close (and print) the bar before it is erased
+    try:
+        for step in steps:
+            yield step
+        finished = True
+    finally:
+        if not finished:
+            bar.leave = False
+            bar.close()
+
+
 class MetricLogger:
     """Appends one JSON object per line (per epoch or per evaluation) to ``path``; only the main rank writes."""
 
