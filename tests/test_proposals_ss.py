@@ -175,7 +175,7 @@ class _Counting(pbase.Proposer):
         return torch.tensor([[0.0, 0.0, 5.0, 5.0]]), torch.ones(1)
 
 
-def test_compute_is_resumable(tmp_path, monkeypatch):
+def test_compute_is_resumable(tmp_path, monkeypatch, capfd):
     from gdet.proposals import compute as comp
     import gdet.proposals as gp
 
@@ -186,9 +186,14 @@ def test_compute_is_resumable(tmp_path, monkeypatch):
     out = tmp_path / "p.npz"
     # A first run that stops on a bad image after finishing some images.
     bad = items[:2] + [("broken", str(tmp_path / "missing.png"))] + items[2:]
+    monkeypatch.delenv("GDET_NO_PROGRESS", raising=False)
+    capfd.readouterr()
     with pytest.raises(GdetError, match="rerun to resume"):
         comp.compute_proposals(bad, "ss", out, {"max_side": 64}, workers=0)
     assert not out.exists() and len(list(comp.parts_dir(out).glob("*.npz"))) == 2
+    bar = capfd.readouterr().err  # the progress bar is erased, not left above the error that follows
+    assert "proposals ss" in bar and "\n" not in bar and bar.endswith("\r")
+    monkeypatch.setenv("GDET_NO_PROGRESS", "1")
     # The rerun computes only the other images (counted through a stub method under the same settings).
     monkeypatch.setitem(gp.PROPOSERS, "ss", lambda **kw: _Wrap(SelectiveSearch(**kw)))
     _Counting.calls.clear()

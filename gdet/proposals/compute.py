@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -133,6 +134,8 @@ def _compute(todo: list, method: str, method_kwargs: dict, parts: Path, workers:
                     error = err
                     break
     finally:
+        if error is not None or sys.exc_info()[0] is not None:  # erased, so that the error is the only line left
+            bar.leave = False
         bar.close()
     return error
 
