@@ -11,7 +11,7 @@ from torch import Tensor
 from gdet.classification.model import Classifier
 from gdet.classification.multicrop import apply_crops, crop_boxes
 from gdet.data import ClassificationDataset, read_image, read_image_folder, to_chw
-from gdet.engine import progress
+from gdet.engine import erase_on_error, progress
 from gdet.ensemble import average_probabilities, common_classes, crop_probabilities
 
 
@@ -77,7 +77,7 @@ def evaluate_multicrop(root: str | os.PathLike, models: Sequence[Classifier], cr
     M, S = len(models), list(crop_schemes)
     probs = torch.zeros(len(paths), M, len(S), len(names))
     targets = torch.tensor(labels)
-    for i, (img, _) in enumerate(progress(loader, total=len(paths), desc="multi-crop eval")):
+    for i, (img, _) in enumerate(erase_on_error(progress(loader, total=len(paths), desc="multi-crop eval"))):
         for m, model in enumerate(models):
             for s, n in enumerate(S):
                 probs[i, m, s] = image_probabilities(img, model, n)

@@ -61,12 +61,12 @@ def browse(dset: DetectionSet, out_dir: str | os.PathLike, max_images: int | Non
     Returns:
         the PNG paths.
     """
-    from gdet.engine import progress
+    from gdet.engine import erase_on_error, progress
 
     out_dir = Path(out_dir)
     records = dset.records[:max_images] if max_images else dset.records
     paths = []
-    for r in progress(records, desc="browse", unit="img", disable=not show_progress):
+    for r in erase_on_error(progress(records, desc="browse", unit="img", disable=not show_progress)):
         img = draw_record(read_image(r.path), r, dset.class_names)
         ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         path = out_dir / f"{Path(r.path).stem}.png"
