@@ -51,6 +51,15 @@ def test_detect_json_is_read_by_eval_and_matches_test(tiny, tmp_path):
     t = json.loads((tmp_path / "t.json").read_text())
     assert len(d) == len(t) > 0 and {e["category_id"] for e in d} <= {"square", "disc"}
     assert [(e["image_id"], round(e["score"], 6)) for e in d] == [(e["image_id"], round(e["score"], 6)) for e in t]
+    # Soft-NMS is an option of both commands, and they agree on it too.
+    _run(["test", "--data", voc, "--split", "val", *common, "--soft-nms", "gaussian", "--out", tmp_path / "ts.json",
+          "--metrics", ""])
+    _run(["detect", "--image", f"{voc}/JPEGImages/im00[12].png", *common, "--soft-nms", "gaussian",
+          "--json", tmp_path / "ds.json"])
+    ts = json.loads((tmp_path / "ts.json").read_text())
+    ds = json.loads((tmp_path / "ds.json").read_text())
+    assert [(e["image_id"], round(e["score"], 6)) for e in ds] == [(e["image_id"], round(e["score"], 6)) for e in ts]
+    assert len(ts) > len(t)  # overlapping boxes are down-weighted, not removed
 
 
 def test_ensemble_of_detectors_with_other_classes_is_one_error_line(tiny, tmp_path):

@@ -40,6 +40,10 @@ def proposal_options(f):
     return f
 
 
+SOFT_NMS = click.option("--soft-nms", type=click.Choice(["linear", "gaussian"]), default=None,
+                        help="Soft-NMS (Bodla et al.) instead of NMS: overlapping boxes are down-weighted, not removed.")
+
+
 def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: int = DEFAULTS["max_proposals"]):
     """Post-processing options shared by every command that detects (one set of defaults)."""
     def wrap(f):
@@ -103,7 +107,7 @@ def load_cli_detectors(weights: tuple[str, ...], device, scales: str | None, max
 @proposal_options
 @detection_options()
 @shared_options
-@click.option("--soft-nms", type=click.Choice(["linear", "gaussian"]), default=None, help="Soft-NMS instead of NMS.")
+@SOFT_NMS
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder for the images with boxes drawn (OUT/<image stem>.png).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
@@ -173,6 +177,7 @@ def _score(records, dets, class_names, metrics: list[str]) -> dict:
 @proposal_options
 @detection_options(EVAL_SCORE_THR, EVAL_MAX_PROPOSALS)
 @shared_options
+@SOFT_NMS
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N images.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Result file (COCO-style JSON list; `gdet eval --dets`, `gdet fuse`).")
@@ -182,7 +187,7 @@ def _score(records, dets, class_names, metrics: list[str]) -> dict:
               help="Write the metrics as JSON (- for stdout).")
 @device_options
 def test(data, split, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets, mode,
-         scales, max_size, limit, out, metrics, json_path, device, precision, compile_, cuda_graphs,
+         scales, max_size, soft_nms, limit, out, metrics, json_path, device, precision, compile_, cuda_graphs,
          workers):
     """Detect every image of a dataset split, write COCO-format results and print their mAP.
 
@@ -204,7 +209,7 @@ def test(data, split, weights, proposals, proposal_weights, opts, max_proposals,
         if info.rank == 0:
             click.echo(f"mode: {model.describe_mode()}")
         mine = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,
-                              max_dets=max_dets, max_proposals=max_proposals, rank=info.rank,
+                              max_dets=max_dets, soft_nms=soft_nms, max_proposals=max_proposals, rank=info.rank,
                               world_size=info.world_size, workers=workers)
         dets = gather_to_rank0([{k: v.cpu() for k, v in d.items()} for d in mine])
     if dets is None:  # not rank 0
