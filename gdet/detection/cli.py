@@ -41,7 +41,7 @@ def proposal_options(f):
 
 
 SOFT_NMS = click.option("--soft-nms", type=click.Choice(["linear", "gaussian"]), default=None,
-                        help="Soft-NMS (Bodla et al.) instead of NMS: overlapping boxes are down-weighted, not removed.")
+                        help="Soft-NMS (Bodla et al.) instead of NMS: overlaps are down-weighted, not removed.")
 
 
 def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: int = DEFAULTS["max_proposals"]):

@@ -36,8 +36,11 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
 def _unreadable(path: Path) -> str:
     """Why ``torch.load`` could not read ``path``, in a user's words (the unpickler's own messages are opcode
     numbers or zip-library internals)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:  # e.g. no read permission
+        return f"cannot be read: {e.strerror or e}"
     if not head:
         return "the file is empty"
     if head.startswith(b"PK"):
