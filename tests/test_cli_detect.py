@@ -121,3 +121,47 @@ def test_proposal_workers_give_the_same_detections(tiny, tmp_path):
     _run([*args, "--workers", "1", "--out", tmp_path / "ahead.json"])
     assert len(json.loads((tmp_path / "inline.json").read_text())) > 0
     assert (tmp_path / "ahead.json").read_text() == (tmp_path / "inline.json").read_text()
+
+
+def test_detect_and_test_default_to_the_detectors_training_proposals(tiny, tmp_path):
+    root, voc, props, _ = tiny
+    det = tiny_detector()
+    plain = save_detector(det, tmp_path / "plain.pth")
+    det.proposals = {"method": "ss", "max_side": 64, "sigma": 0.8}  # sigma at its default: not worth a mention
+    rec = save_detector(det, tmp_path / "rec.pth")
+    common = ["--image", f"{voc}/JPEGImages/im001.png", "--score-thr", "0.001", "--device", "cpu"]
+
+    def scores(args, name):
+        out = _run(["detect", *common, *args, "--json", tmp_path / name])
+        return out, [round(e["score"], 6) for e in json.loads((tmp_path / name).read_text())]
+
+    out, got = scores(["--weights", rec], "a.json")
+    assert "proposals: ss with the detector's training options (max_side=64; --opt KEY=VALUE overrides)" in out
+    assert got == scores(["--weights", plain, "--proposals", "ss", "--opt", "max_side=64"], "b.json")[1]
+    # --opt overrides an option; another method or a file takes nothing from the detector.
+    out, got = scores(["--weights", rec, "--opt", "max_side=96"], "c.json")
+    assert "training options" not in out
+    assert got == scores(["--weights", plain, "--opt", "max_side=96"], "d.json")[1]
+    assert got != scores(["--weights", plain], "e.json")[1]  # ss's own max_side, 500
+    assert "training options" not in scores(["--weights", rec, "--proposals", props], "f.json")[0]
+    # gdet test takes the same default.
+    out = _run(["test", "--data", voc, "--split", "val", "--weights", rec, "--limit", "1", "--device", "cpu",
+                "--out", tmp_path / "t.json", "--metrics", ""])
+    assert "proposals: ss with the detector's training options (max_side=64;" in out
+
+
+def test_training_proposals_come_from_selective_search_files_only():
+    from gdet.detection.inference import detector_proposals, training_proposals
+    from gdet.proposals import ProposalSet
+
+    def meta(**m):
+        return ProposalSet.from_lists([], [], [], meta=m)
+
+    assert training_proposals(meta(method="ss_quality", backend="opencv", mode="quality", max_side=320,
+                                   data="d", split="train")) == {"method": "ss_quality", "max_side": 320}
+    assert training_proposals(meta(method="multibox", weights="mb.pth")) is None  # its checkpoint is not in the file
+    assert training_proposals(meta()) is None
+    trained = type("M", (), {"proposals": {"method": "ss", "max_side": 320}})()
+    assert detector_proposals(None, {}, trained)[:2] == ("ss", {"max_side": 320})
+    assert detector_proposals("multibox", {"tiles": 3}, trained) == ("multibox", {"tiles": 3}, None)
+    assert detector_proposals(None, None, type("M", (), {"proposals": None})()) == ("ss", {}, None)

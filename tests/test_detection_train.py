@@ -11,7 +11,7 @@ import torch
 
 from gdet.data import load_detection_set
 from gdet.detection.train import train
-from gdet.errors import ConfigError
+from gdet.errors import CheckpointError, ConfigError
 from gdet.engine import load_checkpoint
 from helpers_detection import make_proposals, make_voc, save_detector, tiny_detector
 
@@ -296,3 +296,31 @@ def test_train_with_a_teacher_in_either_mode(tiny, capsys):
     with pytest.raises(ConfigError, match=r"^distill_weight: must be in \[0, 1\], got 1.5"):
         train(_cfg(root, voc, props, root / "kdbad", **dict(kw, distill_weight=1.5)))
     assert not (root / "kdbad").exists() or not any((root / "kdbad").iterdir())
+
+
+def test_detector_records_how_its_training_proposals_were_made(tiny, tmp_path):
+    # A selective-search file's settings travel with the detector (through training, export and loading), so that
+    # gdet detect and gdet test default to them; a file that does not say records nothing.
+    from gdet.detection.model import export_detector, load_detector
+    from gdet.proposals import load_proposals, save_proposals
+
+    root, voc, props = tiny
+    ss = load_proposals(props)
+    ss.meta = {"method": "ss", "backend": "opencv", "mode": "fast", "max_side": 64, "sigma": 0.8, "data": str(voc),
+               "split": "train"}
+    save_proposals(tmp_path / "ss.npz", ss)
+    train(_cfg(root, voc, tmp_path / "ss.npz", tmp_path / "run", epochs=1, eval_every=0, aux_logits=False,
+               bbox_reg=False))
+    want = {"method": "ss", "max_side": 64, "sigma": 0.8}
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["detector"]["proposals"] == want
+    export_detector(tmp_path / "run" / "last.pth", tmp_path / "fp16.pth")
+    for path in (tmp_path / "run" / "last.pth", tmp_path / "fp16.pth"):
+        assert load_detector(path).proposals == want
+    train(_cfg(root, voc, props, tmp_path / "plain", epochs=1, eval_every=0, aux_logits=False, bbox_reg=False))
+    assert "proposals" not in load_checkpoint(tmp_path / "plain" / "last.pth")["detector"]
+    assert load_detector(tmp_path / "plain" / "last.pth").proposals is None
+    bad = load_checkpoint(tmp_path / "fp16.pth")
+    bad["detector"]["proposals"] = ["ss"]
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"bad\.pth: malformed training proposal settings"):
+        load_detector(tmp_path / "bad.pth")

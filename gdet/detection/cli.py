@@ -12,7 +12,8 @@ from gdet.data import load_detection_set
 from gdet.data.image import expand_image_paths
 from gdet.detection.fusion import fuse_detections
 from gdet.detection.inference import (DEFAULTS, EVAL_MAX_PROPOSALS, EVAL_SCORE_THR, ProposalSource, detect_records,
-                                      detections_to_rows, format_table, image_ids_for, write_detections)
+                                      detections_to_rows, detector_proposals, format_table, image_ids_for,
+                                      write_detections)
 from gdet.detection.model import MODES, load_detectors
 from gdet.detection.visualize import draw_detections, save_png
 from gdet.engine import resolve_device
@@ -35,8 +36,9 @@ def proposal_options(f):
                      help="Proposal method option (e.g. max_side=500, tiles=3; repeatable).")(f)
     f = click.option("--proposal-weights", default=None, type=click.Path(dir_okay=False),
                      help="MultiBox checkpoint of the multibox / combined proposals.")(f)
-    f = click.option("--proposals", default=DEFAULTS["proposals"], show_default=True,
-                     help="ss | ss_quality | selectivesearch | multibox | combined, or a .npz proposal file.")(f)
+    f = click.option("--proposals", default=None,
+                     help="ss | ss_quality | selectivesearch | multibox | combined, or a .npz proposal file "
+                          "[default: the method the detector was trained with, with its options; else ss].")(f)
     return f
 
 
@@ -72,6 +74,15 @@ def shared_options(f):
                           "same): `shared` runs an R-CNN detector Fast R-CNN's way (set its pyramid with --scales), "
                           "`rcnn` a shared-mode one the paper's way (default: each checkpoint's own mode).")(f)
     return f
+
+
+def _proposal_source(spec: str | None, weights: str | None, opts, model, echo: bool = True) -> ProposalSource:
+    """``--proposals``/``--opt`` as a :class:`ProposalSource`, defaulting to how the detector's training proposals
+    were made (and saying so)."""
+    spec, options, note = detector_proposals(spec, parse_options(opts), model)
+    if note and echo:
+        click.echo(note)
+    return ProposalSource(spec, weights, options)
 
 
 def load_cli_detectors(weights: tuple[str, ...], device, scales: str | None, max_size: int | None,
@@ -127,7 +138,7 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     dev = resolve_device(device)
     model = optimize(load_cli_detectors(weights, dev, scales, max_size, mode), device=dev, precision=precision,
                      compile=compile_, cuda_graphs=cuda_graphs)
-    source = ProposalSource(proposals, proposal_weights, parse_options(opts))
+    source = _proposal_source(proposals, proposal_weights, opts, model)
     click.echo(f"mode: {model.describe_mode()}")
     records = [ImageRecord(image_id=i, path=p, width=0, height=0) for i, p in zip(ids, paths)]
 
@@ -205,7 +216,7 @@ def test(data, split, weights, proposals, proposal_weights, opts, max_proposals,
         if list(model.class_names) != list(dset.class_names):
             raise GdetError(f"{weights[0]}: trained for classes {model.class_names}, but {data} has "
                             f"{dset.class_names}")
-        source = ProposalSource(proposals, proposal_weights, parse_options(opts))
+        source = _proposal_source(proposals, proposal_weights, opts, model, echo=info.rank == 0)
         if info.rank == 0:
             click.echo(f"mode: {model.describe_mode()}")
         mine = detect_records(model, records, source, device=dev, score_thr=score_thr, nms_iou=nms_iou,

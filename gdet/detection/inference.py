@@ -3,6 +3,7 @@ training-time evaluation: where proposals come from, detecting a split, and the 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import multiprocessing as mp
 import os
@@ -23,7 +24,7 @@ from gdet.proposals import ProposalSet, build_proposer, list_proposers, load_pro
 from gdet.structures import ImageRecord
 
 __all__ = ["DEFAULTS", "EVAL_MAX_PROPOSALS", "EVAL_SCORE_THR", "ProposalSource", "detect_records", "detections_to_rows",
-           "format_table", "image_ids_for", "write_detections"]
+           "detector_proposals", "format_table", "image_ids_for", "training_proposals", "write_detections"]
 
 # Defaults of the commands that detect and draw (gdet detect, gdet demo): R-CNN's per-class NMS at IoU 0.3; 300
 # proposals, what the shipped detector is measured with; the score threshold is for what is shown.
@@ -33,6 +34,47 @@ DEFAULTS: dict[str, Any] = {"proposals": "ss", "max_proposals": 300, "score_thr"
 EVAL_SCORE_THR = 0.001
 EVAL_MAX_PROPOSALS = 2000
 METHODS_WITH_WEIGHTS = ("multibox", "combined")
+# Methods whose proposal files record every option they were run with (MultiBox files do not carry the checkpoint).
+RECORDED_METHODS = ("ss", "ss_quality", "selectivesearch")
+
+
+def _method_defaults() -> dict[str, Any]:
+    """Selective search's options and their defaults (the method name fixes ``backend`` and ``mode``)."""
+    from gdet.proposals.selective_search import SelectiveSearch
+
+    params = inspect.signature(SelectiveSearch.__init__).parameters
+    return {k: p.default for k, p in params.items() if k not in ("self", "backend", "mode")}
+
+
+def training_proposals(props: ProposalSet) -> dict | None:
+    """The method and options a detector's training proposals were computed with (from the file's metadata), as
+    the detector records them: ``{"method": "ss", "max_side": 320, ...}``; None when the file does not say."""
+    method = props.meta.get("method")
+    if method not in RECORDED_METHODS:
+        return None
+    defaults = _method_defaults()
+    return {"method": method, **{k: v for k, v in props.meta.items() if k in defaults}}
+
+
+def detector_proposals(spec: str | None, options: dict | None, model: Detector | EnsembleDetector
+                       ) -> tuple[str, dict, str | None]:
+    """The proposal method and options the commands that detect use: ``spec`` (None: the method the detector was
+    trained with, else ``ss``) with, when it is the detector's training method, the detector's training options
+    under ``options``. Returns ``(spec, options, note)``; ``note`` names the options taken from the detector."""
+    trained = getattr(model, "proposals", None)
+    if spec is None:
+        spec = trained["method"] if trained else DEFAULTS["proposals"]
+    options = dict(options or {})
+    if not trained or spec != trained["method"]:
+        return spec, options, None
+    stored = {k: v for k, v in trained.items() if k != "method"}
+    defaults = _method_defaults()
+    taken = {k: v for k, v in stored.items() if k not in options and v != defaults.get(k)}
+    note = None
+    if taken:
+        note = (f"proposals: {spec} with the detector's training options "
+                f"({', '.join(f'{k}={v}' for k, v in taken.items())}; --opt KEY=VALUE overrides)")
+    return spec, {**stored, **options}, note
 
 
 class ProposalSource:

@@ -88,6 +88,10 @@ class Detector(nn.Module):
         # modes: from the synthetic classifier, frozen statistics stall fine-tuning (R-CNN's loss at step 300:
         # 1.05 frozen, 0.87 with batch statistics; shared mode stays at the class prior for 750 steps frozen).
         self.frozen_bn: bool | str = False
+        # The proposal method and options of the proposals this detector was trained on (``{"method": "ss",
+        # "max_side": 320, ...}``, from the training proposal file; None when unknown): the commands that detect
+        # default to them, so that inference sees proposals made the way training saw them.
+        self.proposals: dict | None = None
         if mode == "shared":
             if backbone.aux_logits:
                 raise GdetError("shared mode: the backbone must have no aux heads (aux_logits: false); they sit "
@@ -246,6 +250,7 @@ class EnsembleDetector:
             raise GdetError(f"ensemble: {len(sources)} sources for {len(members)} detectors")
         self.class_names = common_classes([(s, m.class_names) for s, m in zip(sources, members)])
         self.members = list(members)
+        self.proposals = next((m.proposals for m in self.members if m.proposals), None)  # the first member's
 
     @property
     def num_classes(self) -> int:
@@ -378,7 +383,8 @@ def detector_checkpoint_meta(model: Detector, backbone_kwargs: dict | None = Non
         "preprocessing": model.backbone.preprocessing(),
         "detector": {"context_pad": model.context_pad, "input_size": model.input_size,
                      "bbox_reg": model.bbox_reg, "sampling_ratio": model.sampling_ratio, "mode": model.mode,
-                     **({"shared": model.shared_settings()} if model.mode == "shared" else {})},
+                     **({"shared": model.shared_settings()} if model.mode == "shared" else {}),
+                     **({"proposals": dict(model.proposals)} if model.proposals else {})},
     }
 
 
@@ -411,6 +417,9 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", u
         raise CheckpointError(f"{path}: unknown detector mode {saved_mode!r} (known: {', '.join(MODES)})")
     if mode is not None and mode not in MODES:
         raise GdetError(f"mode: {mode!r} is not a detector mode (use {' or '.join(MODES)})")
+    proposals = meta.get("proposals")
+    if proposals is not None and not (isinstance(proposals, dict) and isinstance(proposals.get("method"), str)):
+        raise CheckpointError(f"{path}: malformed training proposal settings {proposals!r}")
     mode = mode or saved_mode
     net = build_backbone(ckpt["backbone"], num_classes=len(names) + 1, **kw)
     pre = ckpt.get("preprocessing")
@@ -428,6 +437,7 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu", u
         load_model_weights(model, {k: v for k, v in state.items() if not is_aux_key(k)})
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {str(e).removeprefix('state dict: ')}") from None
+    model.proposals = dict(proposals) if proposals else None
     return model.to(device).eval()
 
 

@@ -23,6 +23,7 @@ from gdet.config import complete_config, interval, mapping, number, one_of
 from gdet.data.image import read_image
 from gdet.detection.crops import crop_regions
 from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
+from gdet.detection.inference import training_proposals
 from gdet.detection.model import MODES, Detector, build_detector, detector_checkpoint_meta, load_detectors
 from gdet.detection.sampler import RegionSampler
 from gdet.detection.shared import mix_distillation, shared_loss
@@ -465,6 +466,7 @@ class DetectionTask(Task):
         model.frozen_bn = "trunk" if cfg["frozen_bn"] == "trunk" else bool(cfg["frozen_bn"])
         if self.mode == "shared":
             model.shared_net.train_pyramid = bool(cfg["train_pyramid"])
+        model.proposals = training_proposals(props)  # gdet detect and gdet test default to them
         self.meta = detector_checkpoint_meta(model, bb_kwargs)
         self.class_names = class_names
         # Shared over epochs in this process (with workers, each worker process fills its own copy).
