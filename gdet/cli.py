@@ -83,6 +83,15 @@ def _option_name(e: click.BadParameter) -> str:
     return hint.strip("'\"") or "value"
 
 
+def _worker_message(message: str) -> str:
+    """The error itself, when it was raised in a DataLoader worker: PyTorch re-raises it in the main process with
+    the worker's traceback as its message, whose last line is ``module.ErrorType: <the message>``."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def run_guarded(fn, *args, **kwargs):
     """Call ``fn``; a :class:`GdetError`, a missing file or an invalid option value (out of range, not a choice,
     not a number) becomes a one-line message and exit code 1.
@@ -94,7 +103,7 @@ def run_guarded(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except GdetError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {_worker_message(str(e))}", err=True)
         sys.exit(1)
     except click.BadParameter as e:
         if isinstance(e, click.MissingParameter):

@@ -12,8 +12,8 @@ from gdet.cli import ASSETS, CONTEXT, device_options
 from gdet.data import load_detection_set
 from gdet.data.synth import SynthConfig, generate
 from gdet.detection.cli import detection_options, load_cli_detectors, shared_options
-from gdet.detection.inference import (EVAL_SCORE_THR, ProposalSource, detect_records, detections_to_rows, format_table,
-                                      write_detections)
+from gdet.detection.inference import (EVAL_SCORE_THR, ProposalSource, detect_records, detections_to_rows,
+                                      detector_proposals, format_table, write_detections)
 from gdet.detection.model import Detector
 from gdet.detection.visualize import draw_detections, save_png
 from gdet.engine import resolve_device
@@ -25,9 +25,19 @@ from gdet.structures import ImageRecord
 
 DETECTOR = ASSETS / "detector_synth_fp16.pth"
 SAMPLE = ASSETS / "sample.jpg"
-# The shipped detector was trained on 320 x 240 synthetic images with selective search run at their own size.
+# Selective search at the demo images' own size (320 x 240), for a detector that does not record its training
+# proposals; the shipped one records this.
 PROPOSAL_OPTIONS = {"max_side": 320}
 VAL_SEED = 2014  # not a training seed (the training set used seed 0)
+
+
+def _proposals(model) -> ProposalSource:
+    """Proposals made as the detector's training proposals were (:func:`detector_proposals`), else
+    :data:`PROPOSAL_OPTIONS`."""
+    if not getattr(model, "proposals", None):
+        return ProposalSource("ss", options=PROPOSAL_OPTIONS)
+    spec, options, _ = detector_proposals(None, {}, model)
+    return ProposalSource(spec, options=options)
 
 
 def val_split(out: Path, images: int, seed: int) -> Path:
@@ -52,7 +62,7 @@ def demo_map(model: Detector, root: Path, *, max_proposals: int, nms_iou: float,
     dset = load_detection_set(root, split="val")
     if dset.class_names != model.class_names:
         raise GdetError(f"{root}: classes {dset.class_names} differ from the detector's {model.class_names}")
-    dets = detect_records(model, dset.records, ProposalSource("ss", options=PROPOSAL_OPTIONS), device=device,
+    dets = detect_records(model, dset.records, _proposals(model), device=device,
                           score_thr=EVAL_SCORE_THR, nms_iou=nms_iou, max_dets=max_dets, max_proposals=max_proposals,
                           precision=precision, desc="val")
     res: dict = {}
@@ -110,7 +120,7 @@ def demo(out, weights, image, val_images, seed, max_proposals, score_thr, nms_io
         save_png(draw_detections(rgb, dets, model.class_names), png)
 
     sample = [ImageRecord(image_id=stem, path=str(image), width=0, height=0)]
-    dets = detect_records(model, sample, ProposalSource("ss", options=PROPOSAL_OPTIONS), device=dev,
+    dets = detect_records(model, sample, _proposals(model), device=dev,
                           score_thr=score_thr, nms_iou=nms_iou, max_dets=max_dets, max_proposals=max_proposals,
                           on_image=draw, leave=False)
     write_detections(js, [stem], dets, model.class_names)

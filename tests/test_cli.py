@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gdet.cli import COMMANDS, main
+from gdet.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = sorted((ROOT / "tools").glob("*.py"))
@@ -163,3 +165,24 @@ def test_classify_files_folders_globs_and_json_file(tmp_path):
     assert rows[0]["top"] == rows[1]["top"] == rows[2]["top"] and len(rows[0]["top"]) == 2
     first = rows[0]["top"][0]
     assert f"{first['prob']:8.4f}  {first['class']}" in r.stdout
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise DataError(f"img{i}.jpg: cannot decode image")
+
+
+def test_an_error_in_a_loader_worker_is_one_line(capsys):
+    # PyTorch re-raises a worker's error with the worker's traceback as its message; the user sees the error only.
+    from gdet.cli import run_guarded
+
+    def load():
+        return list(torch.utils.data.DataLoader(_Unreadable(), batch_size=None, num_workers=1))
+
+    with pytest.raises(SystemExit) as e:
+        run_guarded(load)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == "error: img0.jpg: cannot decode image\n"

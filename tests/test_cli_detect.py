@@ -165,3 +165,7 @@ def test_training_proposals_come_from_selective_search_files_only():
     assert detector_proposals(None, {}, trained)[:2] == ("ss", {"max_side": 320})
     assert detector_proposals("multibox", {"tiles": 3}, trained) == ("multibox", {"tiles": 3}, None)
     assert detector_proposals(None, None, type("M", (), {"proposals": None})()) == ("ss", {}, None)
+    quality = type("M", (), {"proposals": {"method": "ss_quality", "max_side": 500}})()  # default options
+    assert detector_proposals(None, {}, quality) == ("ss_quality", {"max_side": 500},
+                                                     "proposals: ss_quality as the detector was trained")
+    assert detector_proposals("ss_quality", {}, quality)[2] is None  # asked for: nothing to say

@@ -1,5 +1,7 @@
 import json
+import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -39,6 +41,16 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:2000])
     with pytest.raises(CheckpointError, match=r"cut\.pth: .*\(a damaged zip archive: truncated or corrupt\)"):
         load_checkpoint(tmp_path / "cut.pth")
+    np.savez(tmp_path / "arrays.npz", w=np.zeros(3))
+    with pytest.raises(CheckpointError, match=r"arrays\.npz: .*\(a zip archive, not a torch.save file\)"):
+        load_checkpoint(tmp_path / "arrays.npz")
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"w": [0.0]}, protocol=2))
+    with pytest.raises(CheckpointError, match=r"plain\.pkl: .*\(a Python pickle, not a torch.save file\)"):
+        load_checkpoint(tmp_path / "plain.pkl")
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pth")  # a whole model, not its weights: refused, with the fix
+    with pytest.raises(CheckpointError, match=r"module\.pth: refused: .*\(torch\.nn\.modules\.linear\.Linear\); "
+                                              r"only weights files are loaded \(save model\.state_dict\(\)"):
+        load_checkpoint(tmp_path / "module.pth")
     torch.save({"model": nn.Linear(3, 5).state_dict()}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=r"shape mismatch.*weight"):
         load_model_weights(nn.Linear(3, 4), tmp_path / "other.pth")
@@ -113,3 +125,14 @@ def test_erase_on_error_leaves_no_bar_behind():
     out = failed.getvalue()
     assert "\n" not in out and out.endswith("\r")  # erased: the error that follows starts a clean line
     assert out.rsplit("\r", 2)[-2].strip() == ""
+
+    def data():  # the data itself fails (an undecodable image read by the loader)
+        yield 0
+        raise ValueError
+
+    failed = io.StringIO()
+    with pytest.raises(ValueError):
+        for _ in erase_on_error(tqdm(data(), total=3, file=failed, desc="bad")):
+            pass
+    out = failed.getvalue()
+    assert "\n" not in out and out.endswith("\r") and out.rsplit("\r", 2)[-2].strip() == ""

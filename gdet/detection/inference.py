@@ -62,6 +62,7 @@ def detector_proposals(spec: str | None, options: dict | None, model: Detector |
     trained with, else ``ss``) with, when it is the detector's training method, the detector's training options
     under ``options``. Returns ``(spec, options, note)``; ``note`` names the options taken from the detector."""
     trained = getattr(model, "proposals", None)
+    chosen = spec is None and bool(trained) and trained["method"] != DEFAULTS["proposals"]
     if spec is None:
         spec = trained["method"] if trained else DEFAULTS["proposals"]
     options = dict(options or {})
@@ -71,9 +72,10 @@ def detector_proposals(spec: str | None, options: dict | None, model: Detector |
     defaults = _method_defaults()
     taken = {k: v for k, v in stored.items() if k not in options and v != defaults.get(k)}
     note = None
-    if taken:
-        note = (f"proposals: {spec} with the detector's training options "
-                f"({', '.join(f'{k}={v}' for k, v in taken.items())}; --opt KEY=VALUE overrides)")
+    if taken or chosen:
+        what = (f"with the detector's training options ({', '.join(f'{k}={v}' for k, v in taken.items())}; "
+                "--opt KEY=VALUE overrides)") if taken else "as the detector was trained"
+        note = f"proposals: {spec} {what}"
     return spec, {**stored, **options}, note
 
 

@@ -250,7 +250,7 @@ class EnsembleDetector:
             raise GdetError(f"ensemble: {len(sources)} sources for {len(members)} detectors")
         self.class_names = common_classes([(s, m.class_names) for s, m in zip(sources, members)])
         self.members = list(members)
-        self.proposals = next((m.proposals for m in self.members if m.proposals), None)  # the first member's
+        self.proposals = self.members[0].proposals  # how the first member's training proposals were made
 
     @property
     def num_classes(self) -> int:

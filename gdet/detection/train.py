@@ -22,8 +22,8 @@ from gdet.backbones import BackboneOutput, list_backbones
 from gdet.config import complete_config, interval, mapping, number, one_of
 from gdet.data.image import read_image
 from gdet.detection.crops import crop_regions
-from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
 from gdet.detection.inference import training_proposals
+from gdet.detection.labels import RegionLabels, encode_boxes, label_regions
 from gdet.detection.model import MODES, Detector, build_detector, detector_checkpoint_meta, load_detectors
 from gdet.detection.sampler import RegionSampler
 from gdet.detection.shared import mix_distillation, shared_loss

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,28 @@ def _unreadable(path: Path) -> str:
     numbers or zip-library internals)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(32)
+        if head.startswith(b"PK"):
+            try:
+                with zipfile.ZipFile(path) as z:
+                    names = z.namelist()
+            except zipfile.BadZipFile:
+                return "a damaged zip archive: truncated or corrupt"
+            if not any(n.endswith("data.pkl") for n in names):
+                return "a zip archive, not a torch.save file"
+            return "a damaged torch.save archive: truncated or corrupt"
     except OSError as e:  # e.g. no read permission
         return f"cannot be read: {e.strerror or e}"
     if not head:
         return "the file is empty"
-    if head.startswith(b"PK"):
-        return "a damaged zip archive: truncated or corrupt"
     if head[:1] == b"\x80":
-        return "a damaged pickle: truncated or corrupt"
+        # The legacy (pre-zip) torch.save format opens with a pickled magic number.
+        return ("a damaged legacy torch.save file: truncated or corrupt" if _LEGACY_MAGIC in head
+                else "a Python pickle, not a torch.save file")
     return "not a torch.save file"
+
+
+_LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickle of torch.serialization.MAGIC_NUMBER
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -64,8 +77,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         what = _unsafe_global(str(e))
         if not what:  # not a pickle with a disallowed global: some other file (ONNX, text, truncated)
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_unreadable(path)})") from None
+        hint = " (save model.state_dict(), not the model)" if what.startswith("torch.nn.") else ""
         raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and plain data"
-                              f" ({what}); only weights files are loaded") from None
+                              f" ({what}); only weights files are loaded{hint}") from None
     except Exception:  # a corrupt file can fail anywhere in the unpickler (IndexError, KeyError, ...)
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_unreadable(path)})") from None
     if isinstance(obj, nn.Module):
@@ -87,7 +101,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def _unsafe_global(message: str) -> str:
     """The global a refused pickle asked for (``"os.system"``), taken from torch's message, or ``""``."""
-    m = re.search(r"unsupported GLOBAL ([\w.]+)", message)
+    # torch words it "unsupported GLOBAL posix.system" (a blocked module) or "Unsupported global: GLOBAL
+    # torch.nn.modules.linear.Linear" (a class not allowed, e.g. a whole pickled model).
+    m = re.search(r"GLOBAL ([\w.]+)", message)
     return m.group(1) if m else ""
 
 

@@ -20,8 +20,20 @@ def progress(iterable: Iterable | None = None, **kwargs):
 
 
 def erase_on_error(bar):
-    """Iterate ``bar`` (a :func:`progress` bar); if the loop stops early (an error in its body), the bar is
-    erased instead of left on the screen, so that the command's one-line error is all it leaves."""
+    """Iterate ``bar`` (a :func:`progress` bar); if the loop stops early (an error in its body or in the data it
+    iterates), the bar is erased instead of left on the screen, so that the command's one-line error is all it
+    leaves."""
+    inner = bar.iterable
+
+    def guarded():  # an error from the data: tqdm closes the bar as the error passes, so erase it first
+        try:
+            yield from inner
+        except BaseException:
+            bar.leave = False
+            raise
+
+    if inner is not None:
+        bar.iterable = guarded()
     finished = False
     steps = iter(bar)  # held here: ``yield from`` would let tqdm close (and print) the bar before it is erased
     try:

@@ -6,7 +6,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -133,8 +132,11 @@ def _compute(todo: list, method: str, method_kwargs: dict, parts: Path, workers:
                 if err:
                     error = err
                     break
+    except BaseException:
+        bar.leave = False  # erased, so that the error is the only line left
+        raise
     finally:
-        if error is not None or sys.exc_info()[0] is not None:  # erased, so that the error is the only line left
+        if error is not None:
             bar.leave = False
         bar.close()
     return error
