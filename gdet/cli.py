@@ -9,6 +9,7 @@ output, ``--json FILE`` machine-readable results (``-``: stdout), ``--top-k``, `
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import json
 import os
@@ -21,6 +22,7 @@ import click
 from gdet import __version__
 from gdet.errors import GdetError, install_warning_format
 from gdet.io import save_json
+from gdet.memory import keep_freed_memory
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -92,6 +94,82 @@ def _worker_message(message: str) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
+# The options through which a command writes files; every other option's existing files are its inputs.
+OUTPUT_OPTIONS = ("--out", "--json", "--plot", "--plots")
+# What a picture option (``--plot``) may be written as: the formats matplotlib's Agg backend writes.
+PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
+
+
+def _files(value) -> list[Path]:
+    """The existing regular files an option value names (a path, or a list of paths)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [Path(v) for v in values if isinstance(v, (str, os.PathLike)) and str(v) != "-" and Path(v).is_file()]
+
+
+def refuse_overwriting_inputs(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Raise :class:`GdetError` when an output file (``{option: path}``) is one of the inputs (``{option: value}``,
+    a path or a list of paths): writing it would destroy what the command reads."""
+    for out_opt, out in outputs.items():
+        for target in _files(out):
+            for in_opt, value in inputs.items():
+                if any(os.path.samefile(target, f) for f in _files(value)):
+                    raise GdetError(f"{target}: {out_opt} would overwrite an input of this command ({in_opt}); "
+                                    "choose another file")
+
+
+def refuse_unwritable(option: str, value: Any) -> None:
+    """Raise :class:`GdetError` when the output ``value`` of ``option`` cannot be written where it points: a part
+    of its path is a file, or a picture's suffix names no picture format. (click's path type already refuses a
+    folder where a file goes, and the reverse.)"""
+    if value is None or str(value) == "-":
+        return
+    path = Path(value)
+    if option == "--plot" and path.suffix.lower() not in PICTURE_SUFFIXES:
+        raise GdetError(f"{value}: {option} names a picture; end it in {', '.join(PICTURE_SUFFIXES[:3])} or another "
+                        "format matplotlib writes")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise GdetError(f"{value}: {option} cannot be written: {parent} is a file, not a folder")
+            break
+
+
+def guard_outputs(cmd: click.Command) -> click.Command:
+    """Make ``cmd`` (and, for a group, each command under it) refuse, before it reads or writes anything, an
+    ``--out``/``--json``/``--plot(s)`` path that cannot be written (a part of it is a file; a folder where a file
+    goes) or that is also one of its inputs. Applied once, where commands are loaded."""
+    if getattr(cmd, "_outputs_guarded", False):
+        return cmd
+    cmd._outputs_guarded = True
+    if isinstance(cmd, click.Group):  # a lazy group guards its commands as it loads them
+        for sub in cmd.commands.values():
+            guard_outputs(sub)
+    callback = cmd.callback
+    flags = {p.name: (p.opts[0] if p.opts else p.name) for p in cmd.params}
+    if callback is None or not any(f in OUTPUT_OPTIONS for f in flags.values()):
+        return cmd
+
+    @functools.wraps(callback)
+    def checked(*args, **kwargs):
+        outputs = {flags[k]: v for k, v in kwargs.items() if flags.get(k) in OUTPUT_OPTIONS}
+        inputs = {flags.get(k, k): v for k, v in kwargs.items() if flags.get(k) not in OUTPUT_OPTIONS}
+        for k, v in kwargs.items():
+            if flags.get(k) in OUTPUT_OPTIONS:
+                refuse_unwritable(flags[k], v)
+        refuse_overwriting_inputs(outputs, inputs)
+        return callback(*args, **kwargs)
+
+    cmd.callback = checked
+    return cmd
+
+
+def _os_error(e: OSError) -> str:
+    """``<file>: <why>`` for an operating-system error on a file the command writes or reads."""
+    why = {FileExistsError: "exists and is not a folder", IsADirectoryError: "is a folder, not a file",
+           NotADirectoryError: "a part of the path is a file, not a folder"}.get(type(e))
+    return f"{e.filename}: {why or (e.strerror or str(e)).lower()}"
+
+
 def run_guarded(fn, *args, **kwargs):
     """Call ``fn``; a :class:`GdetError`, a missing file or an invalid option value (out of range, not a choice,
     not a number) becomes a one-line message and exit code 1.
@@ -100,6 +178,7 @@ def run_guarded(fn, *args, **kwargs):
     (an unknown or misspelt command or option, a missing required option) stays click's usage error, exit code 2.
     """
     install_warning_format()
+    keep_freed_memory()
     try:
         return fn(*args, **kwargs)
     except GdetError as e:
@@ -114,6 +193,11 @@ def run_guarded(fn, *args, **kwargs):
         name = e.filename or str(e)
         click.echo(f"error: {name}: file not found", err=True)
         sys.exit(1)
+    except OSError as e:
+        if not e.filename:
+            raise
+        click.echo(f"error: {_os_error(e)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -121,6 +205,7 @@ def run_guarded(fn, *args, **kwargs):
 
 def run_tool(cmd: click.Command) -> None:
     """Entry point of a ``tools/*.py`` script: run ``cmd`` as a program, bad input printed as one line."""
+    guard_outputs(cmd)
     def program():
         try:
             # Not standalone: click would print a bad value with its usage block; run_guarded prints one line.
@@ -211,7 +296,7 @@ class LazyGroup(click.Group):
             if e.name and module_name.startswith(e.name):
                 raise GdetError(f"command {name!r} is not available in this installation ({module_name})") from None
             raise
-        return getattr(module, attr)
+        return guard_outputs(getattr(module, attr))
 
     def invoke(self, ctx):
         return run_guarded(super().invoke, ctx)

@@ -102,6 +102,8 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), defaults
     path = Path(path)
     cfg = _read_yaml(path)
     base_name = cfg.pop("base", None)
+    if base_name is not None and not isinstance(base_name, str):
+        raise ConfigError(f"{path}: base: expected the name of a config file, got {base_name!r}")
     if base_name is not None:
         base_path = (path.parent / base_name).resolve()
         base = _read_yaml(base_path)
@@ -120,21 +122,37 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), defaults
     return cfg
 
 
+# Keys that name a file or folder although their default is None, and keys that hold a list of numbers whose
+# builder has no check of its own.
+PATH_KEYS = ("data", "val_data", "weights", "resume", "val_proposals", "distill")
+NUMBER_LIST_KEYS = ("lr_milestones",)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_numbers(cfg: dict, defaults: dict, path: Path) -> None:
-    """Keys whose default is a number (or a bool) must hold one: ``epochs=abc`` fails here, with the key's name,
-    not deep inside training. Keys defaulting to None or a string are the builder's to check."""
+    """Each key must hold its default's type: a number, true or false, a string (a path or a name: also the keys
+    of :data:`PATH_KEYS`), a list of numbers (:data:`NUMBER_LIST_KEYS`). ``epochs=abc`` or ``work_dir: [a]``
+    fails here, with the key's name, not deep inside training. Other keys are the builder's to check."""
     for key, default in defaults.items():
         value = cfg.get(key)
-        if value is None or isinstance(default, str) or default is None:
+        if value is None:
             continue
         if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok, want = isinstance(value, bool), "true or false"
+        elif _is_number(default):
+            ok, want = _is_number(value), "a number"
+        elif isinstance(default, str) or (default is None and key in PATH_KEYS):
+            if _is_number(value):  # a folder or split named 2012 reads as a number from YAML
+                cfg[key] = value = str(value)
+            ok, want = isinstance(value, str), "a string"
+        elif key in NUMBER_LIST_KEYS:
+            ok, want = isinstance(value, list) and all(_is_number(v) for v in value), "a list of numbers"
         else:
             continue
         if not ok:
-            want = "true or false" if isinstance(default, bool) else "a number"
             raise ConfigError(f"{path}: {key}: expected {want}, got {value!r}")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -37,14 +38,26 @@ def _temp_name(path: Path, keep_suffix: bool) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix if keep_suffix else ''}")
 
 
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` naming ``path``, the file the caller asked for, instead of the temporary file beside it."""
+    return type(e)(e.errno, e.strerror, str(path))
+
+
 def _create_temp(path: Path, keep_suffix: bool = False) -> tuple[int, Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _named(e, path.parent) from None
     while True:
         tmp = _temp_name(path, keep_suffix)
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             continue
+        except OSError as e:
+            raise _named(e, path) from None
         os.fchmod(fd, file_mode())
         return fd, tmp
 

@@ -24,7 +24,7 @@ def test_help_lists_every_command_without_importing_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "NO-TORCH" in r.stdout
-    assert r.stdout.splitlines()[-1] == str(["gdet", "gdet.cli", "gdet.errors", "gdet.io"])
+    assert r.stdout.splitlines()[-1] == str(["gdet", "gdet.cli", "gdet.errors", "gdet.io", "gdet.memory"])
     for name, (_, help_) in COMMANDS.items():
         assert f"  {name} " in r.stdout, name
         assert help_.split()[0] in r.stdout
@@ -186,3 +186,97 @@ def test_an_error_in_a_loader_worker_is_one_line(capsys):
         run_guarded(load)
     assert e.value.code == 1
     assert capsys.readouterr().err == "error: img0.jpg: cannot decode image\n"
+
+
+def _one_error(r, needle: str) -> None:
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path):
+    from helpers_detection import make_voc
+    assets = ROOT / "gdet" / "assets"
+    weights = tmp_path / "c.pth"
+    weights.write_bytes((assets / "classifier_synth_fp16.pth").read_bytes())
+    image = tmp_path / "x.png"
+    image.write_bytes((assets / "sample.jpg").read_bytes())
+    before = weights.read_bytes(), image.read_bytes()
+    r = CliRunner().invoke(main, ["classify", "--image", str(image), "--weights", str(weights), "--json", str(weights)])
+    _one_error(r, f"{weights}: --json would overwrite an input of this command (--weights)")
+    r = CliRunner().invoke(main, ["classify", "--image", str(image), "--weights", str(weights), "--json", str(image)])
+    _one_error(r, "(--image)")
+    # detect --out FOLDER writes FOLDER/<image stem>.png: here the image itself
+    r = CliRunner().invoke(main, ["detect", "--image", str(image), "--weights", str(assets / "detector_synth_fp16.pth"),
+                                  "--out", str(tmp_path)])
+    _one_error(r, f"{image}: --out would overwrite an input of this command (--image)")
+    assert (weights.read_bytes(), image.read_bytes()) == before
+    # a result file scored into itself, and a positional input
+    data = make_voc(tmp_path / "voc")
+    dets = tmp_path / "d.json"
+    dets.write_text("[]")
+    r = CliRunner().invoke(main, ["eval", "--data", str(data), "--dets", str(dets), "--json", str(dets)])
+    _one_error(r, "(--dets)")
+    r = CliRunner().invoke(main, ["fuse", str(dets), "--data", str(data), "--out", str(dets)])
+    _one_error(r, "would overwrite an input")
+    assert dets.read_text() == "[]"
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    missing = str(tmp_path / "none.pth")  # would fail later: the output is checked first
+    r = CliRunner().invoke(main, ["detect", "--image", missing, "--weights", missing, "--json", f"{afile}/x.json"])
+    _one_error(r, f"--json cannot be written: {afile} is a file, not a folder")
+    r = CliRunner().invoke(main, ["export", "--weights", missing, "--format", "fp16", "--out", f"{afile}/e.pth"])
+    _one_error(r, f"{afile} is a file, not a folder")
+    r = CliRunner().invoke(main, ["eval", "--data", missing, "--dets", missing, "--json", str(folder)])
+    _one_error(r, "is a directory")
+    r = CliRunner().invoke(main, ["proposals", "eval", "--data", missing, "--proposals", missing, "--plot",
+                                  str(tmp_path / "r.npz")])
+    _one_error(r, "--plot names a picture")
+
+
+@pytest.mark.parametrize("error, needle", [
+    (IsADirectoryError(21, "Is a directory", "/x/out"), "error: /x/out: is a folder, not a file"),
+    (NotADirectoryError(20, "Not a directory", "/x/f/o"), "error: /x/f/o: a part of the path is a file, not a folder"),
+    (PermissionError(13, "Permission denied", "/x/ro.json"), "error: /x/ro.json: permission denied"),
+])
+def test_an_operating_system_error_on_a_file_is_one_line(capsys, error, needle):
+    from gdet.cli import run_guarded
+
+    def fail():
+        raise error
+
+    with pytest.raises(SystemExit) as e:
+        run_guarded(fail)
+    assert e.value.code == 1
+    assert capsys.readouterr().err == needle + "\n"
+
+
+def test_the_temporary_file_of_an_atomic_write_is_not_named_in_errors(tmp_path):
+    from gdet.io import save_json
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError) as e:
+        save_json({}, tmp_path / "afile" / "sub" / "x.json")
+    assert ".tmp" not in e.value.filename
+    with pytest.raises(IsADirectoryError) as e:
+        save_json({}, tmp_path)
+    assert e.value.filename == str(tmp_path)
+
+
+def test_a_split_is_a_name_and_a_split_file_is_text(tmp_path):
+    from helpers_detection import make_voc
+    data = make_voc(tmp_path / "voc")
+    (tmp_path / "evil.txt").write_text("000001\n")
+    dets = tmp_path / "d.json"
+    dets.write_text("[]")
+    for split in ("../evil", str(tmp_path / "evil"), ".."):
+        r = CliRunner().invoke(main, ["eval", "--data", str(data), "--dets", str(dets), "--split", split])
+        _one_error(r, f"split {split!r}: a split is a name such as train or val, not a path")
+    (data / "ImageSets" / "Main" / "val.txt").write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    r = CliRunner().invoke(main, ["eval", "--data", str(data), "--dets", str(dets), "--split", "val"])
+    _one_error(r, "val.txt: not a text file of image ids")

@@ -17,6 +17,7 @@ from gdet.classification.model import TASK, Normalizer
 from gdet.classification.transforms import INTERPOLATIONS, EvalTransform, TrainTransform
 from gdet.config import complete_config, interval, number, one_of, ordered_pair
 from gdet.data.folder import read_image_folder
+from gdet.data.records import check_split_name
 from gdet.data.loading import ClassificationDataset
 from gdet.data.voc import read_class_file
 from gdet.engine import (autocast, build_loader, compute_loss, load_start_weights, move_to_device, progress,
@@ -151,14 +152,15 @@ class ClassificationTask(Task):
                 raise ConfigError(f"{cfg['resume']}: its class order differs from {root / 'classes.txt'}; "
                                   "resuming would permute the labels")
             names = list(ck["class_names"])
-        paths, labels, self.class_names = read_image_folder(root / cfg["train_split"], names)
+        paths, labels, self.class_names = read_image_folder(root / check_split_name(cfg["train_split"], "train_split"), names)
         aug = dict(scale=cfg["aug_scale"], ratio=cfg["aug_ratio"], brightness=float(cfg["aug_brightness"]),
                    contrast=float(cfg["aug_contrast"]), saturation=float(cfg["aug_saturation"]),
                    lighting=float(cfg["aug_lighting"]), interpolations=cfg["aug_interpolations"],
                    hflip=float(cfg["hflip"]))
         self.val_loader = None
         if cfg.get("val_split"):
-            vpaths, vlabels, _ = read_image_folder(root / cfg["val_split"], self.class_names)
+            vpaths, vlabels, _ = read_image_folder(root / check_split_name(cfg["val_split"], "val_split"),
+                                                 self.class_names)
             self.val_loader = build_loader(ClassificationDataset(vpaths, vlabels, EvalTransform(size)),
                                            batch_size=int(cfg["batch_size"]), train=False, info=info,
                                            num_workers=int(cfg["workers"]), device=device)

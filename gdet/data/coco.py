@@ -110,7 +110,12 @@ def read_coco(json_path: str | os.PathLike, image_root: str | os.PathLike | None
         cid = ck.integer(ck.need(c, "id", f"categories[{i}]"), f"categories[{i}].id")
         if cid in names_by_id:
             raise DataError(f"{json_path}: categories[{i}]: duplicate category id {cid}")
-        names_by_id[cid] = ck.string(ck.need(c, "name", f"categories[{i}]"), f"categories[{i}].name")
+        name = ck.string(ck.need(c, "name", f"categories[{i}]"), f"categories[{i}].name")
+        if name in names_by_id.values():
+            other = next(k for k, v in names_by_id.items() if v == name)
+            raise DataError(f"{json_path}: categories[{i}]: duplicate category name {name!r} (also id {other}); "
+                            "results and class lists name classes, so each name must be unique")
+        names_by_id[cid] = name
     cat_ids = sorted(names_by_id)
     label_of = {cid: k for k, cid in enumerate(cat_ids)}
     class_names = [names_by_id[cid] for cid in cat_ids]
@@ -196,7 +201,8 @@ def _checked_annotation(a, where: str, ck: _Checker, info: dict, label_of: dict,
     bbox = ck.need(a, "bbox", where)
     if not (isinstance(bbox, list) and len(bbox) == 4):
         raise ck.fail(f"{where}.bbox", "4 numbers [x, y, w, h]", bbox)
-    x, y, w, h = (ck.number(v, f"{where}.bbox[{k}]") for k, v in enumerate(bbox))
+    x, y, w, h = (ck.number(v, f"{where}.bbox[{k}]", **({"minimum": 0} if k >= 2 else {}))
+                  for k, v in enumerate(bbox))
     crowd = ck.flag(a.get("iscrowd", 0), f"{where}.iscrowd")
     area = ck.number(a["area"], f"{where}.area", minimum=0) if "area" in a else w * h
     flags = {k: ck.flag(a[k], f"{where}.{k}") for k in _FLAGS + ("ignore",) if k in a}

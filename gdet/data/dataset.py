@@ -11,6 +11,7 @@ from gdet.data.records import (
     BoxSanitizer,
     DataWarning,
     DetectionSet,
+    check_split_name,
     count_stats,
     make_record,
     object_extra,
@@ -20,8 +21,8 @@ from gdet.data.records import (
 from gdet.data.voc import read_voc
 from gdet.errors import DataError
 
-__all__ = ["PER_OBJECT_KEYS", "BoxSanitizer", "DataWarning", "DetectionSet", "count_stats", "image_size",
-           "load_detection_set", "make_record", "object_extra", "path_inside", "report_fixes"]
+__all__ = ["PER_OBJECT_KEYS", "BoxSanitizer", "DataWarning", "DetectionSet", "check_split_name", "count_stats",
+           "image_size", "load_detection_set", "make_record", "object_extra", "path_inside", "report_fixes"]
 
 
 def load_detection_set(path: str | os.PathLike, split: str | None = "val", class_names: list[str] | None = None,
@@ -45,6 +46,8 @@ def load_detection_set(path: str | os.PathLike, split: str | None = "val", class
         DetectionSet
     """
     p = Path(path)
+    if split is not None:
+        check_split_name(split)
     if p.suffix.lower() == ".json":
         return read_coco(p, image_root=image_root, check_images=check_images, clip=clip)
     if not p.exists():

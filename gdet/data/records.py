@@ -161,6 +161,15 @@ def make_record(image_id, path: str, width: int, height: int, objects: list[dict
     return record
 
 
+def check_split_name(split: str, key: str = "split") -> str:
+    """``split`` if it is a plain name (``train``, ``val2017``); a path (``/``, ``\\``, ``..``) is refused, so a
+    split names a file or folder inside the dataset root and nothing beside it."""
+    if not isinstance(split, str) or not split.strip() or "/" in split or "\\" in split or split.strip(".") == "" \
+            or "\x00" in split:
+        raise DataError(f"{key} {split!r}: a split is a name such as train or val, not a path")
+    return split
+
+
 def path_inside(root: str | os.PathLike, name: str, where: str) -> Path:
     """``root / name`` for a file name read from an annotation, refusing any name that leads out of ``root``.
 

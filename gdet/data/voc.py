@@ -133,7 +133,11 @@ def read_split_ids(split_file: Path) -> list[str]:
     """
     per_class = "_" in split_file.stem
     ids = []
-    for n, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = split_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{split_file}: not a text file of image ids (not UTF-8)") from None
+    for n, line in enumerate(text.splitlines(), 1):
         image_id = line.strip()
         if not image_id:
             continue

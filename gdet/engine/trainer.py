@@ -253,48 +253,52 @@ def train_one_epoch(task: Task, run: Run, epoch: int, steps: int) -> dict[str, f
     bar = progress(total=steps, desc=f"epoch {epoch + 1}/{opts.epochs}", leave=False)
     t0 = time.perf_counter()
     step, lr = 0, float(optimizer.param_groups[0]["lr"])
-    for step, batch in enumerate(task.train_batches(epoch), 1):
-        lr = float(optimizer.param_groups[0]["lr"])  # this step's; the scheduler moves it after the step
-        with autocast(run.device, opts.precision):
-            parts = task.loss(net, batch, run)
-        losses = [v for k, v in parts.items() if k.startswith("loss")]
-        if not losses:
-            raise GdetError(f"task {task.name!r}: its loss dict has no 'loss*' entry")
-        total = losses[0] if len(losses) == 1 else torch.stack([v.float() for v in losses]).sum()
-        if scaler is not None:
-            scaler.scale(total).backward()
-            if params is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            total.backward()
-            if params is not None:
-                torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if run.scheduler is not None:
-            run.scheduler.step()
-        if run.ema is not None:
-            run.ema.update_parameters(run.model)
-        with torch.no_grad():
-            if not keys:
-                keys = ["loss"] + [k for k in parts if k != "loss"]
-            vec = torch.stack([total.detach().double()] + [parts[k].detach().double() for k in keys[1:]])
-            if scaler is not None:  # the scaler skips overflowing fp16 steps; so do the statistics
-                vec = torch.where(torch.isfinite(vec), vec, torch.zeros_like(vec))
-            sums = vec if sums is None else sums + vec
-        n += task.count(batch)
-        if step % opts.log_every == 0 or step == steps:
-            cur = float(sums[0]) / step  # .item() synchronises the device, so only every log_every steps
-            if not math.isfinite(cur):
-                raise GdetError(f"training diverged at epoch {epoch + 1} step {step} (loss {cur}); nothing of "
-                                "this epoch was saved; lower lr or set grad_clip")
-            bar.set_postfix(loss=f"{cur:.4f}", lr=f"{lr:.2e}")
-        bar.update(1)
-        if step >= steps:
-            break
+    try:
+        for step, batch in enumerate(task.train_batches(epoch), 1):
+            lr = float(optimizer.param_groups[0]["lr"])  # this step's; the scheduler moves it after the step
+            with autocast(run.device, opts.precision):
+                parts = task.loss(net, batch, run)
+            losses = [v for k, v in parts.items() if k.startswith("loss")]
+            if not losses:
+                raise GdetError(f"task {task.name!r}: its loss dict has no 'loss*' entry")
+            total = losses[0] if len(losses) == 1 else torch.stack([v.float() for v in losses]).sum()
+            if scaler is not None:
+                scaler.scale(total).backward()
+                if params is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                total.backward()
+                if params is not None:
+                    torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if run.scheduler is not None:
+                run.scheduler.step()
+            if run.ema is not None:
+                run.ema.update_parameters(run.model)
+            with torch.no_grad():
+                if not keys:
+                    keys = ["loss"] + [k for k in parts if k != "loss"]
+                vec = torch.stack([total.detach().double()] + [parts[k].detach().double() for k in keys[1:]])
+                if scaler is not None:  # the scaler skips overflowing fp16 steps; so do the statistics
+                    vec = torch.where(torch.isfinite(vec), vec, torch.zeros_like(vec))
+                sums = vec if sums is None else sums + vec
+            n += task.count(batch)
+            if step % opts.log_every == 0 or step == steps:
+                cur = float(sums[0]) / step  # .item() synchronises the device, so only every log_every steps
+                if not math.isfinite(cur):
+                    raise GdetError(f"training diverged at epoch {epoch + 1} step {step} (loss {cur}); nothing of "
+                                    "this epoch was saved; lower lr or set grad_clip")
+                bar.set_postfix(loss=f"{cur:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+            if step >= steps:
+                break
+    except BaseException:
+        bar.close()  # leave=False: erased, so that the command's one-line error starts its own line
+        raise
     bar.close()
     elapsed = time.perf_counter() - t0
     if sums is None:
