@@ -2,9 +2,9 @@
 
 glibc serves an allocation above its mmap threshold (32 MB at most) with a fresh ``mmap`` and unmaps it on free, so
 a network that runs chunk after chunk of regions on a CPU faults its activations in again, page by page and zeroed
-by the kernel, for every chunk. On the 2-core VM the benchmarks name, 2,000 regions through the shared-feature head
-took 1.6 M minor faults and 30 % of their time in the kernel; R-CNN mode 20 %. With ``mmap`` off and the trim
-threshold raised, freed blocks stay in the heap and the next chunk reuses them (``docs/benchmarks.md``).
+by the kernel, for every chunk. With ``mmap`` off and the trim threshold raised, freed blocks stay in the heap and
+the next chunk reuses them: on the 2-core VM of ``docs/benchmarks.md`` R-CNN and shared-feature scoring of 2,000
+regions ran 1.36-1.46x faster, for a higher peak of resident memory.
 
 Every ``gdet`` command and ``tools/`` script turns this on (:func:`gdet.cli.run_guarded`); the process keeps its
 peak host memory until it exits. ``GDET_SYSTEM_MALLOC=1`` keeps the C library's own behaviour. A library user who
