@@ -114,6 +114,13 @@ def test_cli_synth_convert_browse(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["browse", "--data", "{tmp}/nothing", "--out", "{tmp}/o"], "nothing: dataset not found"),
     (["synth", "--out", "{tmp}/s", "--size", "big"], "--size must look like 500x375"),
+    (["synth", "--out", "{tmp}/s", "--size", "100000x100000"],
+     "error: --size: each side must be at most 8192, got 100000x100000"),
+    (["synth", "--out", "{tmp}/s", "--task", "classify", "--crop-size", "0"],
+     "error: --crop-size: 0 is not in the range 1<=x<=8192"),
+    (["synth", "--out", "{tmp}/s", "--task", "classify", "--crop-size", "-4"],
+     "error: --crop-size: -4 is not in the range 1<=x<=8192"),
+    (["synth", "--out", "{tmp}/s", "--seed", "-1"], "error: --seed: -1 is not in the range x>=0"),
     (["convert", "--from", "voc", "--to", "coco", "--data", "{tmp}", "--out", "{tmp}/o"], "not a VOC dataset"),
 ])
 def test_cli_bad_input_is_one_line_error(tmp_path, args, message):
@@ -121,6 +128,24 @@ def test_cli_bad_input_is_one_line_error(tmp_path, args, message):
     assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_generate_refuses_bad_config(tmp_path):
+    """The library checks what the CLI's option types check, before any image is drawn."""
+    from gdet.errors import DataError
+
+    for cfg, message in ((SynthConfig(images=1, width=100000, height=100000),
+                          "--size: each side must be at most 8192, got 100000x100000"),
+                         (SynthConfig(images=1, seed=-1), "--seed: must be a non-negative integer, got -1"),
+                         (SynthConfig(images=1, task="classify", crop_size=0),
+                          r"--crop-size: must be an integer in \[1, 8192\], got 0")):
+        with pytest.raises(DataError, match="^" + message + "$"):
+            generate(cfg, tmp_path / "x", workers=0, show_progress=False)
+    assert not (tmp_path / "x").exists()
+    generate(SynthConfig(images=4, width=96, height=64, task="classify", crop_size=8, seed=2**40), tmp_path / "c",
+             workers=0, show_progress=False)
+    crops = list((tmp_path / "c").rglob("*.jpg"))
+    assert crops and read_image(crops[0]).shape == (8, 8, 3)
 
 
 def test_cli_reports_clipped_boxes(tmp_path):

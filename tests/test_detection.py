@@ -154,6 +154,40 @@ def test_cli_detect_passes_proposal_options(tmp_path):
     assert res.exit_code == 1 and "nope.pth" in res.output
 
 
+def test_cli_detect_refuses_bad_proposal_options_in_one_line(tmp_path):
+    """Proposal options are checked before the proposal workers start (one line, exit code 1); MultiBox's input size
+    comes from its checkpoint; a .npy array named .npz is not a proposal file."""
+    from gdet.cli import main
+
+    root = Path(__file__).resolve().parents[1] / "gdet" / "assets"
+    base = ["detect", "--image", str(root / "sample.jpg"), "--weights", str(root / "detector_synth_fp16.pth"),
+            "--device", "cpu"]
+    mb = ["--proposals", "multibox", "--proposal-weights", str(root / "multibox_synth_fp16.pth")]
+    for extra, line in (
+            (["--opt", "max_side=-5", "--workers", "2"],
+             "--opt max_side: must be an integer in [0, 16384] or null, got -5"),
+            (["--opt", "max_boxes=abc", "--workers", "2"],
+             "--opt max_boxes: must be a positive integer or null, got 'abc'"),
+            (["--proposals", "ss_quality", "--opt", "superpixel_scale=.nan"],
+             "--opt superpixel_scale: must be a positive number, got nan"),
+            ([*mb, "--opt", "top_k=-1"], "--opt top_k: must be a positive integer, got -1"),
+            ([*mb, "--opt", "input_size=320"],
+             "--opt input_size: cannot be set: the MultiBox checkpoint sets it (the input size it was trained at)"),
+            ([*mb, "--opt", "tile_overlap=1"], "--opt tile_overlap: must be a number in [0, 1), got 1")):
+        res = CliRunner().invoke(main, base + extra)
+        assert res.exit_code == 1 and res.stderr == f"error: {line}\n", (extra, res.output)
+    np.save(tmp_path / "a.npy", np.zeros((2, 4), np.float32))
+    (tmp_path / "a.npy").rename(tmp_path / "p.npz")
+    res = CliRunner().invoke(main, base + ["--proposals", str(tmp_path / "p.npz")])
+    assert res.exit_code == 1
+    assert res.stderr == f"error: {tmp_path / 'p.npz'}: not a proposal file (a .npy array, not an .npz archive)\n"
+    # A good value still works, with the workers.
+    res = CliRunner().invoke(main, base + ["--opt", "max_side=96", "--opt", "max_boxes=20", "--workers", "1",
+                                           "--json", str(tmp_path / "d.json")])
+    assert res.exit_code == 0, res.output
+    assert isinstance(json.loads((tmp_path / "d.json").read_text()), list)
+
+
 def test_export_classifier_loads_in_gdet_classify(tmp_path):
     from gdet.backbones import build_backbone
     from gdet.classification.model import load_classifier

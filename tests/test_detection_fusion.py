@@ -45,6 +45,19 @@ def test_fuse_bad_input():
         fuse_detections([A], method="vote")
     with pytest.raises(GdetError):
         fuse_detections([A, B], weights=[1.0])
+    for w in ([float("nan"), 1.0], [float("inf"), 1.0], [1.0, -1.0], [0.0, 0.0]):
+        with pytest.raises(GdetError, match="fuse: score weights must be finite numbers >= 0, not all 0"):
+            fuse_detections([A, B], weights=w)
+
+
+def test_fuse_zero_weight_leaves_a_set_out():
+    """A set weighted 0 contributes nothing: WBF with two such overlapping boxes gave a NaN box (0 / 0)."""
+    z = [_d([[0, 0, 10, 10], [1, 0, 11, 10]], [0.5, 0.4], [0, 0])]
+    for method in ("nms", "wbf"):
+        got = fuse_detections([A, z], method, weights=[1.0, 0.0])[0]
+        want = fuse_detections([A], method)[0]
+        assert torch.isfinite(got["boxes"]).all() and torch.isfinite(got["scores"]).all()
+        assert all(torch.equal(got[k], want[k]) for k in ("boxes", "scores", "labels"))
 
 
 def test_gdet_fuse_of_a_file_with_itself_is_exact(tmp_path):
@@ -77,6 +90,19 @@ def test_gdet_fuse_of_a_file_with_itself_is_exact(tmp_path):
         return sorted(json.loads(out.read_text()), key=lambda e: (e["image_id"], -e["score"]))
 
     assert fuse("nms") == [entries[0], entries[2], entries[3]]
+    # Score weights that are not finite, negative or all zero: one line, exit code 1, nothing written.
+    for weights, line in (("nan,1", "every weight must be a finite number >= 0, got nan in 'nan,1'"),
+                          ("inf,1", "every weight must be a finite number >= 0, got inf in 'inf,1'"),
+                          ("1,-1", "every weight must be a finite number >= 0, got -1 in '1,-1'"),
+                          ("0,0", "at least one weight must be above 0, got '0,0'")):
+        r = CliRunner().invoke(main, ["fuse", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--data", str(voc),
+                                      "--score-weights", weights, "--out", str(tmp_path / "w.json")])
+        assert r.exit_code == 1 and r.stderr == f"error: --score-weights: {line}\n", r.output
+        assert not (tmp_path / "w.json").exists()
+    r = CliRunner().invoke(main, ["fuse", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--data", str(voc),
+                                  "--score-weights", "1,0.5", "--out", str(tmp_path / "w.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "w.json").read_text())[0]["score"] == 0.875
     assert fuse("wbf") == [entries[0], entries[1], entries[2], entries[3]]
     metrics = json.loads((tmp_path / "wbf_m.json").read_text())
     assert metrics["inputs"] == [str(tmp_path / "a.json")] * 2 and "mAP" in metrics["voc"]

@@ -1,4 +1,5 @@
-"""The proposal benchmark (`gdet bench proposals`): its figures are consistent numbers, and bad input is one line."""
+"""The proposal benchmark (`gdet bench proposals`): its figures are consistent numbers, and bad input is one line
+(for every `gdet bench` area's numeric options too)."""
 import json
 
 import pytest
@@ -30,3 +31,25 @@ def test_bench_figures_and_bad_size(tmp_path):
     assert f"{peer:8.3f}" in r.output
     r = CliRunner().invoke(main, ["bench", "proposals", "--size", "big"])
     assert r.exit_code == 1 and r.output == "error: --size 'big': expected WxH, e.g. 500x375\n"
+
+
+@pytest.mark.parametrize("args, line", [
+    (["proposals", "--size", "0x0"], "--size: each side must be between 32 and 8192 pixels, got 0x0"),
+    (["proposals", "--size", "100000x100"], "--size: each side must be between 32 and 8192 pixels, got 100000x100"),
+    (["proposals", "--images", "0"], "--images: 0 is not in the range x>=1"),
+    (["proposals", "--cores", "-1"], "--cores: -1 is not in the range x>=0"),
+    (["eval", "--classes", "0"], "--classes: 0 is not in the range x>=1"),
+    (["eval", "--dets", "-1"], "--dets: -1 is not in the range x>=1"),
+    (["eval", "--images", "0"], "--images: 0 is not in the range x>=1"),
+    (["shared", "--width", "-5"], "--width: -5 is not in the range 32<=x<=8192"),
+    (["shared", "--repeats", "0"], "--repeats: 0 is not in the range x>=1"),
+    (["classify", "--batch", "0"], "--batch: 0 is not in the range x>=1"),
+    (["classify", "--size", "8"], "--size: 8 is not in the range 16<=x<=4096"),
+    (["detect", "--proposals", "0"], "--proposals: 0 is not in the range x>=1"),
+    (["detect", "--chunk", "0"], "--chunk: 0 is not in the range x>=1"),
+    (["loader", "--batch", "0"], "--batch: 0 is not in the range x>=1"),
+    (["loader", "--steps", "0"], "--steps: 0 is not in the range x>=1"),
+])
+def test_bench_option_ranges_are_one_line_errors(args, line):
+    r = CliRunner().invoke(main, ["bench", *args])
+    assert r.exit_code == 1 and r.stderr == f"error: {line}\n", r.output

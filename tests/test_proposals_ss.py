@@ -86,7 +86,7 @@ def test_opencv_modes_and_superpixel_scale():
     assert single.shape[0] > 0
     capped, _ = build_proposer("ss", max_boxes=7).propose(img)
     assert capped.shape[0] == 7
-    with pytest.raises(GdetError, match="strategy"):
+    with pytest.raises(GdetError, match="strategies: must be 1 to 4 of color, texture, size, fill"):
         build_proposer("ss", strategies="colour")
 
 
@@ -130,7 +130,7 @@ def test_missing_ximgproc_message(monkeypatch):
 def test_unknown_method_lists_names():
     with pytest.raises(GdetError, match="known methods: ss, ss_quality, selectivesearch, multibox, combined"):
         build_proposer("edgeboxes")
-    with pytest.raises(GdetError, match="unexpected keyword"):
+    with pytest.raises(GdetError, match="^proposal option colour: proposal method 'ss' has no such option"):
         build_proposer("ss", colour=1)
     assert "combined" in list_proposers()
 
@@ -159,7 +159,7 @@ def test_file_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_proposals(tmp_path / "none.npz")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="bad.npz: not a readable proposal file"):
+    with pytest.raises(DataError, match=r"bad.npz: not a proposal file \(a text file, not an .npz archive\)"):
         load_proposals(tmp_path / "bad.npz")
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(DataError, match="not a gdet proposal file"):
@@ -293,3 +293,108 @@ def test_combine_rule_and_cli(tmp_path):
     r = CliRunner().invoke(main, ["proposals", "combine", "--ss", str(tmp_path / "a.npz"), "--multibox",
                                   str(tmp_path / "e.npz"), "--out", str(tmp_path / "c2.npz")])
     assert r.exit_code == 1 and "no MultiBox proposals" in r.output
+
+
+@pytest.mark.parametrize("opt, line", [
+    ("max_side=abc", "--opt max_side: must be an integer in [0, 16384] or null, got 'abc'"),
+    ("max_side=[1,2]", "--opt max_side: must be an integer in [0, 16384] or null, got [1, 2]"),
+    ("max_side=.nan", "--opt max_side: must be an integer in [0, 16384] or null, got nan"),
+    ("max_side=.inf", "--opt max_side: must be an integer in [0, 16384] or null, got inf"),
+    ("max_side=-5", "--opt max_side: must be an integer in [0, 16384] or null, got -5"),
+    ("max_side=2.5", "--opt max_side: must be an integer in [0, 16384] or null, got 2.5"),
+    ("superpixel_scale=abc", "--opt superpixel_scale: must be a positive number, got 'abc'"),
+    ("superpixel_scale=.nan", "--opt superpixel_scale: must be a positive number, got nan"),
+    ("superpixel_scale=.inf", "--opt superpixel_scale: must be a positive number, got inf"),
+    ("max_boxes=abc", "--opt max_boxes: must be a positive integer or null, got 'abc'"),
+    ("max_boxes=-1", "--opt max_boxes: must be a positive integer or null, got -1"),
+    ("min_size=-5", "--opt min_size: must be a non-negative number, got -5"),
+    ("sigma=-1", "--opt sigma: must be a non-negative number, got -1"),
+    ("base_k=-100", "--opt base_k: must be a positive integer, got -100"),
+    ("seed=-1", "--opt seed: must be an integer in [0, 4294967295], got -1"),
+    ("strategies=colour", "--opt strategies: must be 1 to 4 of color, texture, size, fill (e.g. color,fill) or "
+                          "null, got 'colour'"),
+    ("mode=slow", "--opt mode: unknown option 'slow' (use fast, quality, single)"),
+    ("backend=opencv", "--opt backend: cannot be set: the method name chooses it (ss, ss_quality: OpenCV; "
+                       "selectivesearch: the package)"),
+    ("max_sid=5", "--opt max_sid: proposal method 'ss' has no such option (did you mean 'max_side'?)"),
+])
+def test_cli_compute_refuses_bad_method_options(tmp_path, opt, line):
+    """Every method option's type and range is checked in one place, before the data is read or a worker starts:
+    one line naming the option, exit code 1."""
+    from gdet.cli import main
+
+    root = write_voc(tmp_path / "voc", n=2)
+    r = CliRunner().invoke(main, ["proposals", "compute", "--data", str(root), "--method", "ss", "--out",
+                                  str(tmp_path / "x.npz"), "--workers", "2", "--opt", opt])
+    assert r.exit_code == 1 and r.stderr == f"error: {line}\n", r.output
+    assert not (tmp_path / "x.npz.parts").exists()
+
+
+def test_method_options_are_checked_by_build_proposer():
+    from gdet.proposals import check_options
+
+    with pytest.raises(GdetError, match=r"^proposal option max_boxes: must be a positive integer or null, got -1$"):
+        build_proposer("ss", max_boxes=-1)
+    with pytest.raises(GdetError, match=r"^proposal option tiles: must be an integer in \[1, 16\], got 0$"):
+        build_proposer("multibox", weights="none.pth", tiles=0)
+    with pytest.raises(GdetError, match=r"^proposal option input_size: cannot be set: the MultiBox checkpoint sets"):
+        build_proposer("multibox", weights="none.pth", input_size=320)
+    with pytest.raises(GdetError, match=r"^--opt multibox_kwargs\.nms_iou: must be a number in \[0, 1\], got 2$"):
+        check_options("combined", {"multibox_kwargs": {"nms_iou": 2}}, "--opt ")
+    with pytest.raises(GdetError, match=r"^--opt mode: cannot be set: the selective search mode of 'combined' is"):
+        check_options("combined", {"mode": "quality"}, "--opt ")
+    # Good values pass; whole numbers written as floats become ints (a float slice bound would fail later).
+    assert check_options("ss", {"max_side": 320.0, "max_boxes": 5.0, "min_size": 4, "strategies": "color,fill"}) \
+        == {"max_side": 320, "max_boxes": 5, "min_size": 4.0, "strategies": "color,fill"}
+    assert check_options("ss", {"max_side": None, "max_boxes": None}) == {"max_side": None, "max_boxes": None}
+    img, _ = blob_image(0, 64, 80)
+    boxes, _ = build_proposer("ss", max_side=64.0, max_boxes=3.0).propose(img)
+    assert boxes.shape[0] == 3
+
+
+def test_cli_compute_weights_only_for_multibox(tmp_path):
+    from gdet.cli import main
+
+    r = CliRunner().invoke(main, ["proposals", "compute", "--data", str(tmp_path), "--method", "ss",
+                                  "--proposal-weights", str(tmp_path / "mb.pth"), "--out", str(tmp_path / "x.npz")])
+    assert r.exit_code == 1
+    assert r.stderr == ("error: --proposal-weights: method 'ss' uses no MultiBox checkpoint (multibox and combined "
+                        "do)\n")
+
+
+def test_proposal_file_that_is_not_an_npz_archive(tmp_path):
+    """A .npy array, a JSON or text file, a pickle named .npz: said so, not numpy's TypeError or its advice to
+    load pickles unsafely."""
+    import pickle
+
+    from gdet.cli import main
+
+    np.save(tmp_path / "arr.npy", np.zeros((3, 4), np.float32))
+    (tmp_path / "arr.npy").rename(tmp_path / "x.npz")
+    (tmp_path / "j.npz").write_text('{"boxes": [[0, 0, 1, 1]]}\n')
+    (tmp_path / "p.npz").write_bytes(pickle.dumps({"boxes": [0.0]}, protocol=2))
+    (tmp_path / "e.npz").write_bytes(b"")
+    for name, kind in (("x", "a .npy array"), ("j", "a text file"), ("p", "a Python pickle"),
+                       ("e", "an empty file")):
+        path = tmp_path / f"{name}.npz"
+        r = CliRunner().invoke(main, ["proposals", "info", str(path)])
+        assert r.exit_code == 1
+        assert r.stderr == f"error: {path}: not a proposal file ({kind}, not an .npz archive)\n"
+    r = CliRunner().invoke(main, ["proposals", "eval", "--data", str(write_voc(tmp_path / "voc", n=1)),
+                                  "--proposals", str(tmp_path / "x.npz")])
+    assert r.exit_code == 1 and r.stderr.endswith("x.npz: not a proposal file (a .npy array, not an .npz archive)\n")
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "2", "inf"])
+def test_cli_combine_dup_iou_range(tmp_path, value):
+    from gdet.cli import main
+
+    a = ProposalSet.from_lists(["x"], [torch.tensor([[0.0, 0, 10, 10]])], [torch.ones(1)], [(20, 20)])
+    save_proposals(tmp_path / "a.npz", a)
+    args = ["proposals", "combine", "--ss", str(tmp_path / "a.npz"), "--multibox", str(tmp_path / "a.npz"),
+            "--out", str(tmp_path / "c.npz")]
+    r = CliRunner().invoke(main, [*args, "--dup-iou", value])
+    assert r.exit_code == 1 and r.stderr.startswith("error: --dup-iou: ") and len(r.stderr.splitlines()) == 1
+    assert "is not in the range 0" in r.stderr and not (tmp_path / "c.npz").exists()
+    r = CliRunner().invoke(main, [*args, "--dup-iou", "1"])
+    assert r.exit_code == 0, r.output

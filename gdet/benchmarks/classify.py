@@ -160,6 +160,11 @@ def run_benchmark(device: str = "auto", batch: int | None = None, size: int | No
     size = size or (224 if gpu else 160)
     iters = iters or (20 if gpu else 2)
     precs = (precisions or ("fp32,bf16,fp16" if gpu else "fp32")).split(",")
+    for prec in precs:  # all checked before the first is timed
+        if prec not in ("fp32", "bf16", "fp16"):
+            from gdet.errors import GdetError
+
+            raise GdetError(f"--precisions: unknown precision {prec!r} (use fp32, bf16, fp16)")
     if gpu:
         torch.backends.cudnn.benchmark = True
         name = torch.cuda.get_device_name(dev)
@@ -169,10 +174,6 @@ def run_benchmark(device: str = "auto", batch: int | None = None, size: int | No
     x = torch.randn(batch, 3, size, size, device=dev)
     rows = []
     for prec in precs:
-        if prec not in ("fp32", "bf16", "fp16"):
-            from gdet.errors import GdetError
-
-            raise GdetError(f"--precisions: unknown precision {prec!r} (use fp32, bf16, fp16)")
         rows += table_rows(measure(build_candidates(dev, prec, classes, compile_what), x, iters, repeats, dev),
                            prec, batch)
         if gpu and prec != "fp32":
@@ -194,11 +195,14 @@ def format_table(rows: list[dict]) -> list[str]:
 
 @click.command()
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch", default=None, type=int, help="Batch size (default: 128 on GPU, 8 on CPU).")
-@click.option("--size", default=None, type=int, help="Input side (default: 224 on GPU, 160 on CPU).")
-@click.option("--iters", default=None, type=int, help="Timed calls per repeat (default: 20 GPU, 2 CPU).")
-@click.option("--repeats", default=5, show_default=True, help="Interleaved repeats; the median is reported.")
-@click.option("--classes", default=1000, show_default=True)
+@click.option("--batch", default=None, type=click.IntRange(min=1), help="Batch size (default: 128 on GPU, 8 on CPU).")
+@click.option("--size", default=None, type=click.IntRange(16, 4096),
+              help="Input side (default: 224 on GPU, 160 on CPU).")
+@click.option("--iters", default=None, type=click.IntRange(min=1),
+              help="Timed calls per repeat (default: 20 GPU, 2 CPU).")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Interleaved repeats; the median is reported.")
+@click.option("--classes", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--precisions", default=None, help="Comma list (default: fp32 on CPU; fp32,bf16,fp16 on GPU).")
 @click.option("--compile", "compile_what", type=click.Choice(["none", "torchvision", "all"]), default="torchvision",
               show_default=True, help="Which networks are also timed under torch.compile (all: gdet's runtime too).")

@@ -254,14 +254,19 @@ def run_benchmark(device: str = "auto", n_props: int = 2000, input_size: int | N
 
 @click.command()
 @click.option("--device", default="auto", show_default=True)
-@click.option("--proposals", "n_props", default=2000, show_default=True, help="Proposals per image.")
-@click.option("--input-size", default=None, type=int, help="Crop side (default: 224 on GPU, 48 on CPU).")
+@click.option("--proposals", "n_props", default=2000, show_default=True, type=click.IntRange(min=1),
+              help="Proposals per image.")
+@click.option("--input-size", default=None, type=click.IntRange(16, 4096),
+              help="Crop side (default: 224 on GPU, 48 on CPU).")
 @click.option("--precision", default=None, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="Network precision (default auto: fp16 channels-last on GPU, fp32 on CPU).")
-@click.option("--chunk", default=None, type=int, help="Crops per network call (default 500 on GPU, 250 on CPU).")
-@click.option("--images", "n_images", default=4, show_default=True, help="Images for the pipeline throughput.")
-@click.option("--workers", default=None, type=int, help="Proposal workers for the overlapped run (default: CPUs).")
-@click.option("--repeats", default=3, show_default=True)
+@click.option("--chunk", default=None, type=click.IntRange(min=1),
+              help="Crops per network call (default 500 on GPU, 250 on CPU).")
+@click.option("--images", "n_images", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Images for the pipeline throughput.")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="Proposal workers for the overlapped run (default: CPUs).")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--source", type=click.Choice(["ss", "random"]), default="ss", show_default=True,
               help="Proposals: selective search, or random boxes (no OpenCV ximgproc needed; proposal time ~0).")
 @click.option("--backbone", default="googlenet", show_default=True,

@@ -122,10 +122,10 @@ def _max_difference(a, b) -> float:
 
 
 @click.command()
-@click.option("--images", default=5000, show_default=True)
-@click.option("--classes", default=20, show_default=True)
-@click.option("--dets", default=100, show_default=True, help="detections per image")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--images", default=5000, show_default=True, type=click.IntRange(min=1))
+@click.option("--classes", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--dets", default=100, show_default=True, type=click.IntRange(min=1), help="detections per image")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--skip-pycocotools", is_flag=True,
               help="do not time pycocotools' own COCOeval (the slow part) nor faster-coco-eval")
 def main(images, classes, dets, seed, skip_pycocotools):

@@ -90,26 +90,34 @@ def _rate(fn, n_batches: int, batch: int, device) -> float:
 @click.command()
 @click.option("--data", default=None, type=click.Path(exists=True, file_okay=False),
               help="Image folder root/<class>/*.jpg, or a dataset root with train/ (default: generate one).")
-@click.option("--images", default=200, show_default=True, help="Generated images (without --data).")
-@click.option("--image-size", default=128, show_default=True, help="Side of the generated images.")
+@click.option("--images", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Generated images (without --data).")
+@click.option("--image-size", default=128, show_default=True, type=click.IntRange(32, 8192),
+              help="Side of the generated images.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--backbone", default="googlenet_tv", show_default=True)
-@click.option("--size", default=None, type=int, help="Network input side (default: 224 on GPU, 112 on CPU).")
-@click.option("--batch", default=None, type=int, help="Batch size (default: 256 on GPU, 32 on CPU).")
-@click.option("--workers", default=None, type=int, help="Loader worker processes (default: all CPUs on GPU, 1 on CPU).")
+@click.option("--size", default=None, type=click.IntRange(16, 4096),
+              help="Network input side (default: 224 on GPU, 112 on CPU).")
+@click.option("--batch", default=None, type=click.IntRange(min=1), help="Batch size (default: 256 on GPU, 32 on CPU).")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="Loader worker processes (default: all CPUs on GPU, 1 on CPU).")
 @click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Default: bf16 on GPU, fp32 on CPU.")
 @click.option("--channels-last/--no-channels-last", default=None, help="Default: on for GPU.")
-@click.option("--steps", default=None, type=int, help="Timed batches per measurement (default: 30 GPU, 3 CPU).")
-@click.option("--warmup", default=None, type=int, help="Untimed batches first (default: 5 GPU, 1 CPU).")
-@click.option("--repeats", default=1, show_default=True, help="Interleaved repeats; the median is reported.")
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Timed batches per measurement (default: 30 GPU, 3 CPU).")
+@click.option("--warmup", default=None, type=click.IntRange(min=0),
+              help="Untimed batches first (default: 5 GPU, 1 CPU).")
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Interleaved repeats; the median is reported.")
 @click.option("--paths", "which", default="cpu,gpu", show_default=True,
               help="Input paths to time: cpu (per-image workers), gpu (batched on the device).")
-@click.option("--prefetch", default=2, show_default=True, help="Batches the batched path prepares ahead.")
+@click.option("--prefetch", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Batches the batched path prepares ahead.")
 @click.option("--resize", "resize_method", default="auto", show_default=True,
               type=click.Choice(["auto", "loop", "matrix"]),
               help="Batched path's crop+resize: per-image loop, batched resampling matrices, auto (matrix on GPU).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 def main(data, images, image_size, device, backbone, size, batch, workers, precision, channels_last, steps, warmup,
          repeats, which, prefetch, resize_method, seed):
     """Images/s of the per-image CPU input path vs the batched device path: loader only, step only, end to end."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from gdet.cli import write_json
-from gdet.data.synth import SynthConfig, generate_image
+from gdet.data.synth import MAX_SIDE, SynthConfig, generate_image
 from gdet.errors import GdetError
 from gdet.proposals import build_proposer
 from gdet.proposals.multibox import MultiBoxProposer, build_multibox
@@ -56,14 +56,16 @@ def _random_multibox(device: str):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--images", default=10, show_default=True, help="Images per method (the first is a warm-up).")
-@click.option("--size", default="500x375", show_default=True, help="Image size WxH.")
+@click.option("--images", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Images per method (the first is a warm-up).")
+@click.option("--size", default="500x375", show_default=True, help=f"Image size WxH (each side 32 to {MAX_SIDE}).")
 @click.option("--proposal-weights", "weights", default=None, type=click.Path(dir_okay=False),
               help="A MultiBox checkpoint (default: random googlenet at 224 px; the speed does not depend on "
                    "the weights).")
 @click.option("--device", default="cpu", show_default=True, help="Where MultiBox runs.")
 @click.option("--skip-package", is_flag=True, help="Skip the slow pure-Python selectivesearch package.")
-@click.option("--cores", default=0, show_default=True, help="Processes for the all-cores run (0: all CPUs).")
+@click.option("--cores", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Processes for the all-cores run (0: all CPUs).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write the figures as JSON (- for stdout).")
 def main(images, size, weights, device, skip_package, cores, json_path):
@@ -72,8 +74,8 @@ def main(images, size, weights, device, skip_package, cores, json_path):
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise GdetError(f"--size {size!r}: expected WxH, e.g. 500x375") from None
-    if images < 1:
-        raise GdetError("--images must be at least 1")
+    if not (32 <= width <= MAX_SIDE and 32 <= height <= MAX_SIDE):
+        raise GdetError(f"--size: each side must be between 32 and {MAX_SIDE} pixels, got {width}x{height}")
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     ims = _images(images, width, height)

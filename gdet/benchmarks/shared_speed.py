@@ -136,22 +136,26 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
 @click.command()
 @click.option("--backbones", default="googlenet,googlenet_tv", show_default=True, help="Comma list of registry names.")
 @click.option("--proposals", default="2000,500", show_default=True, help="Comma list of proposals per image.")
-@click.option("--width", default=640, show_default=True)
-@click.option("--height", default=480, show_default=True)
+@click.option("--width", default=640, show_default=True, type=click.IntRange(32, 8192))
+@click.option("--height", default=480, show_default=True, type=click.IntRange(32, 8192))
 @click.option("--scales", default="600", show_default=True, help="Shared mode: comma list of shorter sides.")
-@click.option("--max-size", default=1000, show_default=True, help="Shared mode: cap on the longer side.")
-@click.option("--pooled-size", default=None, type=int, help="Shared mode: pooled region side (default: the stage's "
+@click.option("--max-size", default=1000, show_default=True, type=click.IntRange(1, 8192),
+              help="Shared mode: cap on the longer side.")
+@click.option("--pooled-size", default=None, type=click.IntRange(min=1),
+              help="Shared mode: pooled region side (default: the stage's "
               "size at the backbone's input size, 14 for GoogLeNet).")
 @click.option("--stage", default=None, help="Shared mode: feature_info stage regions are pooled from (default: "
               "the deepest stride-16 one, inception4e for GoogLeNet).")
 @click.option("--input-size", default=None, type=click.IntRange(min=16),
               help="R-CNN mode's crop side (default: the backbone's, 224 for GoogLeNet; 48 for the shipped detector).")
-@click.option("--sampling-ratio", default=1, show_default=True, help="Shared mode: roi_align samples per bin and axis.")
-@click.option("--rcnn-sample", default=128, show_default=True,
+@click.option("--sampling-ratio", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Shared mode: roi_align samples per bin and axis (0: adaptive).")
+@click.option("--rcnn-sample", default=128, show_default=True, type=click.IntRange(min=1),
               help="Time R-CNN mode on this many proposals and scale linearly to N.")
 @click.option("--rcnn-full", is_flag=True, help="Time R-CNN mode on all N proposals (minutes per image on a CPU).")
-@click.option("--repeats", default=1, show_default=True, help="Timed calls per measurement (median).")
-@click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's).")
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Timed calls per measurement (median).")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: torch's).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="The inference runtime's precision for both modes (auto: fp16 channels-last on CUDA, fp32 on a "

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gdet.data.records import DataWarning
+from gdet.data.synth import MAX_SIDE
 from gdet.errors import DataError
 
 
@@ -37,14 +38,15 @@ def data():
 @data.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
 @click.option("--images", default=1000, show_default=True, help="number of scene images")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--format", "fmt", type=click.Choice(["voc", "coco", "both"]), default="both", show_default=True)
-@click.option("--size", default="500x375", show_default=True, help="WIDTHxHEIGHT")
+@click.option("--size", default="500x375", show_default=True, help=f"WIDTHxHEIGHT (each side 32 to {MAX_SIDE})")
 @click.option("--task", type=click.Choice(["detect", "classify"]), default="detect", show_default=True,
               help="classify: object-centred crops as an image folder out/{train,val}/<class>/")
 @click.option("--val-fraction", default=0.2, show_default=True)
-@click.option("--crop-size", default=128, show_default=True, help="classify: crop side in pixels")
-@click.option("--workers", default=None, type=int, help="processes (default: all CPUs)")
+@click.option("--crop-size", default=128, show_default=True, type=click.IntRange(1, MAX_SIDE),
+              help="classify: crop side in pixels")
+@click.option("--workers", default=None, type=click.IntRange(min=0), help="processes (default: all CPUs)")
 def synth(out, images, seed, fmt, size, task, val_fraction, crop_size, workers):
     """Generate the synthetic shapes benchmark (deterministic for a seed)."""
     import time

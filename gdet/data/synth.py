@@ -52,6 +52,7 @@ _GRAY_SOURCES = ("brick", "grass", "gravel", "camera", "moon", "page", "text", "
 
 DIFFICULT_VISIBLE = 0.4   # visible fraction below which an object is `difficult`
 DIFFICULT_SIZE = 20       # box side (the longer one) below which an object is `difficult`
+MAX_SIDE = 8192           # pixels: the largest image (or crop) side generated
 DROP_VISIBLE = 0.08       # below this visible fraction (or 30 visible pixels) an object is not annotated
 
 
@@ -429,6 +430,12 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, formats: tuple[str, ...] 
         raise DataError(f"--images must be at least 1, got {cfg.images}")
     if cfg.width < 32 or cfg.height < 32:
         raise DataError(f"image size {cfg.width}x{cfg.height} is too small (at least 32x32)")
+    if cfg.width > MAX_SIDE or cfg.height > MAX_SIDE:
+        raise DataError(f"--size: each side must be at most {MAX_SIDE}, got {cfg.width}x{cfg.height}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise DataError(f"--seed: must be a non-negative integer, got {cfg.seed!r}")
+    if isinstance(cfg.crop_size, bool) or not isinstance(cfg.crop_size, int) or not 1 <= cfg.crop_size <= MAX_SIDE:
+        raise DataError(f"--crop-size: must be an integer in [1, {MAX_SIDE}], got {cfg.crop_size!r}")
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.task not in ("detect", "classify"):

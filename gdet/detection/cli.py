@@ -2,6 +2,7 @@
 = tools/fuse_dets.py)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -237,9 +238,15 @@ def _score_weights(text: str | None) -> list[float] | None:
     if not text:
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        weights = [float(x) for x in text.split(",")]
     except ValueError:
         raise GdetError(f"--score-weights {text!r}: expected comma-separated numbers") from None
+    bad = [w for w in weights if not (math.isfinite(w) and w >= 0)]
+    if bad:
+        raise GdetError(f"--score-weights: every weight must be a finite number >= 0, got {bad[0]:g} in {text!r}")
+    if not any(weights):
+        raise GdetError(f"--score-weights: at least one weight must be above 0, got {text!r}")
+    return weights
 
 
 @click.command("fuse", context_settings=CONTEXT)
@@ -251,7 +258,8 @@ def _score_weights(text: str | None) -> list[float] | None:
               help="nms: concatenate, per-class NMS; wbf: weighted boxes fusion.")
 @click.option("--iou", "iou_thr", type=click.FloatRange(0, 1), default=None,
               help="NMS IoU (default 0.3) or WBF cluster IoU (0.55).")
-@click.option("--score-weights", default=None, help="Comma-separated score weight per file (default: equal).")
+@click.option("--score-weights", default=None,
+              help="Comma-separated score weight per file, each >= 0 (default: equal; 0 leaves a file out).")
 @click.option("--max-dets", default=DEFAULTS["max_dets"], show_default=True, type=click.IntRange(min=1))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Fused result file (COCO-style JSON).")
 @click.option("--metrics", default="", help="Metrics to print for the fused result (e.g. voc,coco).")
@@ -259,10 +267,10 @@ def _score_weights(text: str | None) -> list[float] | None:
               help="Write the metrics as JSON (- for stdout).")
 def fuse(dets, data, split, method, iou_thr, score_weights, max_dets, out, metrics, json_path):
     """Fuse COCO-style detection result files of the same images (offline ensembling)."""
+    weights = _score_weights(score_weights)  # checked before anything is read
     dset = load_detection_set(data, split=split, check_images=False)
     per_model = [read_results(p, dset.records, dset.class_names, dset.category_ids) for p in dets]
-    fused = fuse_detections(per_model, method=method, iou_thr=iou_thr, weights=_score_weights(score_weights),
-                            max_dets=max_dets)
+    fused = fuse_detections(per_model, method=method, iou_thr=iou_thr, weights=weights, max_dets=max_dets)
     n = write_results(out, dset.records, fused, dset.class_names, dset.category_ids)
     click.echo(f"wrote {out}: {n} detections fused from {len(dets)} files ({method})")
     metric_list = _metrics(metrics)

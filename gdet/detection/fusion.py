@@ -14,6 +14,7 @@ paper's ensemble; these methods are for results that were produced separately.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -67,7 +68,7 @@ def fuse_detections(per_model: Sequence[Sequence[dict]], method: str = "nms", io
         per_model: M lists (one per model) of per-image ``{"boxes", "scores", "labels"}``, same image order.
         method: ``nms`` or ``wbf`` (see the module docstring).
         iou_thr: NMS threshold (default 0.3) or WBF cluster threshold (default 0.55).
-        weights: M score multipliers (default 1 each).
+        weights: M score multipliers, finite and >= 0, not all 0 (default 1 each); a set weighted 0 is left out.
         max_dets: detections kept per image.
     Returns:
         per-image fused detections.
@@ -83,6 +84,10 @@ def fuse_detections(per_model: Sequence[Sequence[dict]], method: str = "nms", io
     w = [1.0] * m if weights is None else [float(x) for x in weights]
     if len(w) != m:
         raise GdetError(f"fuse: {len(w)} weights for {m} detection sets")
+    if not all(math.isfinite(x) and x >= 0 for x in w) or not any(w):  # else NaN or infinite boxes and scores
+        raise GdetError(f"fuse: score weights must be finite numbers >= 0, not all 0, got {w}")
+    used = [k for k in range(m) if w[k] > 0]  # a weight of 0 leaves the set out (its scores would all be 0)
+    per_model, w, m = [per_model[k] for k in used], [w[k] for k in used], len(used)
     thr = iou_thr if iou_thr is not None else (0.3 if method == "nms" else 0.55)
     out = []
     for i in range(n):

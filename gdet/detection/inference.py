@@ -20,7 +20,7 @@ from gdet.detection.model import Detector, EnsembleDetector, detect_image
 from gdet.engine import erase_on_error, progress
 from gdet.errors import GdetError
 from gdet.io import atomic_write
-from gdet.proposals import ProposalSet, build_proposer, list_proposers, load_proposals
+from gdet.proposals import ProposalSet, build_proposer, check_options, list_proposers, load_proposals
 from gdet.structures import ImageRecord
 
 __all__ = ["DEFAULTS", "EVAL_MAX_PROPOSALS", "EVAL_SCORE_THR", "ProposalSource", "detect_records", "detections_to_rows",
@@ -89,11 +89,13 @@ class ProposalSource:
             ``multibox``, ``combined``), the path of a ``.npz`` proposal file, or a loaded
             :class:`~gdet.proposals.ProposalSet`.
         weights: the MultiBox checkpoint of ``multibox`` and ``combined``.
-        options: method options (e.g. ``{"max_side": 500}``; ``--opt KEY=VALUE`` on the command line).
+        options: method options (e.g. ``{"max_side": 500}``; ``--opt KEY=VALUE`` on the command line), checked
+            here, before any proposal worker starts.
+        options_label: how an error names an option before its key (``--opt max_side: must be ...``).
     """
 
     def __init__(self, spec: str | os.PathLike | ProposalSet, weights: str | os.PathLike | None = None,
-                 options: dict | None = None):
+                 options: dict | None = None, options_label: str = "--opt "):
         self.proposer = None
         self.file: ProposalSet | None = None
         self.method_kwargs: dict = {}
@@ -101,7 +103,7 @@ class ProposalSource:
             self.spec, self.file = "proposal set", spec
         elif str(spec) in list_proposers():
             self.spec = str(spec)
-            kw = dict(options or {})
+            kw = check_options(self.spec, options, options_label)
             if self.spec in METHODS_WITH_WEIGHTS:
                 if not weights:
                     raise GdetError(f"proposals {self.spec!r} need a MultiBox checkpoint (--proposal-weights)")

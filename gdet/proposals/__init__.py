@@ -16,6 +16,7 @@ from gdet.proposals.base import Proposer
 from gdet.proposals.combined import build_combined
 from gdet.proposals.files import ProposalSet, load_proposals, save_proposals
 from gdet.proposals.multibox import MultiBoxProposer
+from gdet.proposals.options import check_options
 from gdet.proposals.selective_search import SelectiveSearch
 
 
@@ -61,10 +62,12 @@ def build_proposer(name: str, **kwargs: Any) -> Proposer:
             ``"selectivesearch"`` (the pure-Python package), ``"multibox"`` (needs ``weights=PATH``) or
             ``"combined"`` (selective search + top-200 MultiBox; needs ``weights=PATH``).
         **kwargs: the method's options (see :class:`~gdet.proposals.selective_search.SelectiveSearch`,
-            :class:`~gdet.proposals.multibox.MultiBoxProposer`, :func:`~gdet.proposals.combined.build_combined`).
+            :class:`~gdet.proposals.multibox.MultiBoxProposer`, :func:`~gdet.proposals.combined.build_combined`),
+            their types and ranges checked first by :func:`~gdet.proposals.options.check_options`.
     """
     if name not in PROPOSERS:
         raise GdetError(f"unknown proposal method {name!r}; known methods: {', '.join(PROPOSERS)}")
+    kwargs = check_options(name, kwargs)
     try:
         return PROPOSERS[name](**kwargs)
     except TypeError as e:
@@ -75,4 +78,5 @@ def build_proposer(name: str, **kwargs: Any) -> Proposer:
         raise GdetError(f"proposal method {name!r}: bad option value in {kwargs}: {e}") from None
 
 
-__all__ = ["ProposalSet", "Proposer", "build_proposer", "list_proposers", "load_proposals", "save_proposals"]
+__all__ = ["ProposalSet", "Proposer", "build_proposer", "check_options", "list_proposers", "load_proposals",
+           "save_proposals"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -11,12 +12,29 @@ from gdet.config import parse_override
 from gdet.data import load_detection_set
 from gdet.errors import GdetError
 from gdet.parallel import process_group_from_env
+from gdet.proposals import check_options
 from gdet.proposals.combined import combine_sets
 from gdet.proposals.compute import compute_proposals
 from gdet.proposals.evaluation import evaluate_proposals, format_table, plot_recall_curves
 from gdet.proposals.files import load_proposals, save_proposals
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class UnitInterval(click.FloatRange):
+    """A number in [0, 1]; unlike click's FloatRange, NaN is refused too."""
+
+    name = "float range"
+
+    def __init__(self):
+        super().__init__(0.0, 1.0)
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if math.isnan(rv):
+            describe = getattr(self, "_describe_range", lambda: "0<=x<=1")
+            self.fail(f"{value} is not in the range {describe()}", param, ctx)
+        return rv
 
 
 def parse_options(items: tuple[str, ...]) -> dict:
@@ -55,8 +73,11 @@ def compute_cmd(data, split, method, weights, out, workers, opts, limit, keep_pa
 
     Under torchrun (any number of processes and nodes) the images are shared out over the ranks and rank 0
     writes OUT."""
-    kwargs = parse_options(opts)
+    kwargs = check_options(method, parse_options(opts), "--opt ")  # before the data is read or a worker starts
     if weights is not None:
+        if method not in ("multibox", "combined"):
+            raise GdetError(f"--proposal-weights: method {method!r} uses no MultiBox checkpoint (multibox and "
+                            "combined do)")
         kwargs["weights"] = weights
     if method in ("multibox", "combined") and "weights" not in kwargs:
         raise GdetError(f"method {method!r} needs --proposal-weights PATH (a MultiBox checkpoint from "
@@ -66,7 +87,8 @@ def compute_cmd(data, split, method, weights, out, workers, opts, limit, keep_pa
     items = [(r.image_id, r.path) for r in records]
     with process_group_from_env() as info:
         res = compute_proposals(items, method, out, method_kwargs=kwargs, workers=workers,
-                                meta={"data": str(data), "split": split}, keep_parts=keep_parts, distributed=True)
+                                meta={"data": str(data), "split": split}, keep_parts=keep_parts, distributed=True,
+                                options_label="--opt ")
     if info.is_main:
         click.echo(f"{res['out']}: {res['images']} images ({res['computed']} computed, {res['reused']} reused), "
                    f"{res['boxes_per_image']:.1f} boxes per image")
@@ -77,7 +99,7 @@ def compute_cmd(data, split, method, weights, out, workers, opts, limit, keep_pa
 @click.option("--multibox", "mb_path", required=True, help="MultiBox proposal file (.npz).")
 @click.option("--out", "out", required=True, help="Output proposal file (.npz).")
 @click.option("--top-k", default=200, show_default=True, type=click.IntRange(0), help="MultiBox boxes kept.")
-@click.option("--dup-iou", default=0.9, show_default=True, type=float,
+@click.option("--dup-iou", default=0.9, show_default=True, type=UnitInterval(),
               help="IoU at which a selective-search box duplicates a MultiBox box.")
 def combine_cmd(ss_path, mb_path, out, top_k, dup_iou):
     """Combine precomputed selective-search and MultiBox files as the `combined` method does."""

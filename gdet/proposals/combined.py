@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from gdet.errors import DataError
+from gdet.errors import DataError, GdetError
 from gdet.proposals.base import Proposer, dedupe_boxes
 from gdet.proposals.files import ProposalSet
 from gdet.proposals.multibox import MultiBoxProposer
@@ -60,6 +60,10 @@ def combine(mb_boxes: Tensor, mb_scores: Tensor, ss_boxes: Tensor, ss_scores: Te
 
 def combine_sets(ss: ProposalSet, multibox: ProposalSet, top_k: int = 200, dup_iou: float = 0.9) -> ProposalSet:
     """:func:`combine` image by image for two proposal files (the images of ``ss``, in its order)."""
+    if not 0.0 <= dup_iou <= 1.0:  # NaN too
+        raise GdetError(f"dup_iou: must be a number in [0, 1], got {dup_iou!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise GdetError(f"top_k: must be a non-negative integer, got {top_k!r}")
     missing = [i for i in ss.image_ids if i not in multibox]
     if missing:
         raise DataError(f"{len(missing)} images of the selective-search set have no MultiBox proposals "

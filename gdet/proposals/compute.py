@@ -17,7 +17,7 @@ from gdet.engine.distributed import all_gather_objects
 from gdet.errors import DataError, GdetError
 from gdet.io import atomic_path, load_json, save_json
 from gdet.parallel import rank_world, shard
-from gdet.proposals import build_proposer
+from gdet.proposals import build_proposer, check_options
 from gdet.proposals.files import ProposalSet, load_proposals, save_proposals
 
 
@@ -144,7 +144,8 @@ def _compute(todo: list, method: str, method_kwargs: dict, parts: Path, workers:
 
 def compute_proposals(items: Sequence[tuple[Any, str]], method: str, out: str | os.PathLike,
                       method_kwargs: dict | None = None, workers: int = 0, meta: dict | None = None,
-                      keep_parts: bool = False, threads_per_worker: int = 1, distributed: bool = False) -> dict:
+                      keep_parts: bool = False, threads_per_worker: int = 1, distributed: bool = False,
+                      options_label: str = "proposal option ") -> dict:
     """Compute proposals for ``items`` = ``[(image_id, image_path), ...]`` and write them to ``out`` (.npz).
 
     Finished images are kept in ``<out>.parts/`` as they complete, so an interrupted run resumes where it
@@ -166,6 +167,7 @@ def compute_proposals(items: Sequence[tuple[Any, str]], method: str, out: str | 
         keep_parts: keep ``<out>.parts/`` after writing ``out``.
         threads_per_worker: torch / OpenCV threads of each worker.
         distributed: share the work over the ranks of the current process group (ignored without one).
+        options_label: how an error names a method option before its key (``"--opt "`` on the command line).
 
     Returns:
         ``{"images", "computed", "reused", "boxes_per_image", "out", "rank_computed"}`` (the same on every
@@ -179,7 +181,7 @@ def compute_proposals(items: Sequence[tuple[Any, str]], method: str, out: str | 
     if len(set(ids)) != len(ids):
         raise DataError("duplicate image ids in the dataset")
     rank, world = rank_world() if distributed else (0, 1)
-    method_kwargs = dict(method_kwargs or {})
+    method_kwargs = check_options(method, method_kwargs, options_label)  # before any worker starts
     settings = build_proposer(method, **method_kwargs).config()  # validates the options before any work
     settings = json.loads(json.dumps(settings))  # as it will read back from JSON
     parts = parts_dir(out)

@@ -22,6 +22,7 @@ atomically) beside ``<out>.parts/config.json``; a rerun skips them, and the dire
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import zipfile
@@ -136,6 +137,21 @@ def save_proposals(path: str | os.PathLike, proposals: ProposalSet) -> None:
                 sizes=proposals.sizes, meta=np.array(json.dumps(proposals.meta, sort_keys=True)))
 
 
+def _kind(head: bytes) -> str:
+    """What a file that is not a zip archive is, from its first bytes (for the error message)."""
+    if head.startswith(b"\x93NUMPY"):
+        return "a .npy array"
+    if head[:1] == b"\x80":
+        return "a Python pickle"
+    if not head:
+        return "an empty file"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at the end is not an error
+    except UnicodeDecodeError:
+        return "a binary file"
+    return "a text file" if b"\x00" not in head else "a binary file"
+
+
 def load_proposals(path: str | os.PathLike) -> ProposalSet:
     """Read a proposal file.
 
@@ -147,6 +163,13 @@ def load_proposals(path: str | os.PathLike) -> ProposalSet:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: proposal file not found")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not head.startswith(b"PK"):  # every .npz is a zip archive
+        raise DataError(f"{path}: not a proposal file ({_kind(head)}, not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
