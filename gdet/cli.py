@@ -12,6 +12,7 @@ import difflib
 import functools
 import importlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -43,6 +44,17 @@ def device_options(f):
                      help="Network arithmetic: auto = fp16 on CUDA, fp32 on CPU.")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")(f)
     return f
+
+
+class FloatRange(click.FloatRange):
+    """click's ``FloatRange`` that also refuses NaN (which compares false with every bound, so click lets it in)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if isinstance(rv, float) and math.isnan(rv):
+            describe = getattr(self, "_describe_range", lambda: f"{self.min}..{self.max}")
+            self.fail(f"{value!r} is not in the range {describe()}", param, ctx)
+        return rv
 
 
 def int_list(text: str, option: str) -> list[int]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from gdet.cli import CONTEXT, device_options, int_list, note_shipped_weights, write_json
+from gdet.cli import (CONTEXT, FloatRange, device_options, int_list, note_shipped_weights, refuse_overwriting_inputs,
+                      write_json)
 from gdet.data import load_detection_set
 from gdet.data.image import expand_image_paths
 from gdet.detection.fusion import fuse_detections
@@ -52,9 +53,9 @@ def detection_options(score_thr: float = DEFAULTS["score_thr"], max_proposals: i
     def wrap(f):
         f = click.option("--max-dets", default=DEFAULTS["max_dets"], show_default=True, type=click.IntRange(min=1),
                          help="Detections kept per image.")(f)
-        f = click.option("--nms-iou", default=DEFAULTS["nms_iou"], show_default=True, type=click.FloatRange(0, 1),
+        f = click.option("--nms-iou", default=DEFAULTS["nms_iou"], show_default=True, type=FloatRange(0, 1),
                          help="Per-class NMS IoU threshold.")(f)
-        f = click.option("--score-thr", default=score_thr, show_default=True, type=click.FloatRange(0, 1),
+        f = click.option("--score-thr", default=score_thr, show_default=True, type=FloatRange(0, 1),
                          help="Minimum class probability kept.")(f)
         f = click.option("--max-proposals", default=max_proposals, show_default=True,
                          type=click.IntRange(min=1), help="Proposals scored per image (best first).")(f)
@@ -136,6 +137,8 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     """
     paths = expand_image_paths(images)
     ids = image_ids_for(paths) if json_path or out else [Path(p).stem for p in paths]  # names files
+    if out:
+        refuse_overwriting_inputs({"--out": [Path(out) / f"{i}.png" for i in ids]}, {"--image": paths})
     dev = resolve_device(device)
     model = optimize(load_cli_detectors(weights, dev, scales, max_size, mode), device=dev, precision=precision,
                      compile=compile_, cuda_graphs=cuda_graphs)
@@ -256,7 +259,7 @@ def _score_weights(text: str | None) -> list[float] | None:
 @click.option("--split", default="val", show_default=True)
 @click.option("--method", type=click.Choice(["nms", "wbf"]), default="nms", show_default=True,
               help="nms: concatenate, per-class NMS; wbf: weighted boxes fusion.")
-@click.option("--iou", "iou_thr", type=click.FloatRange(0, 1), default=None,
+@click.option("--iou", "iou_thr", type=FloatRange(0, 1), default=None,
               help="NMS IoU (default 0.3) or WBF cluster IoU (0.55).")
 @click.option("--score-weights", default=None,
               help="Comma-separated score weight per file, each >= 0 (default: equal; 0 leaves a file out).")

@@ -194,7 +194,8 @@ def load_proposal_set(spec: str, records: Sequence[ImageRecord], out_dir: Path, 
     elif spec in list_proposers():
         path = Path(out_dir) / f"proposals_{spec}_{split}.npz"
         compute_proposals([(r.image_id, r.path) for r in records], spec, path, method_kwargs=method_kwargs,
-                          workers=workers, meta={"split": split}, distributed=distributed)
+                          workers=workers, meta={"split": split}, distributed=distributed,
+                          options_label="proposal_kwargs.")
         props = load_proposals(path)
     else:
         raise ConfigError(f"proposals {spec!r}: neither a .npz proposal file nor a method "

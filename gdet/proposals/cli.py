@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import click
 
-from gdet.cli import write_json
+from gdet.cli import FloatRange, write_json
 from gdet.config import parse_override
 from gdet.data import load_detection_set
 from gdet.errors import GdetError
@@ -19,22 +18,6 @@ from gdet.proposals.evaluation import evaluate_proposals, format_table, plot_rec
 from gdet.proposals.files import load_proposals, save_proposals
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-
-
-class UnitInterval(click.FloatRange):
-    """A number in [0, 1]; unlike click's FloatRange, NaN is refused too."""
-
-    name = "float range"
-
-    def __init__(self):
-        super().__init__(0.0, 1.0)
-
-    def convert(self, value, param, ctx):
-        rv = super().convert(value, param, ctx)
-        if math.isnan(rv):
-            describe = getattr(self, "_describe_range", lambda: "0<=x<=1")
-            self.fail(f"{value} is not in the range {describe()}", param, ctx)
-        return rv
 
 
 def parse_options(items: tuple[str, ...]) -> dict:
@@ -99,7 +82,7 @@ def compute_cmd(data, split, method, weights, out, workers, opts, limit, keep_pa
 @click.option("--multibox", "mb_path", required=True, help="MultiBox proposal file (.npz).")
 @click.option("--out", "out", required=True, help="Output proposal file (.npz).")
 @click.option("--top-k", default=200, show_default=True, type=click.IntRange(0), help="MultiBox boxes kept.")
-@click.option("--dup-iou", default=0.9, show_default=True, type=UnitInterval(),
+@click.option("--dup-iou", default=0.9, show_default=True, type=FloatRange(0, 1),
               help="IoU at which a selective-search box duplicates a MultiBox box.")
 def combine_cmd(ss_path, mb_path, out, top_k, dup_iou):
     """Combine precomputed selective-search and MultiBox files as the `combined` method does."""
