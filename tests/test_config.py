@@ -120,6 +120,7 @@ def _check(module):
     ("gdet.detection.train", {"backbone_kwargs": {"foo": 1}}, "backbone_kwargs: googlenet does not accept 'foo'"),
     ("gdet.detection.train", {"nms_iou": 0}, r"nms_iou: must be in \(0, 1\]"),
     ("gdet.detection.train", {"epochs": 0}, "epochs: must be >= 1"),
+    ("gdet.detection.train", {"bg_iou_lo": 0.5}, r"bg_iou_lo: must be below fg_iou \(0.5\)"),
     ("gdet.proposals.multibox_train", {"input_size": 8}, "input_size: 8 px is too small for googlenet"),
     ("gdet.proposals.multibox_train", {"match_iou": 1.5}, "match_iou: must be <= 1"),
     ("gdet.proposals.multibox_train", {"num_priors": 0}, "num_priors: must be >= 1"),
@@ -163,3 +164,29 @@ def test_every_trainer_speaks_one_vocabulary():
         mod = importlib.import_module(owners[key])
         cfg = load_config(f, defaults=mod.DEFAULTS)
         mod.check({**cfg, "data": cfg["data"] or "d"})
+
+
+@pytest.mark.parametrize("override, msg", [
+    ("work_dir=[a]", "work_dir: expected a string, got ['a']"),
+    ("data={a: 1}", "data: expected a string, got {'a': 1}"),
+    ("lr_milestones=[b]", "lr_milestones: expected a list of numbers, got ['b']"),
+    ("lr_milestones=3", "lr_milestones: expected a list of numbers, got 3"),
+])
+def test_a_value_of_the_wrong_type_names_its_key(tmp_path, override, msg):
+    from gdet.detection.train import DEFAULTS
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 0.01\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, [override], defaults=DEFAULTS)
+    assert str(e.value) == f"{cfg}: {msg}"
+
+
+def test_a_number_for_a_name_becomes_the_name_and_a_base_must_be_a_file_name(tmp_path):
+    from gdet.detection.train import DEFAULTS
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("val_split: 2012\n")
+    assert load_config(cfg, ["data=2007"], defaults=DEFAULTS)["val_split"] == "2012"
+    assert load_config(cfg, ["data=2007"], defaults=DEFAULTS)["data"] == "2007"
+    cfg.write_text("base: [a]\n")
+    with pytest.raises(ConfigError, match=r"base: expected the name of a config file, got \['a'\]"):
+        load_config(cfg)

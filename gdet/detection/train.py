@@ -109,6 +109,14 @@ def _mode_check(v: Any, cfg: dict) -> str | None:
     return problem
 
 
+def _bg_iou_check(v: Any, cfg: dict) -> str | None:
+    problem = interval(0, 1, hi_open=True)(v, cfg)
+    fg = cfg.get("fg_iou")
+    if problem is None and isinstance(fg, (int, float)) and v >= fg:
+        problem = f"must be below fg_iou ({fg}): background regions have an IoU in [bg_iou_lo, fg_iou), got {v!r}"
+    return problem
+
+
 def _scales_check(v: Any, cfg: dict) -> str | None:
     ok = isinstance(v, (list, tuple)) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
                                                      for x in v)
@@ -169,7 +177,7 @@ CHECKS = {
     "distill_weight": interval(0, 1),
     "distill_temperature": number(gt=0),
     "fg_iou": interval(0, 1, lo_open=True),
-    "bg_iou_lo": interval(0, 1, hi_open=True),
+    "bg_iou_lo": _bg_iou_check,
     "fg_fraction": interval(0, 1, lo_open=True),
     "iters_per_epoch": number(ge=1, integer=True, null=True),
     "hflip": interval(0, 1),
