@@ -148,8 +148,8 @@ def refuse_unwritable(option: str, value: Any) -> None:
 
 def guard_outputs(cmd: click.Command) -> click.Command:
     """Make ``cmd`` (and, for a group, each command under it) refuse, before it reads or writes anything, an
-    ``--out``/``--json``/``--plot(s)`` path that cannot be written (a part of it is a file; a folder where a file
-    goes) or that is also one of its inputs. Applied once, where commands are loaded."""
+    ``--out``/``--json``/``--plot(s)`` path that cannot be written (:func:`refuse_unwritable`) or that is also one
+    of its inputs (:func:`refuse_overwriting_inputs`). Applied once, where commands are loaded."""
     if getattr(cmd, "_outputs_guarded", False):
         return cmd
     cmd._outputs_guarded = True
@@ -218,6 +218,7 @@ def run_guarded(fn, *args, **kwargs):
 def run_tool(cmd: click.Command) -> None:
     """Entry point of a ``tools/*.py`` script: run ``cmd`` as a program, bad input printed as one line."""
     guard_outputs(cmd)
+
     def program():
         try:
             # Not standalone: click would print a bad value with its usage block; run_guarded prints one line.
