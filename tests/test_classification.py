@@ -325,7 +325,7 @@ def test_train_tool_and_cli_train(tmp_path):
                                        f"data={data}", f"work_dir={tmp_path / 'w'}", "epochs=1", "input_size=40",
                                        "batch_size=4", "max_steps_per_epoch=1", "workers=0", "device=cpu"])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "w" / "last.pth").is_file() and "best val_acc1" in r.output
+    assert (tmp_path / "w" / "last.pth").is_file() and "best ema_val_acc1" in r.output
     p = subprocess.run([sys.executable, str(ROOT / "tools" / "train_cls.py"), "--config",
                         str(ROOT / "configs" / "cls_synth.yaml"), "epochz=3"], capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr.startswith("error: ") and "unknown key 'epochz'" in p.stderr

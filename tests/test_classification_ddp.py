@@ -17,7 +17,7 @@ def test_torchrun_two_cpu_ranks(tmp_path):
     out = torchrun([ROOT / "tools" / "train_cls.py", "--config", ROOT / "configs" / "cls_synth.yaml", f"data={data}",
                     f"work_dir={tmp_path / 'w'}", "epochs=2", "input_size=40", "batch_size=4", "device=cpu"],
                    cwd=tmp_path)
-    assert out.count("best val_acc1") == 1  # rank 0 reports
+    assert out.count("best ema_val_acc1") == 1  # rank 0 reports
     rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     ck = load_checkpoint(tmp_path / "w" / "last.pth")

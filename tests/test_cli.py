@@ -1,5 +1,6 @@
 """The `gdet` front door: a fast, torch-free `--help`, every command and tools/ script reachable with `-h`,
 suggestions for misspelt commands and options, and one `error:` line with exit code 1 on bad input."""
+import json
 import runpy
 import subprocess
 import sys
@@ -283,3 +284,19 @@ def test_a_split_is_a_name_and_a_split_file_is_text(tmp_path):
     (data / "ImageSets" / "Main" / "val.txt").write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
     r = CliRunner().invoke(main, ["eval", "--data", str(data), "--dets", str(dets), "--split", "val"])
     _one_error(r, "val.txt: not a text file of image ids")
+
+
+def test_json_dash_prints_the_json_alone_on_stdout(tmp_path):
+    from helpers_detection import make_voc
+    assets = ROOT / "gdet" / "assets"
+    r = CliRunner().invoke(main, ["detect", "--image", str(assets / "sample.jpg"), "--weights",
+                                  str(assets / "detector_synth_fp16.pth"), "--max-proposals", "50", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    dets = json.loads(r.stdout)  # nothing but the result list: tables, mode and notes are not on stdout
+    assert dets and {"image_id", "category_id", "bbox", "score"} <= set(dets[0]) and dets[0]["image_id"] == "sample"
+    assert "mode: rcnn" in r.stderr and not Path("-").exists()
+    data = make_voc(tmp_path / "voc")
+    (tmp_path / "d.json").write_text("[]")
+    r = CliRunner().invoke(main, ["eval", "--data", str(data), "--dets", str(tmp_path / "d.json"), "--json", "-"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["mAP"] == 0.0

@@ -190,3 +190,24 @@ def test_errors_are_one_line_and_keep_files(tmp_path, monkeypatch):
     with pytest.raises(GdetError, match="differs from the PyTorch model"):
         export_torchscript(spec, tmp_path / "keep.pt")
     assert (tmp_path / "keep.pt").read_bytes() == b"old"
+
+
+def test_a_shared_mode_detector_exports_as_fp16_only(tmp_path):
+    torch.manual_seed(1)
+    net = build_backbone("googlenet", num_classes=3, aux_logits=False)
+    det = Detector(net, ["square", "disc"], context_pad=0, input_size=32, mode="shared",
+                   shared={"scales": [64], "max_size": 96})
+    save_checkpoint({"model": det.state_dict(), **detector_checkpoint_meta(det, {"aux_logits": False})},
+                    tmp_path / "s.pth")
+    for fmt in ("torchscript", "onnx"):
+        r = CliRunner().invoke(main, ["export", "--weights", str(tmp_path / "s.pth"), "--format", fmt,
+                                      "--out", str(tmp_path / f"s.{fmt}")])
+        assert r.exit_code == 1 and "Traceback" not in r.output
+        assert r.stderr.strip() == (f"error: {tmp_path / 's.pth'}: a shared-mode detector exports as fp16 only "
+                                    "(--format fp16, run by gdet); onnx and torchscript hold R-CNN mode's crop "
+                                    "network, not the trunk, RoIAlign and per-region head")
+        assert not (tmp_path / f"s.{fmt}").exists()
+    r = CliRunner().invoke(main, ["export", "--weights", str(tmp_path / "s.pth"), "--format", "fp16",
+                                  "--out", str(tmp_path / "s16.pth")])
+    assert r.exit_code == 0, r.output
+    assert load_detector(tmp_path / "s16.pth").mode == "shared"

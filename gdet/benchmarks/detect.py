@@ -287,8 +287,11 @@ def main(device, n_props, input_size, precision, chunk, n_images, workers, repea
     for k, v, warm, lo, hi in r["network"]:
         click.echo(f"{k:<36} {1000 * v:>10.1f} {v / t_net:>9.2f}x {warm:>10.1f} {1000 * lo:>8.1f}-{1000 * hi:<8.1f}")
     tv = {k: v for k, v, *_ in r["network"]}
-    click.echo(f"gdet runtime is {tv[NET_TV] / t_net:.2f}x faster than torchvision googlenet eager"
-               + (f", {tv[NET_TV_COMPILE] / t_net:.2f}x than torchvision + compile" if NET_TV_COMPILE in tv else ""))
+    def speed(peer: str) -> str:
+        ratio = tv[peer] / t_net
+        return f"{ratio:.2f}x as fast as {peer} ({'faster' if ratio >= 1 else 'slower'})"
+
+    click.echo("gdet runtime: " + speed(NET_TV) + (f", {speed(NET_TV_COMPILE)}" if NET_TV_COMPILE in tv else ""))
     rcnn_s = r["stages"][1][1] + t_net
     click.echo(f"same weights, {r['shared_mode']}: {1000 * r['shared_s']:.1f} ms/image against R-CNN mode's crops + "
                f"network {1000 * rcnn_s:.1f} ms, speed-up x{rcnn_s / r['shared_s']:.2f}")

@@ -132,8 +132,12 @@ class ClassificationTask(Task):
     best epoch is the one with the best val top-1 of the averaged weights (of the raw ones without averaging)."""
 
     name = TASK
-    score_name = "val_acc1"
     loss_keys = ("aux_logits", "aux_weight", "label_smoothing")
+
+    @property
+    def score_name(self) -> str:
+        """The figure that picks ``best.pth``, named as in ``metrics.jsonl``: the averaged weights' when they exist."""
+        return "ema_val_acc1" if float(self.cfg.get("ema_decay") or 0.0) > 0 else "val_acc1"
 
     def title(self) -> str:
         return f"{self.cfg['backbone']} on {Path(self.cfg['data']).name}"

@@ -78,12 +78,13 @@ def shared_options(f):
     return f
 
 
-def _proposal_source(spec: str | None, weights: str | None, opts, model, echo: bool = True) -> ProposalSource:
+def _proposal_source(spec: str | None, weights: str | None, opts, model, echo: bool = True,
+                     err: bool = False) -> ProposalSource:
     """``--proposals``/``--opt`` as a :class:`ProposalSource`, defaulting to how the detector's training proposals
-    were made (and saying so)."""
+    were made (and saying so, on stderr with ``err``)."""
     spec, options, note = detector_proposals(spec, parse_options(opts), model)
     if note and echo:
-        click.echo(note)
+        click.echo(note, err=err)
     return ProposalSource(spec, weights, options)
 
 
@@ -125,7 +126,7 @@ def load_cli_detectors(weights: tuple[str, ...], device, scales: str | None, max
               help="Folder for the images with boxes drawn (OUT/<image stem>.png).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write the detections as a COCO-style result file that `gdet eval --dets` reads "
-                   "(image_id = file stem).")
+                   "(image_id = file stem; - for stdout, instead of the tables).")
 @device_options
 def detect(images, weights, proposals, proposal_weights, opts, max_proposals, score_thr, nms_iou, max_dets,
            mode, scales, max_size, soft_nms, out, json_path, device, precision, compile_, cuda_graphs,
@@ -142,12 +143,14 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     dev = resolve_device(device)
     model = optimize(load_cli_detectors(weights, dev, scales, max_size, mode), device=dev, precision=precision,
                      compile=compile_, cuda_graphs=cuda_graphs)
-    source = _proposal_source(proposals, proposal_weights, opts, model)
-    click.echo(f"mode: {model.describe_mode()}")
+    to_stdout = json_path == "-"  # the JSON is the output: every other line goes to stderr, tables nowhere
+    source = _proposal_source(proposals, proposal_weights, opts, model, err=to_stdout)
+    click.echo(f"mode: {model.describe_mode()}", err=to_stdout)
     records = [ImageRecord(image_id=i, path=p, width=0, height=0) for i, p in zip(ids, paths)]
 
     def show(index, rgb, dets):
-        tqdm.write(format_table(paths[index], detections_to_rows(dets, model.class_names)))  # above the bar
+        if not to_stdout:
+            tqdm.write(format_table(paths[index], detections_to_rows(dets, model.class_names)))  # above the bar
         if out:
             save_png(draw_detections(rgb, dets, model.class_names), Path(out) / f"{ids[index]}.png")
 
@@ -155,10 +158,11 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
                           max_dets=max_dets, soft_nms=soft_nms, max_proposals=max_proposals,
                           workers=workers, on_image=show)
     if out:
-        click.echo(f"drew {len(paths)} image(s) in {out}")
+        click.echo(f"drew {len(paths)} image(s) in {out}", err=to_stdout)
     if json_path:
         n = write_detections(json_path, ids, dets, model.class_names)
-        click.echo(f"wrote {json_path}: {n} detections on {len(paths)} image(s)")
+        if not to_stdout:
+            click.echo(f"wrote {json_path}: {n} detections on {len(paths)} image(s)")
     note_shipped_weights(weights)  # after the results, so that a bad input's error stays the only line
 
 

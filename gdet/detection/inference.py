@@ -7,6 +7,7 @@ import inspect
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -237,7 +238,7 @@ def image_ids_for(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 def write_detections(path: str | os.PathLike, image_ids: Sequence[Any], detections: Sequence[dict],
                      class_names: Sequence[str]) -> int:
-    """Write a COCO-style result list that ``gdet eval --dets`` reads, atomically.
+    """Write a COCO-style result list that ``gdet eval --dets`` reads, atomically (``-``: to stdout).
 
     Entries are ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``; ``category_id`` is the class
     name, which is unambiguous whatever numeric ids the ground truth uses (``gdet test`` writes the dataset's ids).
@@ -251,8 +252,13 @@ def write_detections(path: str | os.PathLike, image_ids: Sequence[Any], detectio
         for (x1, y1, x2, y2), s, lab in zip(boxes, det["scores"].tolist(), det["labels"].tolist()):
             lines.append(json.dumps({"image_id": iid, "category_id": class_names[int(lab)],
                                      "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}))
+    text = "[\n" + ",\n".join(lines) + ("\n]\n" if lines else "]\n")
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return len(lines)
     with atomic_write(path, "w", encoding="utf-8") as f:
-        f.write("[\n" + ",\n".join(lines) + ("\n]\n" if lines else "]\n"))
+        f.write(text)
     return len(lines)
 
 

@@ -492,8 +492,11 @@ class DetectionTask(Task):
                     batch += ", every scale" if cfg["train_pyramid"] else ", one random scale per image"
             else:
                 batch = f"{cfg['batch_size']} regions per process"
+            cap = cfg.get("max_steps_per_epoch")
+            iters = f"{min(self.iters, cap)} (of {self.iters}: max_steps_per_epoch)" if cap and cap < self.iters \
+                else self.iters
             print(f"train: {len(self.train_set)} images, {self.sampler.num_fg} foreground / {self.sampler.num_bg} "
-                  f"background regions, {self.iters} iterations of {batch} per epoch, device {run.device}"
+                  f"background regions, {iters} iterations of {batch} per epoch, device {run.device}"
                   + (f", {info.world_size} processes" if info.distributed else ""), flush=True)
             if self.teacher is not None:
                 print(f"distill: taught by {self.teacher.describe_mode()} (weight {cfg['distill_weight']}, "

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from gdet.cli import write_json
 from gdet.errors import GdetError
 from gdet.evaluation import METRICS, build_evaluator, format_table, plot_pr_curves, read_results, save_result_json
+from gdet.evaluation.report import jsonable
 
 
 def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str = "voc", split: str = "val",
@@ -63,7 +65,7 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str =
         aps = {r["class"]: r["ap"] if metric != "coco" else r["ap50"] for r in result["per_class"]}
         what = "precision at IoU 0.50" if metric == "coco" else "precision-recall"
         plot_pr_curves(ev.curves, Path(plots) / f"pr_{metric}.png", aps=aps, title=f"{Path(dets).name}: {what}")
-    if out:
+    if out and str(out) != "-":
         save_result_json(result, out)
     return result
 
@@ -77,7 +79,8 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str =
               help="voc07: 11-point; voc: VOC2010+ all-point; coco: pycocotools; ilsvrc: size-aware IoU.")
 @click.option("--split", default="val", show_default=True, help="Split of a VOC root / synthetic folder.")
 @click.option("--plots", type=click.Path(), default=None, help="Folder for the precision-recall PNG.")
-@click.option("--json", "out", type=click.Path(dir_okay=False), default=None, help="Write every figure to this JSON.")
+@click.option("--json", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write every figure to this JSON (- for stdout, instead of the table).")
 @click.option("--plus-one", is_flag=True, help="Legacy +1 pixel widths (boxes as inclusive pixel indices).")
 @click.option("--compat", type=click.Choice(["devkit", "py-faster-rcnn"]), default="devkit", show_default=True,
               help="VOC: the official devkit's rules or its py-faster-rcnn port (IoU > 0.5, arange thresholds).")
@@ -93,6 +96,9 @@ def eval_cmd(gt, dets, metric, split, plots, out, plus_one, compat, max_dets, er
     except ValueError:
         raise GdetError(f"--max-dets: expected three integers like 1,10,100, got {max_dets!r}") from None
     result = evaluate_files(gt, dets, metric, split, plots, out, plus_one, compat, limits, errors)
+    if out == "-":  # the JSON is the output
+        write_json(jsonable(result), "-")
+        return
     click.echo(format_table(result))
     if errors:
         from gdet.evaluation.errors import format_errors

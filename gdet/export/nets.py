@@ -221,6 +221,10 @@ def spec_from_checkpoint(path: str | os.PathLike, use_ema: bool = True, input_si
     if task == "detect":
 
         det = load_detector(path, use_ema=use_ema)
+        if det.mode == "shared":
+            raise CheckpointError(f"{path}: a shared-mode detector exports as fp16 only (--format fp16, run by gdet); "
+                                  "onnx and torchscript hold R-CNN mode's crop network, not the trunk, RoIAlign and "
+                                  "per-region head")
         if input_size and int(input_size) != det.input_size:
             raise CheckpointError(f"{path}: a detector is exported at its crop size {det.input_size}, "
                                   f"not --input-size {input_size}")
