@@ -118,7 +118,7 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), defaults
         cfg = _merge(defaults, cfg)
     cfg = apply_overrides(cfg, overrides)
     if defaults:
-        _check_numbers(cfg, defaults, path)
+        _check_types(cfg, defaults, path)
     return cfg
 
 
@@ -132,7 +132,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_numbers(cfg: dict, defaults: dict, path: Path) -> None:
+def _check_types(cfg: dict, defaults: dict, path: Path) -> None:
     """Each key must hold its default's type: a number, true or false, a string (a path or a name: also the keys
     of :data:`PATH_KEYS`), a list of numbers (:data:`NUMBER_LIST_KEYS`). ``epochs=abc`` or ``work_dir: [a]``
     fails here, with the key's name, not deep inside training. Other keys are the builder's to check."""
