@@ -74,10 +74,12 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
             per image size and the head per chunk).
     Returns:
         one dict per ``N``: ``backbone, proposals, rcnn_s, rcnn_measured_on, shared_s, trunk_s, speedup``, and
-        ``pool_s``, ``head_s``: shared mode's RoIAlign and per-region network on all ``N``; on CUDA ``pool_tv_s``:
-        the same RoIAlign through torchvision's kernel (the peer of gdet's NHWC kernel), else None.
+        ``pool_s``, ``head_s``: shared mode's RoIAlign and per-region network on all ``N``; ``pool_tv_s``: the same
+        RoIAlign through torchvision's kernel (the peer of gdet's NHWC kernel on CUDA and of its embedding-bag
+        RoIAlign on a CPU), None where gdet uses torchvision's itself.
     """
     from gdet.detection.model import build_detector
+    from gdet.detection.roi_align import bags_available
     from gdet.engine import resolve_device
     from gdet.runtime import optimize
 
@@ -118,7 +120,7 @@ def measure(backbone: str, proposals: list[int], *, width: int = 640, height: in
         with torch.no_grad():
             pool_s = _median_time(lambda: shared.pool(levels, boxes), dev, repeats, clock)
             pool_tv_s = None
-            if cuda:
+            if cuda or bags_available(levels[0][0], shared.sampling_ratio):
                 shared.fast_pool = False
                 pool_tv_s = _median_time(lambda: shared.pool(levels, boxes), dev, repeats, clock)
                 shared.fast_pool = True

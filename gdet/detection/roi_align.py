@@ -11,6 +11,11 @@ network reads next. Forward only (no autograd): training keeps torchvision's ker
 
 Without Triton (or a GPU) :func:`roi_align_nhwc` is not used; ``TRITON_INTERPRET=1`` runs the kernel on a CPU,
 which is how the tests check it against torchvision.
+
+On a CPU, :func:`roi_align_bags` computes the same RoIAlign as one weighted embedding-bag sum: bilinear weights are
+separable, so each bin is a weighted sum of ``4 * s * s`` rows of the ``(H * W) x C`` channels-last map (``s``
+samples per bin and axis), which ``torch.nn.functional.embedding_bag`` adds up with vector loads along the
+channels. torchvision's CPU kernel walks the channels of an NCHW map one plane at a time.
 """
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ import functools
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["available", "roi_align_nhwc"]
+__all__ = ["available", "bags_available", "roi_align_bags", "roi_align_nhwc"]
 
 
 # Tiles tried once per (channels, pooled side) on CUDA; the first call of a process measures them (about a second).
@@ -159,3 +165,75 @@ def roi_align_nhwc(feat: Tensor, rois: Tensor, output_size: int, spatial_scale: 
     grid = (r, -(-(p * p) // block_b), -(-c // block_c))
     _kernel()[grid](*args, ALIGNED=bool(aligned), BLOCK_B=block_b, BLOCK_C=block_c, num_warps=int(num_warps))
     return out
+
+
+def bags_available(feat: Tensor, sampling_ratio: int) -> bool:
+    """Whether :func:`roi_align_bags` pools from ``feat``: a CPU float32/float64 map and a fixed number of samples
+    per bin (``sampling_ratio >= 1``; the adaptive grid, 0, stays with torchvision)."""
+    return feat.device.type == "cpu" and feat.dtype in (torch.float32, torch.float64) and int(sampling_ratio) >= 1
+
+
+def _axis_samples(lo: Tensor, hi: Tensor, size: int, p: int, s: int, spatial_scale: float, aligned: bool
+                  ) -> tuple[Tensor, Tensor]:
+    """Bilinear taps of one axis: for each region, bin and sample, the two neighbouring pixel indices and their
+    weights, with torchvision's sample positions, clamping and out-of-map rule (weights 0 beyond one pixel).
+
+    Returns:
+        index (Tensor[R, P, s, 2], int64) and weight (Tensor[R, P, s, 2]).
+    """
+    offset = 0.5 if aligned else 0.0
+    start = lo * spatial_scale - offset
+    length = hi * spatial_scale - offset - start
+    if not aligned:
+        length = length.clamp(min=1.0)
+    bin_ = length / p
+    ph = torch.arange(p, dtype=lo.dtype, device=lo.device)
+    it = torch.arange(s, dtype=lo.dtype, device=lo.device) + 0.5
+    # torchvision: start + ph * bin + (i + .5) * bin / grid, in the map's dtype
+    y = (start[:, None, None] + ph[None, :, None] * bin_[:, None, None]
+         + it[None, None, :] * bin_[:, None, None] / s)  # R x P x s
+    inside = ((y >= -1.0) & (y <= size)).to(lo.dtype)
+    y = y.clamp(min=0)
+    low = y.to(torch.int64)
+    edge = low >= size - 1
+    low = low.clamp(max=size - 1)
+    high = torch.where(edge, low, low + 1)
+    y = torch.where(edge, low.to(y.dtype), y)
+    frac = y - low.to(y.dtype)
+    return torch.stack([low, high], -1), torch.stack([(1 - frac) * inside, frac * inside], -1)
+
+
+def roi_align_bags(feat: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int = 1,
+                   aligned: bool = True) -> Tensor:
+    """``torchvision.ops.roi_align(feat, [rois], output_size, spatial_scale, sampling_ratio, aligned)`` for one
+    image on a CPU, in channels-last layout, as one ``embedding_bag`` weighted sum (see the module's text).
+
+    Args:
+        feat (Tensor[1, C, H, W]): the feature map, float32 or float64 (any layout; channels-last avoids a copy).
+        rois (Tensor[R, 4]): (x1, y1, x2, y2) in the map's input pixels (multiplied by ``spatial_scale``).
+        output_size: pooled side ``P``.
+        sampling_ratio: samples per bin and axis, >= 1 (torchvision's adaptive grid, 0, is not supported).
+    Returns:
+        Tensor[R, C, P, P], channels-last, ``feat.dtype``; differentiable with respect to ``feat``.
+    """
+    if feat.dim() != 4 or feat.shape[0] != 1:
+        raise ValueError(f"roi_align_bags pools from one image's map, Tensor[1, C, H, W]; got {tuple(feat.shape)}")
+    s = int(sampling_ratio)
+    if s < 1:
+        raise ValueError(f"roi_align_bags needs a fixed sampling_ratio >= 1, got {sampling_ratio}")
+    _, c, h, w = feat.shape
+    p = int(output_size)
+    r = rois.shape[0]
+    if r == 0 or c == 0 or h == 0 or w == 0:
+        return feat.new_zeros((r, c, p, p)).contiguous(memory_format=torch.channels_last)
+    rois = rois.to(feat.dtype)
+    yi, yw = _axis_samples(rois[:, 1], rois[:, 3], h, p, s, spatial_scale, aligned)  # R x P x s x 2
+    xi, xw = _axis_samples(rois[:, 0], rois[:, 2], w, p, s, spatial_scale, aligned)
+    # bag of bin (ph, pw): taps (iy, a) x (ix, b) -> shape R x P x P x (s * 2) x (s * 2)
+    index = yi.reshape(r, p, 1, 2 * s, 1) * w + xi.reshape(r, 1, p, 1, 2 * s)
+    weight = yw.reshape(r, p, 1, 2 * s, 1) * xw.reshape(r, 1, p, 1, 2 * s) / (s * s)
+    table = feat[0].permute(1, 2, 0).reshape(h * w, c)  # a view when feat is channels-last
+    out = F.embedding_bag(index.reshape(r * p * p, 4 * s * s), table,
+                          per_sample_weights=weight.reshape(r * p * p, 4 * s * s), mode="sum")
+    return out.view(r, p, p, c).permute(0, 3, 1, 2)
+

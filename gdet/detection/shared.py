@@ -422,9 +422,11 @@ class SharedDetectorNet(nn.Module):
             # 0.5 px apart at 512-1024 px.
             work = torch.float64 if feat.dtype == torch.float64 else torch.float32
             rois = _scale_boxes(b, fx_, fy_, work)
-            if (self.fast_pool and work == torch.float32 and nhwc.available(feat)
-                    and not (torch.is_grad_enabled() and feat.requires_grad)):
-                return self._pool_nhwc(feat, rois)
+            if self.fast_pool and not (torch.is_grad_enabled() and feat.requires_grad):
+                if work == torch.float32 and nhwc.available(feat):
+                    return self._pool_nhwc(feat, rois)
+                if feat.dtype == work and nhwc.bags_available(feat, self.sampling_ratio):
+                    return nhwc.roi_align_bags(feat, rois, p, 1.0 / self.stride, self.sampling_ratio)
             return roi_align(feat.to(work), [rois], (p, p), spatial_scale=1.0 / self.stride,
                              sampling_ratio=self.sampling_ratio, aligned=True).to(feat.dtype)
 
