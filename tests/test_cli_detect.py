@@ -40,7 +40,7 @@ def test_detect_json_is_read_by_eval_and_matches_test(tiny, tmp_path):
           "--cuda-graphs"])
     maps = []
     for dets in ("t.json", "d.json"):
-        _run(["eval", "--data", voc, "--split", "val", "--dets", tmp_path / dets, "--metric", "voc",
+        _run(["eval", "--data", voc, "--split", "val", "--dets", tmp_path / dets, "--metrics", "voc",
               "--json", tmp_path / f"e_{dets}"])
         maps.append(json.loads((tmp_path / f"e_{dets}").read_text())["mAP"])
     tested = json.loads((tmp_path / "m.json").read_text())

@@ -50,12 +50,34 @@ def data(tmp_path):
 def test_gdet_eval_voc(data, metric):
     out = data["tmp"] / "res.json"
     r = CliRunner().invoke(gdet_main, ["eval", "--data", str(data["voc"]), "--dets", str(data["voc_dets"]),
-                                       "--metric", metric, "--plots", str(data["tmp"] / "plots"), "--json", str(out)])
+                                       "--metrics", metric, "--plots", str(data["tmp"] / "plots"), "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert "circle" in r.output and f"mAP ({metric}) 100.0" in r.output
     res = json.loads(out.read_text())
     assert res["mAP"] == pytest.approx(1.0, abs=1e-12) and [c["num_gt"] for c in res["per_class"]] == [4, 3]
     assert (data["tmp"] / "plots" / f"pr_{metric}.png").stat().st_size > 1000
+
+
+def test_gdet_eval_several_metrics(data):
+    """``--metrics voc,coco`` (the vocabulary of gdet test): a table, a PR plot and a JSON entry per metric, each
+    equal to that metric's own run; ``--metric`` is a second spelling of the option."""
+    out = data["tmp"] / "both.json"
+    args = ["eval", "--data", str(data["coco"]), "--dets", str(data["coco_dets"]), "--plots", str(data["tmp"] / "p")]
+    r = CliRunner().invoke(gdet_main, args + ["--metrics", "voc,coco", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "mAP (voc) 100.0" in r.output and "AP50 100.0" in r.output
+    both = json.loads(out.read_text())
+    for metric in ("voc", "coco"):
+        alone = data["tmp"] / f"{metric}.json"
+        r = CliRunner().invoke(gdet_main, args + ["--metric", metric, "--json", str(alone)])
+        assert r.exit_code == 0, r.output
+        single = json.loads(alone.read_text())
+        assert both[metric]["per_class"] == single["per_class"] and both[metric]["mAP"] == single["mAP"]
+        assert (data["tmp"] / "p" / f"pr_{metric}.png").stat().st_size > 1000
+    assert both["dets"] == str(data["coco_dets"]) and "per_class" not in both
+    r = CliRunner().invoke(gdet_main, args[:5] + ["--metrics", "voc,map"])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == ["error: --metrics: unknown metric 'map' (known: voc07, voc, coco, ilsvrc)"]
 
 
 def test_gdet_eval_coco(data):

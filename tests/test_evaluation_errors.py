@@ -144,7 +144,7 @@ def test_gdet_eval_errors(tmp_path):
     write_results(tmp_path / "dets.json", recs, dets, ["a", "b"])
     for metric in ("voc", "coco"):
         out = tmp_path / f"{metric}.json"
-        args = ["eval", "--data", str(tmp_path / "voc"), "--dets", str(tmp_path / "dets.json"), "--metric", metric,
+        args = ["eval", "--data", str(tmp_path / "voc"), "--dets", str(tmp_path / "dets.json"), "--metrics", metric,
                 "--errors", "--plots", str(tmp_path / metric), "--json", str(out)]
         r = CliRunner().invoke(gdet_main, args)
         assert r.exit_code == 0, r.output

@@ -274,7 +274,7 @@ def test_coco_wrong_type_in_commands(tmp_path, existing):
     ann = make_coco(tmp_path / "coco", data)
     dets = tmp_path / "dets.json"
     dets.write_text("[]")
-    assert_refused(run(["eval", "--data", ann, "--dets", dets, "--metric", "coco", "--json", existing]),
+    assert_refused(run(["eval", "--data", ann, "--dets", dets, "--metrics", "coco", "--json", existing]),
                    "ann.json: images[1].width: expected a finite number, got 'wide'")
     assert existing.read_text() == '{"old": true}\n'
     assert_refused(run(["data", "browse", "--data", tmp_path / "coco", "--split", "ann",
@@ -303,7 +303,7 @@ def test_result_file_refused_by_gdet_eval(tmp_path, existing, entry, message):
     good = {"image_id": 1, "category_id": 5, "bbox": [2, 3, 10, 8], "score": 0.9}
     dets = tmp_path / "dets.json"
     dets.write_text(json.dumps([good, {**good, **entry}]))
-    assert_refused(run(["eval", "--data", ann, "--dets", dets, "--metric", "coco", "--json", existing]),
+    assert_refused(run(["eval", "--data", ann, "--dets", dets, "--metrics", "coco", "--json", existing]),
                    f"{dets}: {message}")
     assert existing.read_text() == '{"old": true}\n'
 

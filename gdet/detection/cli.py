@@ -20,7 +20,7 @@ from gdet.detection.model import MODES, load_detectors
 from gdet.detection.visualize import draw_detections, save_png
 from gdet.engine import resolve_device
 from gdet.errors import GdetError
-from gdet.evaluation import METRICS, build_evaluator
+from gdet.evaluation import build_evaluator, parse_metrics
 from gdet.evaluation import format_table as format_metrics
 from gdet.evaluation import jsonable, read_results, write_results
 from gdet.parallel import gather_to_rank0, process_group_from_env
@@ -166,15 +166,6 @@ def detect(images, weights, proposals, proposal_weights, opts, max_proposals, sc
     note_shipped_weights(weights)  # after the results, so that a bad input's error stays the only line
 
 
-def _metrics(names: str) -> list[str]:
-    """``--metrics voc,coco`` as a list, checked before any long computation."""
-    out = [m.strip() for m in names.split(",") if m.strip()]
-    bad = [m for m in out if m not in METRICS]
-    if bad:
-        raise GdetError(f"--metrics: unknown metric {bad[0]!r} (known: {', '.join(METRICS)})")
-    return out
-
-
 def _score(records, dets, class_names, metrics: list[str]) -> dict:
     """Evaluate detections with each metric; print the tables; return ``{metric: result}``."""
     results = {}
@@ -213,7 +204,7 @@ def test(data, split, weights, proposals, proposal_weights, opts, max_proposals,
     Under torchrun the images are dealt out over the processes (each on its own GPU, ``LOCAL_RANK``) and rank 0
     gathers the detections and writes the same file as one process would.
     """
-    metric_list = _metrics(metrics)
+    metric_list = parse_metrics(metrics)
     # The ground truth as written (clip=False): scores equal the official tools' on boxes past the image edge.
     dset = load_detection_set(data, split=split, clip=False)
     records = dset.records[:limit] if limit else dset.records
@@ -280,7 +271,7 @@ def fuse(dets, data, split, method, iou_thr, score_weights, max_dets, out, metri
     fused = fuse_detections(per_model, method=method, iou_thr=iou_thr, weights=weights, max_dets=max_dets)
     n = write_results(out, dset.records, fused, dset.class_names, dset.category_ids)
     click.echo(f"wrote {out}: {n} detections fused from {len(dets)} files ({method})")
-    metric_list = _metrics(metrics)
+    metric_list = parse_metrics(metrics)
     results = _score(dset.records, fused, dset.class_names, metric_list)
     if json_path:
         write_json(jsonable({"data": str(data), "split": split, "inputs": [str(d) for d in dets], "method": method,

@@ -18,6 +18,15 @@ from gdet.evaluation.voc import VOCEvaluator
 METRICS = ("voc07", "voc", "coco", "ilsvrc")
 
 
+def parse_metrics(text: str, option: str = "--metrics") -> list[str]:
+    """``"voc,coco"`` as ``["voc", "coco"]``, every name checked (an empty text: no metric)."""
+    out = [m.strip() for m in str(text).split(",") if m.strip()]
+    bad = [m for m in out if m not in METRICS]
+    if bad:
+        raise GdetError(f"{option}: unknown metric {bad[0]!r} (known: {', '.join(METRICS)})")
+    return list(dict.fromkeys(out))
+
+
 def build_evaluator(metric: str, class_names: Sequence[str], **kwargs) -> DetectionEvaluator:
     """The evaluator for ``metric`` (``voc07``, ``voc``, ``coco`` or ``ilsvrc``); kwargs go to its constructor."""
     if metric in ("voc07", "voc"):
@@ -31,6 +40,6 @@ def build_evaluator(metric: str, class_names: Sequence[str], **kwargs) -> Detect
 
 __all__ = [
     "COCOEvaluator", "COCO_STAT_NAMES", "DetectionEvaluator", "ILSVRCEvaluator", "METRICS", "VOCEvaluator",
-    "build_evaluator", "format_table", "ilsvrc_thresholds", "jsonable", "plot_pr_curves", "read_results", "save_result_json",
+    "build_evaluator", "format_table", "ilsvrc_thresholds", "jsonable", "parse_metrics", "plot_pr_curves", "read_results", "save_result_json",
     "voc_ap", "write_results",
 ]
