@@ -110,6 +110,12 @@ def test_shared_vocabulary_across_commands():
     for cmd in ("detect", "test", "demo"):
         assert {"--max-proposals", "--score-thr", "--nms-iou", "--max-dets", "--device", "--precision", "--scales",
                 "--max-size"} <= names[cmd]
+    for cmd in ("test", "fuse", "eval"):  # metrics: one comma-separated option
+        assert "--metrics" in names[cmd], cmd
+    for cmd in ("test", "classify eval", "proposals compute", "proposals eval", "data browse"):  # first N images
+        assert "--limit" in names[cmd], cmd
+    for cmd in ("detect", "test", "classify eval", "proposals compute", "bench proposals"):  # worker processes
+        assert "--workers" in names[cmd], cmd
 
 
 @pytest.mark.parametrize("args, needle", [

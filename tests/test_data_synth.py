@@ -109,6 +109,10 @@ def test_cli_synth_convert_browse(tmp_path):
     assert r.exit_code == 0, r.output
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert len(pngs) == 2 and read_image(pngs[0]).shape == (64, 96, 3)
+    r = run(gdet_main, ["data", "browse", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "one"),
+                        "--split", "val", "--limit", "1"])
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in (tmp_path / "one").glob("*.png")] == [pngs[0].name]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,7 +11,7 @@ from gdet.cli import main
 def test_bench_figures_and_bad_size(tmp_path):
     out = tmp_path / "bench.json"
     r = CliRunner().invoke(main, ["bench", "proposals", "--images", "2", "--size", "96x64", "--skip-package",
-                                  "--cores", "1", "--json", str(out)])
+                                  "--workers", "1", "--json", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     rows = {m["method"]: m for m in res["methods"]}
@@ -37,7 +37,7 @@ def test_bench_figures_and_bad_size(tmp_path):
     (["proposals", "--size", "0x0"], "--size: each side must be between 32 and 8192 pixels, got 0x0"),
     (["proposals", "--size", "100000x100"], "--size: each side must be between 32 and 8192 pixels, got 100000x100"),
     (["proposals", "--images", "0"], "--images: 0 is not in the range x>=1"),
-    (["proposals", "--cores", "-1"], "--cores: -1 is not in the range x>=0"),
+    (["proposals", "--workers", "-1"], "--workers: -1 is not in the range x>=0"),
     (["eval", "--classes", "0"], "--classes: 0 is not in the range x>=1"),
     (["eval", "--dets", "-1"], "--dets: -1 is not in the range x>=1"),
     (["eval", "--images", "0"], "--images: 0 is not in the range x>=1"),

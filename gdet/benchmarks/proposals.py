@@ -64,8 +64,8 @@ def _random_multibox(device: str):
                    "the weights).")
 @click.option("--device", default="cpu", show_default=True, help="Where MultiBox runs.")
 @click.option("--skip-package", is_flag=True, help="Skip the slow pure-Python selectivesearch package.")
-@click.option("--cores", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Processes for the all-cores run (0: all CPUs).")
+@click.option("--workers", "--cores", "cores", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Worker processes for the all-cores run (0: one per CPU).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write the figures as JSON (- for stdout).")
 def main(images, size, weights, device, skip_package, cores, json_path):

@@ -116,7 +116,8 @@ def convert(src_fmt, dst_fmt, src, out, splits, copy_images, image_root):
               help="VOC root, COCO .json, or folder of <split>.json")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the PNGs")
 @click.option("--split", default="val", show_default=True, help="split (VOC / folder of <split>.json)")
-@click.option("--max", "max_images", default=50, show_default=True, help="at most this many images (0: all)")
+@click.option("--limit", "--max", "max_images", default=50, show_default=True, type=click.IntRange(min=0),
+              help="only the first N images (0: all)")
 def browse(root, out, split, max_images):
     """Draw ground-truth boxes and class names (ignored objects dashed, with '?') as PNGs."""
     from gdet.data.browse import browse as run
