@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,21 +13,13 @@ triton = pytest.importorskip("triton")
 
 # Runs in a child process: TRITON_INTERPRET must be set before the kernel is built.
 _CHECKS = textwrap.dedent("""
+    import sys
     import torch
-    from torch import nn
     from torchvision.ops import roi_align
-    from gdet.backbones import build_backbone
     from gdet.detection.roi_align import available, roi_align_nhwc
-    from gdet.detection.shared import SharedDetectorNet
 
-    def boxes(n, w, h, g):
-        wh = torch.rand((n, 2), generator=g) * torch.tensor([1.3 * w, 1.3 * h])
-        xy = torch.rand((n, 2), generator=g) * torch.tensor([w + 20.0, h + 20.0]) - 20.0
-        b = torch.cat([xy, xy + wh], 1)
-        # beyond the map, over its far edge, a point, a box of negative size
-        extra = torch.tensor([[-60.0, -60.0, -20.0, -20.0], [w - 3.0, h - 3.0, w + 40.0, h + 40.0],
-                              [7.0, 5.0, 7.0, 5.0], [30.0, 20.0, 10.0, 8.0]])
-        return torch.cat([b, extra])
+    sys.path.insert(0, sys.argv[1])  # the tests folder
+    from helpers_roi_align import check_shared_mode_pools_through, hostile_boxes as boxes
 
     g = torch.Generator().manual_seed(0)
     cases = [(37, 9, 13, 7, 1, True, torch.float32), (37, 9, 13, 7, 2, True, torch.float32),
@@ -49,24 +42,7 @@ _CHECKS = textwrap.dedent("""
     assert empty.shape == (0, 5, 3, 3)
 
     # Shared-mode detection pools through the kernel where it can; the result equals torchvision's path.
-    torch.manual_seed(0)
-    bb = build_backbone("googlenet_tv", num_classes=4, aux_logits=False).eval()
-    net = SharedDetectorNet(bb, nn.Linear(1024, 12), scales=(64, 96), max_size=None, pooled_size=4,
-                            input_size=48).eval()
-    img = torch.randn(3, 80, 72)
-    rois = boxes(9, 72, 80, g)[:10].abs()
-    import gdet.detection.roi_align as nhwc
-    calls = []
-    kernel = nhwc.roi_align_nhwc
-    nhwc.roi_align_nhwc = lambda *a, **k: calls.append(1) or kernel(*a, **k)
-    with torch.no_grad():
-        fast = net([img], [rois])
-        assert len(calls) == 2  # one call per scale of the pyramid
-        net.fast_pool = False
-        slow = net([img], [rois])
-    assert len(calls) == 2
-    torch.testing.assert_close(fast.logits, slow.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.bbox_deltas, slow.bbox_deltas, rtol=1e-5, atol=1e-5)
+    check_shared_mode_pools_through("roi_align_nhwc")
     print("ok")
 """)
 
@@ -75,7 +51,8 @@ _CHECKS = textwrap.dedent("""
                     reason="Triton's interpreter before 3.8 cannot loop over a runtime bound")
 def test_kernel_equals_torchvision_in_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-c", _CHECKS], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", _CHECKS, str(Path(__file__).parent)], env=env, capture_output=True,
+                         text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout[-2000:] + res.stderr[-4000:]
 
 

@@ -7,16 +7,7 @@ from torchvision.ops import roi_align
 
 from gdet.detection import roi_align as nhwc
 from gdet.detection.roi_align import bags_available, roi_align_bags
-
-
-def _boxes(n: int, w: float, h: float, g: torch.Generator) -> torch.Tensor:
-    wh = torch.rand((n, 2), generator=g) * torch.tensor([1.3 * w, 1.3 * h])
-    xy = torch.rand((n, 2), generator=g) * torch.tensor([w + 20.0, h + 20.0]) - 20.0
-    b = torch.cat([xy, xy + wh], 1)
-    # beyond the map, over its far edge, a point, a box of negative size
-    extra = torch.tensor([[-60.0, -60.0, -20.0, -20.0], [w - 3.0, h - 3.0, w + 40.0, h + 40.0],
-                          [7.0, 5.0, 7.0, 5.0], [30.0, 20.0, 10.0, 8.0]])
-    return torch.cat([b, extra])
+from helpers_roi_align import check_shared_mode_pools_through, hostile_boxes
 
 
 @pytest.mark.parametrize("c,h,w,p,sr,aligned,dtype", [
@@ -27,7 +18,7 @@ def _boxes(n: int, w: float, h: float, g: torch.Generator) -> torch.Tensor:
 def test_equals_torchvision(c, h, w, p, sr, aligned, dtype):
     g = torch.Generator().manual_seed(c + h + p)
     feat = torch.randn((1, c, h, w), generator=g, dtype=dtype)
-    rois = _boxes(19, 16 * w, 16 * h, g).to(dtype)
+    rois = hostile_boxes(19, 16 * w, 16 * h, g).to(dtype)
     for layout in (torch.contiguous_format, torch.channels_last):
         out = roi_align_bags(feat.contiguous(memory_format=layout), rois, p, 1 / 16, sr, aligned)
         ref = roi_align(feat, [rois], (p, p), spatial_scale=1 / 16, sampling_ratio=sr, aligned=aligned)
@@ -41,7 +32,7 @@ def test_equals_torchvision(c, h, w, p, sr, aligned, dtype):
 def test_gradient_equals_torchvision():
     g = torch.Generator().manual_seed(3)
     feat = torch.randn((1, 5, 6, 7), generator=g, dtype=torch.float64, requires_grad=True)
-    rois = _boxes(6, 7 * 16, 6 * 16, g).double()
+    rois = hostile_boxes(6, 7 * 16, 6 * 16, g).double()
     weight = torch.randn((10, 5, 3, 3), generator=g, dtype=torch.float64)
     ours, = torch.autograd.grad((roi_align_bags(feat, rois, 3, 1 / 16, 2) * weight).sum(), feat)
     ref, = torch.autograd.grad((roi_align(feat, [rois], (3, 3), 1 / 16, 2, True) * weight).sum(), feat)
@@ -59,27 +50,17 @@ def test_empty_and_refused_inputs():
     assert not bags_available(torch.zeros(1, 2, 3, 3, dtype=torch.bfloat16), 1)
 
 
-def test_shared_detection_pools_through_it_at_inference(monkeypatch):
+def test_shared_detection_pools_through_it_at_inference():
+    check_shared_mode_pools_through("roi_align_bags")
+
+
+def test_training_keeps_torchvisions_kernel(monkeypatch):
     from gdet.backbones import build_backbone
     from gdet.detection.shared import SharedDetectorNet
 
-    torch.manual_seed(0)
-    bb = build_backbone("googlenet_tv", num_classes=4, aux_logits=False).eval()
-    net = SharedDetectorNet(bb, nn.Linear(1024, 12), scales=(64, 96), max_size=None, pooled_size=4,
-                            input_size=48).eval()
-    img = torch.randn(3, 80, 72)
-    rois = _boxes(9, 72, 80, torch.Generator().manual_seed(1))[:10].abs()
+    bb = build_backbone("googlenet_tv", num_classes=4, aux_logits=False)
+    net = SharedDetectorNet(bb, nn.Linear(1024, 12), scales=(64,), max_size=None, pooled_size=4, input_size=48)
     calls = []
-    monkeypatch.setattr(nhwc, "roi_align_bags", lambda *a, **k: calls.append(1) or roi_align_bags(*a, **k))
-    with torch.no_grad():
-        fast = net([img], [rois])
-        assert len(calls) == 2  # one call per scale of the pyramid
-        net.fast_pool = False
-        slow = net([img], [rois])
-    assert len(calls) == 2
-    torch.testing.assert_close(fast.logits, slow.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.bbox_deltas, slow.bbox_deltas, rtol=1e-5, atol=1e-5)
-    net.fast_pool = True
-    net.train()
-    out = net([img], [rois])  # training keeps torchvision's kernel (and its autograd)
-    assert len(calls) == 2 and out.logits.requires_grad
+    monkeypatch.setattr(nhwc, "roi_align_bags", lambda *a, **k: calls.append(1))
+    out = net.train()([torch.randn(3, 80, 72)], [torch.tensor([[4.0, 6.0, 50.0, 70.0]])])
+    assert calls == [] and out.logits.requires_grad  # torchvision's kernel, with its autograd
