@@ -45,3 +45,17 @@ def install_warning_format() -> None:
 
     warnings.showwarning = showwarning
     warnings.formatwarning = formatwarning
+    # torch.compile on a machine without a GPU logs "No CUDA runtime is found, using CUDA_HOME=..." when it builds
+    # CPU kernels: true and irrelevant there, and it reads like a fault. Other messages of that logger stay.
+    import logging
+
+    cpp = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeNote) for f in cpp.filters):
+        cpp.addFilter(_NoCudaRuntimeNote())
+
+
+class _NoCudaRuntimeNote:
+    """A logging filter that drops torch's "No CUDA runtime is found" note (see :func:`install_warning_format`)."""
+
+    def filter(self, record) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()

@@ -521,3 +521,22 @@ def test_warnings_print_as_one_line(capsys):
         assert err == "warning: data.json: clipped 3 boxes partly outside\n"
     finally:
         warnings.showwarning, warnings.formatwarning = saved
+
+
+def test_no_cuda_runtime_note_of_torch_compile_is_dropped(caplog):
+    """torch.compile on a CPU-only machine logs "No CUDA runtime is found"; commands drop that one note only."""
+    import logging
+
+    cpp = logging.getLogger("torch.utils.cpp_extension")
+    saved = list(cpp.filters)
+    try:
+        cpp.filters.clear()  # as in a fresh process
+        install_warning_format()
+        install_warning_format()  # twice: one filter
+        assert len(cpp.filters) == 1
+        with caplog.at_level(logging.WARNING, logger="torch.utils.cpp_extension"):
+            cpp.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+            cpp.warning("Error building extension 'x'")
+        assert [r.getMessage() for r in caplog.records] == ["Error building extension 'x'"]
+    finally:
+        cpp.filters[:] = saved
