@@ -37,7 +37,7 @@ def test_bench_figures_and_bad_size(tmp_path):
     (["proposals", "--size", "0x0"], "--size: each side must be between 32 and 8192 pixels, got 0x0"),
     (["proposals", "--size", "100000x100"], "--size: each side must be between 32 and 8192 pixels, got 100000x100"),
     (["proposals", "--images", "0"], "--images: 0 is not in the range x>=1"),
-    (["proposals", "--workers", "-1"], "--workers: -1 is not in the range x>=0"),
+    (["proposals", "--workers", "0"], "--workers: 0 is not in the range x>=1"),
     (["eval", "--classes", "0"], "--classes: 0 is not in the range x>=1"),
     (["eval", "--dets", "-1"], "--dets: -1 is not in the range x>=1"),
     (["eval", "--images", "0"], "--images: 0 is not in the range x>=1"),

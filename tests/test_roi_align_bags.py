@@ -29,6 +29,15 @@ def test_equals_torchvision(c, h, w, p, sr, aligned, dtype):
         assert bool((out[rois.shape[0] - 4] == 0).all())  # the box beyond the map pools zeros
 
 
+def test_huge_coordinates_pool_zeros_as_torchvision():
+    feat = torch.randn((1, 4, 5, 6), generator=torch.Generator().manual_seed(2))
+    rois = torch.tensor([[0.0, 0.0, 1e20, 50.0], [5.0, 5.0, 40.0, 3e38], [-1e30, -1e30, 20.0, 20.0]])
+    out = roi_align_bags(feat, rois, 3, 1 / 16, 2)
+    ref = roi_align(feat, [rois], (3, 3), spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=2e-6, atol=2e-6)
+
+
 def test_gradient_equals_torchvision():
     g = torch.Generator().manual_seed(3)
     feat = torch.randn((1, 5, 6, 7), generator=g, dtype=torch.float64, requires_grad=True)

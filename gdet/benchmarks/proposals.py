@@ -64,8 +64,8 @@ def _random_multibox(device: str):
                    "the weights).")
 @click.option("--device", default="cpu", show_default=True, help="Where MultiBox runs.")
 @click.option("--skip-package", is_flag=True, help="Skip the slow pure-Python selectivesearch package.")
-@click.option("--workers", "--cores", "cores", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Worker processes for the all-cores run (0: one per CPU).")
+@click.option("--workers", "--cores", "cores", default=None, type=click.IntRange(min=1),
+              help="Worker processes for the all-cores run (default: one per CPU).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Write the figures as JSON (- for stdout).")
 def main(images, size, weights, device, skip_package, cores, json_path):
@@ -101,7 +101,8 @@ def main(images, size, weights, device, skip_package, cores, json_path):
         t0 = time.perf_counter()
         pool.map(_pool_work, batch, chunksize=1)
         dt = time.perf_counter() - t0
-    click.echo(f"ss (OpenCV fast) on {procs} processes: {len(batch) / dt:.2f} images/s "
+    plural = "es" if procs != 1 else ""
+    click.echo(f"ss (OpenCV fast) on {procs} process{plural}: {len(batch) / dt:.2f} images/s "
                f"({len(batch) / dt * peer:.2f}x one core)")
     if json_path:
         write_json({"images": images, "size": [width, height], "device": device,

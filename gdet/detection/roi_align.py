@@ -193,7 +193,7 @@ def _axis_samples(lo: Tensor, hi: Tensor, size: int, p: int, s: int, spatial_sca
     y = (start[:, None, None] + ph[None, :, None] * bin_[:, None, None]
          + it[None, None, :] * bin_[:, None, None] / s)  # R x P x s
     inside = ((y >= -1.0) & (y <= size)).to(lo.dtype)
-    y = y.clamp(min=0)
+    y = y.clamp(min=0, max=size)  # beyond the map the weights are 0; the cap keeps huge coordinates in int64
     low = y.to(torch.int64)
     edge = low >= size - 1
     low = low.clamp(max=size - 1)

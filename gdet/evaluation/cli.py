@@ -94,7 +94,8 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str |
               help="Metrics, comma-separated (as for gdet test): voc07: 11-point; voc: VOC2010+ all-point; coco: "
                    "pycocotools; ilsvrc: size-aware IoU.")
 @click.option("--split", default="val", show_default=True, help="Split of a VOC root / synthetic folder.")
-@click.option("--plots", type=click.Path(), default=None, help="Folder for the precision-recall PNG.")
+@click.option("--plots", type=click.Path(), default=None,
+              help="Folder for the PNGs: pr_<metric>.png per metric (and errors.png with --errors).")
 @click.option("--json", "out", type=click.Path(dir_okay=False), default=None,
               help="Write every figure to this JSON (- for stdout, instead of the table).")
 @click.option("--plus-one", is_flag=True, help="Legacy +1 pixel widths (boxes as inclusive pixel indices).")
