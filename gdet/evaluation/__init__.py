@@ -40,6 +40,6 @@ def build_evaluator(metric: str, class_names: Sequence[str], **kwargs) -> Detect
 
 __all__ = [
     "COCOEvaluator", "COCO_STAT_NAMES", "DetectionEvaluator", "ILSVRCEvaluator", "METRICS", "VOCEvaluator",
-    "build_evaluator", "format_table", "ilsvrc_thresholds", "jsonable", "parse_metrics", "plot_pr_curves", "read_results", "save_result_json",
-    "voc_ap", "write_results",
+    "build_evaluator", "format_table", "ilsvrc_thresholds", "jsonable", "parse_metrics", "plot_pr_curves",
+    "read_results", "save_result_json", "voc_ap", "write_results",
 ]

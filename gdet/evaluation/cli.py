@@ -24,7 +24,8 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str |
     Args:
         gt: a VOC root, a COCO instances ``.json``, or a folder with ``<split>.json``.
         dets: the result ``.json``.
-        metric: ``voc07``, ``voc``, ``coco`` or ``ilsvrc``, or a list of them (the files are read once).
+        metric: ``voc07``, ``voc``, ``coco`` or ``ilsvrc``, several of them as a list or a comma-separated string
+            (the files are read once).
         split: the split to read (VOC ``ImageSets/Main/<split>.txt`` or ``<split>.json``).
         plots: folder for ``pr_<metric>.png`` (one per metric).
         out: path of the JSON with every figure.
@@ -40,12 +41,9 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str |
     """
     from gdet.data import load_detection_set
 
-    metrics = [metric] if isinstance(metric, str) else list(dict.fromkeys(metric))
+    metrics = parse_metrics(metric if isinstance(metric, str) else ",".join(metric))
     if not metrics:
-        raise GdetError("--metrics: no metric given")
-    for m in metrics:
-        if m not in METRICS:
-            raise GdetError(f"--metrics: unknown metric {m!r} (known: {', '.join(METRICS)})")
+        raise GdetError(f"--metrics: no metric given (known: {', '.join(METRICS)})")
     t0 = time.perf_counter()
     # the ground truth exactly as written (no clipping, float64), as the official tools read it
     dset = load_detection_set(gt, split=split, check_images=False, clip=False)
@@ -109,8 +107,6 @@ def evaluate_files(gt: str | os.PathLike, dets: str | os.PathLike, metric: str |
 def eval_cmd(gt, dets, metrics, split, plots, out, plus_one, compat, max_dets, errors):
     """Score a detection result file (mAP per class, PR curves, JSON)."""
     names = parse_metrics(metrics)
-    if not names:
-        raise GdetError("--metrics: no metric given (voc07, voc, coco or ilsvrc)")
     try:
         limits = tuple(int(v) for v in max_dets.split(","))
     except ValueError:
