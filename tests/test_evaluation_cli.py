@@ -138,3 +138,12 @@ def test_benchmark_smoke():
         assert any(line.startswith("faster-coco-eval COCOeval_faster") for line in lines)
         assert any(line.startswith("12 COCO stats, faster-coco-eval vs pycocotools") and "DIFFERENT" not in line
                    for line in lines)
+
+
+@pytest.mark.parametrize("value", ["1,2", "10,1,100", "0,10,100", "a,b,c", ""])
+def test_gdet_eval_bad_max_dets(data, value):
+    r = CliRunner().invoke(gdet_main, ["eval", "--data", str(data["coco"]), "--dets", str(data["coco_dets"]),
+                                       "--metrics", "coco", "--max-dets", value])
+    assert r.exit_code == 1
+    assert r.output.splitlines() == [f"error: --max-dets: expected three increasing positive integers like "
+                                     f"1,10,100, got {value!r}"]

@@ -110,7 +110,9 @@ def eval_cmd(gt, dets, metrics, split, plots, out, plus_one, compat, max_dets, e
     try:
         limits = tuple(int(v) for v in max_dets.split(","))
     except ValueError:
-        raise GdetError(f"--max-dets: expected three integers like 1,10,100, got {max_dets!r}") from None
+        limits = ()
+    if len(limits) != 3 or min(limits) < 1 or sorted(limits) != list(limits):
+        raise GdetError(f"--max-dets: expected three increasing positive integers like 1,10,100, got {max_dets!r}")
     result = evaluate_files(gt, dets, names, split, plots, out, plus_one, compat, limits, errors)
     if out == "-":  # the JSON is the output
         write_json(jsonable(result), "-")
