@@ -7,8 +7,8 @@ the next chunk reuses them: on the 2-core VM of ``docs/benchmarks.md`` R-CNN and
 regions ran 1.36-1.46x faster, for a higher peak of resident memory.
 
 Every ``gdet`` command and ``tools/`` script turns this on (:func:`gdet.cli.run_guarded`); the process keeps its
-peak host memory until it exits. ``GDET_SYSTEM_MALLOC=1`` keeps the C library's own behaviour. A library user who
-wants the same calls :func:`keep_freed_memory` once.
+peak host memory until it exits. ``GDET_SYSTEM_MALLOC=1`` (any value but 0 or empty) keeps the C library's own
+behaviour. A library user who wants the same calls :func:`keep_freed_memory` once.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def keep_freed_memory() -> bool:
     that has no ``mallopt`` (musl's refuses). Idempotent; the first call decides."""
     global _state
     if _state is None:
-        _state = False if os.environ.get("GDET_SYSTEM_MALLOC") or not sys.platform.startswith("linux") else _apply()
+        opted_out = os.environ.get("GDET_SYSTEM_MALLOC", "").strip() not in ("", "0")
+        _state = False if opted_out or not sys.platform.startswith("linux") else _apply()
     return _state
 
 

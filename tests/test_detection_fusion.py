@@ -45,8 +45,11 @@ def test_fuse_bad_input():
         fuse_detections([A], method="vote")
     with pytest.raises(GdetError):
         fuse_detections([A, B], weights=[1.0])
-    for w in ([float("nan"), 1.0], [float("inf"), 1.0], [1.0, -1.0], [0.0, 0.0]):
-        with pytest.raises(GdetError, match="fuse: score weights must be finite numbers >= 0, not all 0"):
+    for w, problem in (([float("nan"), 1.0], "every weight must be a finite number >= 0, got nan"),
+                       ([float("inf"), 1.0], "every weight must be a finite number >= 0, got inf"),
+                       ([1.0, -1.0], "every weight must be a finite number >= 0, got -1"),
+                       ([0.0, 0.0], "at least one weight must be above 0")):
+        with pytest.raises(GdetError, match=f"^fuse: score weights: {problem}"):
             fuse_detections([A, B], weights=w)
 
 

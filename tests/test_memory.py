@@ -51,3 +51,14 @@ def test_freed_memory_is_reused():
     if not _thp_always():  # with transparent huge pages always on, a fresh pass faults 2 MB pages, not 4 kB ones
         # The control: without it every pass maps the tensor afresh and faults each of its pages in.
         assert min(plain[-8:]) >= PAGES * 0.9, plain
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("value, kept", [("0", True), ("", True), ("1", False), ("yes", False)])
+def test_only_a_set_opt_out_keeps_the_system_allocator(monkeypatch, value, kept):
+    import gdet.memory as memory
+
+    monkeypatch.setenv("GDET_SYSTEM_MALLOC", value)
+    monkeypatch.setattr(memory, "_state", None)
+    monkeypatch.setattr(memory, "_apply", lambda: True)  # the decision alone; the allocator is left as it is
+    assert memory.keep_freed_memory() is kept

@@ -156,7 +156,8 @@ class ClassificationTask(Task):
                 raise ConfigError(f"{cfg['resume']}: its class order differs from {root / 'classes.txt'}; "
                                   "resuming would permute the labels")
             names = list(ck["class_names"])
-        paths, labels, self.class_names = read_image_folder(root / check_split_name(cfg["train_split"], "train_split"), names)
+        train_dir = root / check_split_name(cfg["train_split"], "train_split")
+        paths, labels, self.class_names = read_image_folder(train_dir, names)
         aug = dict(scale=cfg["aug_scale"], ratio=cfg["aug_ratio"], brightness=float(cfg["aug_brightness"]),
                    contrast=float(cfg["aug_contrast"]), saturation=float(cfg["aug_saturation"]),
                    lighting=float(cfg["aug_lighting"]), interpolations=cfg["aug_interpolations"],

@@ -2,7 +2,6 @@
 = tools/fuse_dets.py)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
@@ -12,7 +11,7 @@ from gdet.cli import (CONTEXT, FloatRange, device_options, int_list, note_shippe
                       write_json)
 from gdet.data import load_detection_set
 from gdet.data.image import expand_image_paths
-from gdet.detection.fusion import fuse_detections
+from gdet.detection.fusion import check_score_weights, fuse_detections
 from gdet.detection.inference import (DEFAULTS, EVAL_MAX_PROPOSALS, EVAL_SCORE_THR, ProposalSource, detect_records,
                                       detections_to_rows, detector_proposals, format_table, image_ids_for,
                                       write_detections)
@@ -239,12 +238,7 @@ def _score_weights(text: str | None) -> list[float] | None:
         weights = [float(x) for x in text.split(",")]
     except ValueError:
         raise GdetError(f"--score-weights {text!r}: expected comma-separated numbers") from None
-    bad = [w for w in weights if not (math.isfinite(w) and w >= 0)]
-    if bad:
-        raise GdetError(f"--score-weights: every weight must be a finite number >= 0, got {bad[0]:g} in {text!r}")
-    if not any(weights):
-        raise GdetError(f"--score-weights: at least one weight must be above 0, got {text!r}")
-    return weights
+    return check_score_weights(weights, "--score-weights", given=text)
 
 
 @click.command("fuse", context_settings=CONTEXT)

@@ -60,6 +60,21 @@ def weighted_boxes_fusion(boxes: Tensor, scores: Tensor, num_models: int, iou_th
     return out_boxes[o].float(), out_scores[o].float()
 
 
+def check_score_weights(weights: Sequence[float], name: str = "score weights", given: str | None = None
+                        ) -> list[float]:
+    """``weights`` as floats if each is finite and >= 0 and not all are 0 (else NaN or infinite boxes and scores);
+    otherwise a one-line :class:`GdetError` that starts with ``name`` and quotes ``given`` (what the user typed;
+    default: the list)."""
+    w = [float(x) for x in weights]
+    shown = repr(given) if given is not None else str(w)
+    bad = [x for x in w if not (math.isfinite(x) and x >= 0)]
+    if bad:
+        raise GdetError(f"{name}: every weight must be a finite number >= 0, got {bad[0]:g} in {shown}")
+    if not any(w):
+        raise GdetError(f"{name}: at least one weight must be above 0, got {shown}")
+    return w
+
+
 def fuse_detections(per_model: Sequence[Sequence[dict]], method: str = "nms", iou_thr: float | None = None,
                     weights: Sequence[float] | None = None, max_dets: int = 100) -> list[dict]:
     """Fuse M models' detections of the same images.
@@ -81,11 +96,9 @@ def fuse_detections(per_model: Sequence[Sequence[dict]], method: str = "nms", io
         raise GdetError(f"fuse: the detection sets cover different numbers of images ({[len(p) for p in per_model]})")
     if method not in ("nms", "wbf"):
         raise GdetError(f"fuse: unknown method {method!r} (use nms or wbf)")
-    w = [1.0] * m if weights is None else [float(x) for x in weights]
+    w = [1.0] * m if weights is None else check_score_weights(weights, "fuse: score weights")
     if len(w) != m:
         raise GdetError(f"fuse: {len(w)} weights for {m} detection sets")
-    if not all(math.isfinite(x) and x >= 0 for x in w) or not any(w):  # else NaN or infinite boxes and scores
-        raise GdetError(f"fuse: score weights must be finite numbers >= 0, not all 0, got {w}")
     used = [k for k in range(m) if w[k] > 0]  # a weight of 0 leaves the set out (its scores would all be 0)
     per_model, w, m = [per_model[k] for k in used], [w[k] for k in used], len(used)
     thr = iou_thr if iou_thr is not None else (0.3 if method == "nms" else 0.55)
